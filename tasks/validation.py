@@ -1,0 +1,192 @@
+"""Data validation: read the user's files, run a Great Expectations suite per split, keep the clean data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.errors import UserError
+from tasks.params import DataParams, ValidateParams
+
+EXAMPLE_ROWS = 3  # offending rows shown per failed expectation
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed expectation, in the words a user needs to fix the data."""
+
+    split: str
+    expectation: str
+    description: str
+    unexpected_count: int
+    examples: list[str]
+
+    def line(self) -> str:
+        shown = "; ".join(self.examples)
+        count = f"{self.unexpected_count} rows" if self.unexpected_count else "failed"
+        return f"[{self.split}] {self.expectation}: {self.description} ({count}{': ' + shown if shown else ''})"
+
+
+def read_jsonl(path: Path) -> pd.DataFrame:
+    """JSON Lines, one object per line; a broken line is reported with its number."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove that line")
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
+            rows.append(row)
+    return pd.DataFrame(rows, dtype=object)
+
+
+@task(cache_policy=NO_CACHE)
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a JSONL, CSV or Parquet file as strings-or-nulls, with a clear error for what cannot be read."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; fix data.train/data.eval in params.yaml, or `dvc pull` it")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".json"):
+            frame = read_jsonl(path)
+        elif suffix == ".csv":
+            frame = pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""], encoding="utf-8")
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path).astype(object)
+        else:
+            raise UserError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv or .parquet")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        raise UserError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
+    if frame.empty:
+        raise UserError(f"{path}: has no rows; point data.train/data.eval at a file with examples")
+    return frame.where(frame.notna(), None)
+
+
+def required_columns(data: DataParams) -> dict[str, str]:
+    """Pipeline column name -> the user's column name, for the configured data format."""
+    if data.format == "text":
+        return {"text": data.columns.text}
+    return {"prompt": data.columns.prompt, "response": data.columns.response}
+
+
+def split_off_eval(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out a seeded random fraction when no eval file is given."""
+    eval_frame = frame.sample(frac=fraction, random_state=seed)
+    return frame.drop(eval_frame.index), eval_frame
+
+
+def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows: int,
+                forbidden: dict[str, list[str]], present: set[str]) -> gx.ExpectationSuite:
+    """The expectations a split must meet; `forbidden` maps a column to values it must not contain.
+
+    A column missing from the file (`present`) gets only its existence check, so the summary names
+    the missing column once instead of listing every expectation that could not run on it.
+    """
+    suite = gx.ExpectationSuite(name=name)
+    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(
+        min_value=min_rows, description=f"at least {min_rows} examples"))
+    for column in columns:
+        suite.add_expectation(gxe.ExpectColumnToExist(
+            column=column, description=f"column '{column}' is present (map yours under data.columns)"))
+        if column not in present:
+            continue
+        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column, description="no missing values"))
+        suite.add_expectation(gxe.ExpectColumnValuesToBeOfType(column=column, type_="str", description="values are text"))
+        suite.add_expectation(gxe.ExpectColumnValuesToNotMatchRegex(
+            column=column, regex=r"^\s*$", description="no empty or whitespace-only text"))
+        suite.add_expectation(gxe.ExpectColumnValueLengthsToBeBetween(
+            column=column, min_value=limits.min_chars, max_value=limits.max_chars,
+            description=f"length between {limits.min_chars} and {limits.max_chars} characters"))
+    if all(column in present for column in columns):
+        suite.add_expectation(gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=columns, description="no exact duplicate examples"))
+    for column, values in forbidden.items():
+        suite.add_expectation(gxe.ExpectColumnValuesToNotBeInSet(
+            column=column, value_set=values, description=f"no eval example leaks into train ({column} seen in train)"))
+    return suite
+
+
+def describe_failures(split: str, result: Any, frame: pd.DataFrame) -> list[Failure]:
+    """Turn a GX validation result into short lines with a few offending rows each."""
+    failures = []
+    for outcome in result.results:
+        if outcome.success:
+            continue
+        config = outcome.expectation_config
+        indices = (outcome.result or {}).get("unexpected_index_list") or []
+        examples = []
+        for index in indices[:EXAMPLE_ROWS]:
+            row = frame.loc[index].to_dict()
+            examples.append(f"row {int(index) + 1} {json.dumps(row, ensure_ascii=False, default=str)[:160]}")
+        column = config.kwargs.get("column") or ",".join(config.kwargs.get("column_list") or [])
+        failures.append(Failure(
+            split=split,
+            expectation=f"{config.type}({column})" if column else config.type,
+            description=config.description or "",
+            unexpected_count=int((outcome.result or {}).get("unexpected_count") or 0),
+            examples=examples,
+        ))
+    return failures
+
+
+@task(cache_policy=NO_CACHE)
+def run_suites(train: pd.DataFrame, evaluation: pd.DataFrame, columns: list[str], limits: ValidateParams,
+               docs_dir: Path) -> tuple[dict[str, Any], list[Failure]]:
+    """Validate both splits in an ephemeral GX context and render Data Docs into docs_dir.
+
+    Train needs limits.min_examples rows; eval needs one, and none of its first column's values
+    (the prompt, or the text) may appear in train.
+    """
+    context = gx.get_context(mode="ephemeral")  # suites can only be built once a context exists
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one bar per metric floods the log
+    key = columns[0]
+    seen_in_train = sorted({v for v in train[key] if isinstance(v, str)}) if key in train else []
+    suites = {
+        "train": build_suite("train", columns, limits, limits.min_examples, {}, set(train.columns)),
+        "eval": build_suite("eval", columns, limits, 1, {key: seen_in_train} if seen_in_train else {},
+                            set(evaluation.columns)),
+    }
+    frames = {"train": train, "eval": evaluation}
+    context.add_data_docs_site(site_name="tailor", site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    source = context.data_sources.add_pandas("raw")
+    report: dict[str, Any] = {"success": True, "splits": {}}
+    failures: list[Failure] = []
+    for split, frame in frames.items():
+        batch = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe("all")
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=split, data=batch, suite=context.suites.add(suites[split])))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"validate_{split}", validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "COMPLETE"},
+        ))
+        run = checkpoint.run(batch_parameters={"dataframe": frame})
+        result = next(iter(run.run_results.values()))
+        report["splits"][split] = result.describe_dict()
+        report["success"] &= bool(result.success)
+        failures += describe_failures(split, result, frame)
+    return report, failures
+
+
+def normalize(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Keep only the pipeline's columns, under the pipeline's names."""
+    return frame[list(columns.values())].rename(columns={v: k for k, v in columns.items()}).reset_index(drop=True)
