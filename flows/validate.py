@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.stage import run_stage
 from tasks.errors import UserError
 from tasks.params import DataParams, ValidateParams
-from tasks.validation import normalize, read_table, required_columns, run_suites, split_off_eval
+from tasks.validation import normalize, read_table, required_columns, run_suites
 
 OUT_DIR = Path("data/validated")
 DOCS_DIR = Path("reports/data_docs")
@@ -19,14 +19,10 @@ REPORT = Path("reports/validation.json")
 
 
 @flow(name="validate")
-def validate_flow(data: DataParams, limits: ValidateParams, seed: int) -> Path:
+def validate_flow(data: DataParams, limits: ValidateParams) -> Path:
     """Validate train and eval splits; on any failed expectation stop with a summary and write no data."""
     columns = required_columns(data)
-    train = read_table(data.train)
-    if data.eval is not None:
-        evaluation = read_table(data.eval)
-    else:
-        train, evaluation = split_off_eval(train, data.eval_fraction, seed)
+    train, evaluation = read_table(data.train), read_table(data.eval)
     report, failures = run_suites(train, evaluation, list(columns.values()), limits, DOCS_DIR)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
@@ -37,9 +33,8 @@ def validate_flow(data: DataParams, limits: ValidateParams, seed: int) -> Path:
         description="Great Expectations summary of the validate stage",
     )
     if failures:
-        sources = f"{data.train}" + (f" and {data.eval}" if data.eval else "")
         raise UserError(
-            f"data validation failed for {sources} ({len(failures)} expectations):\n  - " + "\n  - ".join(lines)
+            f"data validation failed for {data.train} and {data.eval} ({len(failures)} expectations):\n  - " + "\n  - ".join(lines)
             + f"\nFix the data (or the limits under validate: in params.yaml); details in {DOCS_DIR}/index.html"
         )
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -49,4 +44,4 @@ def validate_flow(data: DataParams, limits: ValidateParams, seed: int) -> Path:
 
 
 if __name__ == "__main__":
-    run_stage(lambda params: validate_flow(params.data, params.validate_, params.seed))
+    run_stage(lambda params: validate_flow(params.data, params.validate_))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError, retry_unless_user_error
 from tasks.params import BaseModelParams, HubModel, LocalModel, PypiGgufModel
 
@@ -77,16 +77,15 @@ def load_pretrained(
 
 @task(cache_policy=NO_CACHE)
 def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
-    """Write model + tokenizer (with its chat template) next to out_dir, then swap it in whole."""
+    """Write model + tokenizer (with its chat template) as safetensors, swapped in whole."""
     if tokenizer.chat_template is None:
         raise UserError("the base model's tokenizer has no chat template; choose an instruction-tuned model")
-    staging = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
-    return out_dir
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return write_dir_atomically(out_dir, write)
 
 
 def materialize_base_model(params: BaseModelParams, out_dir: Path, work_dir: Path) -> Path:

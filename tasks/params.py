@@ -64,8 +64,7 @@ class DataParams(Section):
         "instruction", description="instruction: prompt/response pairs; text: plain text for domain adaptation"
     )
     train: Path
-    eval: Path | None = Field(None, description="held-out file; when absent, eval_fraction of train is held out")
-    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    eval: Path = Field(description="held-out examples, never trained on; dvc.yaml tracks both files")
     columns: Columns = Columns()
 
 

@@ -24,6 +24,7 @@ from transformers import (
 from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from tasks.atomic_dir import write_dir_atomically
 from tasks.params import FinetuneParams
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -55,6 +56,7 @@ def training_fingerprint(params: FinetuneParams, seed: int, inputs: list[Path]) 
     return digest.hexdigest()
 
 
+@task(cache_policy=NO_CACHE)
 def resume_checkpoint(checkpoints_dir: Path, fingerprint: str) -> Path | None:
     """The last checkpoint of an interrupted run with the same inputs, or None (stale ones are removed)."""
     recorded = checkpoints_dir / FINGERPRINT_FILE
@@ -80,12 +82,11 @@ def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: to
         gradient_accumulation_steps=params.gradient_accumulation_steps,
         learning_rate=params.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=params.warmup_ratio * params.max_steps,
+        warmup_steps=params.warmup_ratio,  # a float below 1 is read as a fraction of max_steps
         weight_decay=params.weight_decay,
         logging_steps=params.logging_steps,
         save_steps=params.save_steps,
         save_total_limit=2,
-        save_safetensors=True,
         bf16=use_bf16,
         use_cpu=device.type == "cpu",
         seed=seed,
@@ -93,7 +94,7 @@ def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: to
         report_to=[],  # the DVCLive callback is added explicitly, so nothing else is picked up from the env
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="all",  # packed batches hold no padding, so all tokens are real
     )
 
 
@@ -139,10 +140,5 @@ def tokens_seen_at(checkpoint: Path | None) -> int:
 
 @task(cache_policy=NO_CACHE)
 def save_trained(model: PreTrainedModel, out_dir: Path) -> Path:
-    """Write the adapter (or the full model) as safetensors, next to out_dir first so a crash leaves no half."""
-    staging = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
-    return out_dir
+    """Write the adapter (or the full model) as safetensors, swapped in whole."""
+    return write_dir_atomically(out_dir, model.save_pretrained)

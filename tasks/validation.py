@@ -84,12 +84,6 @@ def required_columns(data: DataParams) -> dict[str, str]:
     return {"prompt": data.columns.prompt, "response": data.columns.response}
 
 
-def split_off_eval(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out a seeded random fraction when no eval file is given."""
-    eval_frame = frame.sample(frac=fraction, random_state=seed)
-    return frame.drop(eval_frame.index), eval_frame
-
-
 def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows: int,
                 forbidden: dict[str, list[str]], present: set[str]) -> gx.ExpectationSuite:
     """The expectations a split must meet; `forbidden` maps a column to values it must not contain.

@@ -1,0 +1,155 @@
+"""`dvc repro` end to end on the tiny model, in a temporary copy of the repository.
+
+Every stage runs for real (Prefect flows against a real server, Great Expectations, Trainer + PEFT,
+evaluation, promotion); only the base model is the tiny one, so the whole module takes a few minutes.
+The tests share one copy and run in order, like a data scientist's session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stage_runner import copy_repository, run, stages_run
+
+pytestmark = pytest.mark.slow
+OUTPUTS = ["data/validated", "data/tokenized", "models/adapter", "models/production", "reports/metrics.json"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
+    root = copy_repository(tmp_path_factory.mktemp("repo"))
+    for split, rows in (("train", 240), ("eval", 24)):
+        path = root / "data" / "demo" / f"{split}.jsonl"
+        path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]), encoding="utf-8")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["base_model"] = {"source": "local", "path": str(tiny_model_dir)}
+    params["finetune"].update(max_steps=8, save_steps=4, learning_rate=0.02, logging_steps=2)
+    params["evaluate"].update(max_examples=16, max_new_tokens=8)
+    params["promote"].update(metric="perplexity", min_relative_improvement=0.01)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "tiny setup")
+    return root
+
+
+def digest(root: Path, paths: list[str]) -> dict[str, str]:
+    """Content hash of each output, to prove a failed run changed none of them."""
+    result = {}
+    for name in paths:
+        path = root / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        h = hashlib.sha256()
+        for file in files:
+            h.update(str(file.relative_to(root)).encode() + file.read_bytes())
+        result[name] = h.hexdigest()
+    return result
+
+
+def test_repro_builds_and_promotes_a_specialist(project: Path) -> None:
+    result = run(project, "dvc", "repro")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stages_run(result.stdout) == ["base_model", "validate", "tokenize", "finetune", "evaluate", "promote"]
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["finetuned"]["perplexity"] < metrics["base"]["perplexity"]
+    assert json.loads((project / "reports/promotion.json").read_text())["promoted"] is True
+    lineage = json.loads((project / "models/production/lineage.json").read_text())
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    locked_adapter = next(o["md5"] for o in lock["stages"]["finetune"]["outs"] if o["path"] == "models/adapter")
+    assert lineage["inputs"]["models/adapter"] == locked_adapter
+    assert lineage["inputs"]["data/demo/train.jsonl"].startswith(
+        next(d["md5"] for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/demo/train.jsonl"))
+    shown = run(project, "dvc", "metrics", "show", "--json")
+    assert "finetuned" in shown.stdout and shown.returncode == 0
+    plots = run(project, "dvc", "plots", "show", "--json")
+    assert plots.returncode == 0 and "loss.tsv" in plots.stdout
+
+
+def test_production_loads_in_a_fresh_process(project: Path) -> None:
+    script = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "from peft import PeftModel\n"
+        "tok = AutoTokenizer.from_pretrained('models/production')\n"
+        "model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('models/base'), 'models/production')\n"
+        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What does `len(obj)` do?'}],"
+        " add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
+        "out = model.generate(**ids, max_new_tokens=5, do_sample=False)\n"
+        "print('ANSWER', out.shape[1] - ids['input_ids'].shape[1])\n"
+    )
+    result = run(project, "python", "-c", script)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split("ANSWER")[1]) > 0
+
+
+def test_second_repro_runs_nothing(project: Path) -> None:
+    result = run(project, "dvc", "repro")
+    assert result.returncode == 0 and stages_run(result.stdout) == []
+    assert "up to date" in result.stdout
+
+
+def test_evaluation_knob_does_not_retrain(project: Path) -> None:
+    result = run(project, "dvc", "exp", "run", "-S", "evaluate.max_new_tokens=4")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ran = stages_run(result.stdout)
+    assert "evaluate" in ran and set(ran) <= {"evaluate", "promote"}
+
+
+def test_lora_knob_retrains_without_retokenizing(project: Path) -> None:
+    result = run(project, "dvc", "exp", "run", "-S", "finetune.lora.r=4")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ran = stages_run(result.stdout)
+    assert ran[:2] == ["finetune", "evaluate"] and not {"base_model", "validate", "tokenize"} & set(ran)
+    shown = run(project, "dvc", "exp", "show", "--json")
+    assert shown.returncode == 0 and '"r": 4' in shown.stdout.replace(" ", "").replace('"r":4', '"r": 4')
+
+
+@pytest.mark.parametrize("bad_row", [
+    {"prompt": None, "response": "An answer."},
+    "duplicate",
+    "leak",
+])
+def test_broken_data_stops_at_validate_and_changes_nothing(project: Path, bad_row: object) -> None:
+    train = project / "data/demo/train.jsonl"
+    original = train.read_text(encoding="utf-8")
+    if bad_row == "duplicate":
+        extra, expectation = original.splitlines()[0], "expect_compound_columns_to_be_unique"
+    elif bad_row == "leak":
+        extra = (project / "data/demo/eval.jsonl").read_text().splitlines()[3]
+        expectation = "expect_column_values_to_not_be_in_set"
+    else:
+        extra, expectation = json.dumps(bad_row), "expect_column_values_to_not_be_null"
+    before = digest(project, OUTPUTS)
+    train.write_text(original + extra + "\n", encoding="utf-8")
+    try:
+        result = run(project, "dvc", "repro")
+    finally:
+        train.write_text(original, encoding="utf-8")
+    assert result.returncode != 0
+    assert stages_run(result.stdout) == ["validate"]
+    assert expectation in result.stderr + result.stdout
+    assert digest(project, OUTPUTS) == before
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda p: p["finetune"].update(learnig_rate=p["finetune"].pop("learning_rate")),
+     "finetune.learnig_rate: unknown key"),
+    (lambda p: p["finetune"].update(learning_rate=-0.001), "finetune.learning_rate: Input should be greater than 0"),
+])
+def test_bad_params_stop_with_the_key_named(project: Path, edit, named: str) -> None:
+    path = project / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    edit(params)
+    before = digest(project, OUTPUTS)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = run(project, "dvc", "repro")
+    finally:
+        path.write_text(original)
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
+    assert digest(project, OUTPUTS) == before

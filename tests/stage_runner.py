@@ -1,0 +1,38 @@
+"""Running the real pipeline commands (dvc, stage modules) in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def copy_repository(dest: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files (no venv, no outputs) in a new git repo."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@localhost",
+                                                 "commit", "-qm", "copy"]):
+        subprocess.run(["git", *args], cwd=dest, check=True)
+    return dest
+
+
+def run(root: Path, *command: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    """Run a command in root with this interpreter's environment first on PATH (so `python` is ours)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(list(command), cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def stages_run(output: str) -> list[str]:
+    """Stage names in the order `dvc repro` / `dvc exp run` ran them."""
+    return re.findall(r"Running stage '([\w-]+)'", output)

