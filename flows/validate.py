@@ -9,6 +9,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage
+from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
 from tasks.params import DataParams, ValidateParams
 from tasks.validation import normalize, read_table, required_columns, run_suites
@@ -37,10 +38,13 @@ def validate_flow(data: DataParams, limits: ValidateParams) -> Path:
             f"data validation failed for {data.train} and {data.eval} ({len(failures)} expectations):\n  - " + "\n  - ".join(lines)
             + f"\nFix the data (or the limits under validate: in params.yaml); details in {DOCS_DIR}/index.html"
         )
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    for split, frame in {"train": train, "eval": evaluation}.items():
-        normalize(frame, columns).to_parquet(OUT_DIR / f"{split}.parquet", index=False)
-    return OUT_DIR
+
+    def write(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        for split, frame in {"train": train, "eval": evaluation}.items():
+            normalize(frame, columns).to_parquet(staging / f"{split}.parquet", index=False)
+
+    return write_dir_atomically(OUT_DIR, write)
 
 
 if __name__ == "__main__":

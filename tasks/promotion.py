@@ -64,9 +64,11 @@ def locked_hashes(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
     """Path -> content hash of every dep and out that dvc.lock records (empty outside a DVC run)."""
     if not lock_file.is_file():
         return {}
-    stages = (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {})
-    return {entry["path"]: entry.get("md5", "") for stage in stages.values()
-            for entry in stage.get("deps", []) + stage.get("outs", [])}
+    stages = (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {}).values()
+    hashes = {entry["path"]: entry.get("md5", "") for stage in stages for entry in stage.get("deps", [])}
+    # The producing stage's out wins: a consumer's dep (promote's own, above all) may predate this run.
+    hashes.update({entry["path"]: entry.get("md5", "") for stage in stages for entry in stage.get("outs", [])})
+    return hashes
 
 
 def git_revision() -> str:
