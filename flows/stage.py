@@ -22,7 +22,8 @@ class HideUserErrorTracebacks(logging.Filter):
 
 def run_stage(stage: Callable[[Params], object]) -> None:
     """Validate params.yaml, run the stage's flow, exit 2 with a one-line-per-problem message on user error."""
-    for handler in logging.getLogger("prefect").handlers:
+    # Prefect's console handler sits on the root logger; its run loggers propagate to it.
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         handler.addFilter(HideUserErrorTracebacks())
     try:
         stage(load_params())

@@ -1,12 +1,15 @@
-"""Evaluation: loss and perplexity on reference answers, ROUGE-L over batched greedy generations."""
+"""Evaluation: loss and perplexity on reference answers, and task metrics over batched greedy generations."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import sacrebleu
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
@@ -14,8 +17,10 @@ from peft import PeftModel
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from rouge_score.rouge_scorer import RougeScorer
+from sklearn.metrics import f1_score
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from tasks.params import TASK_METRICS
 from tasks.tokenization import IGNORE_INDEX
 
 
@@ -25,18 +30,61 @@ class Scores:
 
     nll: list[float] = field(default_factory=list)  # summed over each example's reference tokens
     target_tokens: list[int] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)
-    rouge_l: list[float] = field(default_factory=list)
     generated_tokens: int = 0
     generation_seconds: float = 0.0
 
-    def summary(self) -> dict[str, float]:
-        loss = sum(self.nll) / max(sum(self.target_tokens), 1)
-        result = {"loss": round(loss, 5), "perplexity": round(math.exp(loss), 4), "examples": len(self.nll)}
+    def cost(self) -> dict[str, float]:
+        """What the approach costs at inference time."""
+        result = {"prompt_tokens_per_example": round(float(np.mean(self.prompt_tokens)), 1)}
         if self.predictions:
-            result["rouge_l"] = round(sum(self.rouge_l) / len(self.rouge_l), 5)
             result["generated_tokens_per_second"] = round(self.generated_tokens / max(self.generation_seconds, 1e-9), 2)
         return result
+
+
+def normalize_label(text: str) -> str:
+    return " ".join(text.lower().strip().strip(".!").split())
+
+
+class TaskMetrics:
+    """The metrics of one task type, computable on any resample of the examples (for the bootstrap)."""
+
+    def __init__(self, task: str, scores: dict[str, Scores], references: list[str]) -> None:
+        self.names = TASK_METRICS[task]
+        self.scores = scores
+        self.references = references
+        self.nll = {a: np.asarray(s.nll) for a, s in scores.items()}
+        self.tokens = {a: np.asarray(s.target_tokens) for a, s in scores.items()}
+        # Per-example metrics are computed once; the bootstrap only averages them over resamples.
+        self.per_example: dict[tuple[str, str], np.ndarray] = {}
+        for approach, s in scores.items():
+            if "rouge_l" in self.names:
+                self.per_example[approach, "rouge_l"] = np.asarray(rouge_l(s.predictions, references))
+            if "exact_match" in self.names:
+                self.per_example[approach, "exact_match"] = np.asarray(
+                    [p.strip() == r.strip() for p, r in zip(s.predictions, references)], dtype=float)
+                self.per_example[approach, "accuracy"] = np.asarray(
+                    [normalize_label(p) == normalize_label(r) for p, r in zip(s.predictions, references)], dtype=float)
+
+    def value(self, name: str, approach: str, index: np.ndarray) -> float:
+        if name in ("loss", "perplexity"):
+            loss = float(self.nll[approach][index].sum() / max(self.tokens[approach][index].sum(), 1))
+            return loss if name == "loss" else math.exp(loss)
+        if (approach, name) in self.per_example:
+            return float(self.per_example[approach, name][index].mean())
+        predictions = [self.scores[approach].predictions[i] for i in index]
+        references = [self.references[i] for i in index]
+        if name == "chrf":
+            return float(sacrebleu.corpus_chrf(predictions, [references]).score)
+        if name == "bleu":
+            return float(sacrebleu.corpus_bleu(predictions, [references]).score)
+        assert name == "macro_f1"
+        return float(f1_score([normalize_label(r) for r in references], [normalize_label(p) for p in predictions],
+                              average="macro", zero_division=0))
+
+    def functions(self) -> dict[str, Callable[[str, np.ndarray], float]]:
+        return {name: (lambda a, i, name=name: self.value(name, a, i)) for name in self.names}
 
 
 def batches(indices: list[int], size: int) -> list[list[int]]:
@@ -107,10 +155,10 @@ def score_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = Scores()
     scores.nll, scores.target_tokens = reference_nll(model, dataset, batch_size, pad_id)
+    scores.prompt_tokens = list(dataset["prompt_length"])
     if generate:
         scores.predictions, scores.generated_tokens, scores.generation_seconds = generate_answers(
             model, tokenizer, dataset, batch_size, max_new_tokens)
-        scores.rouge_l = rouge_l(scores.predictions, dataset["response"])
     return scores
 
 

@@ -109,17 +109,44 @@ class FinetuneParams(Section):
     lora: LoraParams = LoraParams()
 
 
+class BaselinesParams(Section):
+    """The specializations that need no training, scored on the same examples as the fine-tuned model."""
+
+    system_prompt: str = Field(min_length=1, description="the prompt-engineered approach's system prompt")
+    few_shot_k: int = Field(3, ge=0, le=32, description="training examples shown before each question")
+    few_shot_seed: int = Field(0, ge=0)
+    retrieval_k: int = Field(3, ge=1, le=32, description="most similar training examples put in context")
+    retriever: Literal["minilm", "bm25"] = Field("minilm", description="minilm: offline embeddings; bm25: words")
+
+
+# The metrics each evaluation task reports; loss and perplexity are always defined.
+TASK_METRICS: dict[str, list[str]] = {
+    "free_text": ["loss", "perplexity", "rouge_l"],
+    "summarization": ["loss", "perplexity", "rouge_l"],
+    "translation": ["loss", "perplexity", "chrf", "bleu"],
+    "classification": ["loss", "perplexity", "exact_match", "accuracy", "macro_f1"],
+    "text": ["loss", "perplexity"],  # plain-text data (data.format text): nothing to generate
+}
+LOWER_IS_BETTER = {"loss", "perplexity"}
+
+
 class EvaluateParams(Section):
+    task: Literal["free_text", "summarization", "translation", "classification"] = "free_text"
     max_examples: int = Field(100, ge=1, description="held-out examples scored (the first N of the eval split)")
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(64, ge=1)
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    forgetting_text: Path = Field(description="general-domain JSONL (a `text` column) scored to measure forgetting")
+    forgetting_max_chunks: int = Field(64, ge=1)
 
 
 class PromoteParams(Section):
-    metric: Literal["rouge_l", "perplexity"] = "rouge_l"
+    metric: Literal["loss", "perplexity", "rouge_l", "chrf", "bleu", "exact_match", "accuracy", "macro_f1"] = "rouge_l"
     min_relative_improvement: float = Field(
-        0.05, ge=0, description="the candidate must beat the base model by this fraction on `metric`"
+        0.05, ge=0, description="the candidate must beat the best baseline and production by this fraction"
     )
+    max_forgetting: float = Field(0.25, ge=0, description="largest allowed relative perplexity rise on general text")
     merge: bool = Field(False, description="also write the adapter merged into the base weights")
 
 
@@ -130,13 +157,20 @@ class Params(Section):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     tokenize: TokenizeParams = TokenizeParams()
     finetune: FinetuneParams = FinetuneParams()
-    evaluate: EvaluateParams = EvaluateParams()
+    baselines: BaselinesParams
+    evaluate: EvaluateParams
     promote: PromoteParams = PromoteParams()
+
+    def metrics(self) -> list[str]:
+        """The metrics evaluation reports for this data format and task."""
+        return TASK_METRICS["text" if self.data.format == "text" else self.evaluate.task]
 
     @model_validator(mode="after")
     def consistent(self) -> Params:
-        if self.data.format == "text" and self.promote.metric == "rouge_l":
-            raise ValueError("promote.metric rouge_l needs instruction data; use perplexity with data.format text")
+        if self.promote.metric not in self.metrics():
+            where = "data.format text" if self.data.format == "text" else f"evaluate.task {self.evaluate.task}"
+            raise ValueError(f"promote.metric {self.promote.metric} is not computed for {where}; "
+                             f"choose one of {self.metrics()}")
         return self
 
 
@@ -148,7 +182,7 @@ def describe_error(error: dict[str, Any]) -> str:
         return f"{path}: unknown key (a typo?); remove it or use one of the keys the schema allows"
     given = error.get("input")
     given_text = "" if isinstance(given, dict) else f" (given: {given!r})"
-    return f"{path}: {error['msg']}{given_text}"
+    return f"{path}: {error['msg'].removeprefix('Value error, ')}{given_text}"
 
 
 def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:

@@ -18,46 +18,83 @@ from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.atomic_dir import write_dir_atomically
+from tasks.evaluation import Scores, TaskMetrics
 from tasks.params import PromoteParams
+from tasks.reporting import improvement
+from tasks.statistics import Interval, paired_bootstrap
 
-LOWER_IS_BETTER = {"perplexity", "loss"}
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "prefect", "dvc", "great-expectations", "dvclive")
+EVAL_SCORES = "eval_scores.json"  # the production model's per-example scores, for paired comparisons
 
 
 @dataclass(frozen=True)
 class Gate:
     name: str
-    value: float
+    value: float | None
     threshold: float
-    passed: bool
+    status: str  # pass | fail | skipped
     detail: str
 
-
-def relative_improvement(metric: str, base: float, candidate: float) -> float:
-    """How much better the candidate is than the base, as a fraction of the base (positive = better)."""
-    if base == 0:
-        return math.inf if candidate != base else 0.0
-    change = (base - candidate) if metric in LOWER_IS_BETTER else (candidate - base)
-    return change / abs(base)
+    @property
+    def passed(self) -> bool:
+        return self.status != "fail"
 
 
-def promotion_gates(metrics: dict[str, dict[str, float]], params: PromoteParams) -> list[Gate]:
+def relative_gain(gain: Interval, reference: float) -> float:
+    """An improvement (positive = better) as a fraction of the reference approach's value."""
+    return gain.value / abs(reference) if reference else (math.inf if gain.value > 0 else 0.0)
+
+
+def margin_gate(name: str, metric: str, gain: Interval, reference: float, min_relative: float, against: str) -> Gate:
+    """Pass when the candidate is better by at least min_relative AND the interval of the gain excludes zero."""
+    relative = relative_gain(gain, reference)
+    passed = relative >= min_relative and gain.low > 0
+    return Gate(name, round(relative, 5), min_relative, "pass" if passed else "fail",
+                f"{metric} vs {against}: improvement {gain.value:+.4g} ({relative:+.1%}, needs at least "
+                f"{min_relative:+.1%}), CI [{gain.low:+.4g}, {gain.high:+.4g}]"
+                + ("" if gain.low > 0 else " includes zero"))
+
+
+def production_gate(candidate: dict[str, Any], production_dir: Path, params: PromoteParams, samples: int,
+                    confidence: float, seed: int) -> Gate:
+    """The candidate against the current production model, paired on the same examples."""
+    recorded = production_dir / EVAL_SCORES
+    if not recorded.is_file():
+        return Gate("beats_production", None, params.min_relative_improvement, "skipped",
+                    "no production model yet")
+    production = json.loads(recorded.read_text(encoding="utf-8"))
+    if production["examples"] != candidate["examples"] or production["task"] != candidate["task"]:
+        return Gate("beats_production", None, params.min_relative_improvement, "skipped",
+                    "production was scored on other eval examples; its scores are not comparable")
+    scores = {"candidate": Scores(**candidate["approaches"]["finetuned"]), "production": Scores(**production["scores"])}
+    values = TaskMetrics(candidate["task"], scores, [e.get("response", "") for e in candidate["examples"]])
+    metric = params.metric
+    single, paired = paired_bootstrap(list(scores), {metric: values.functions()[metric]},
+                                      len(candidate["examples"]), samples, confidence, seed)
+    gain = improvement(metric, paired["candidate", "production"][metric])
+    return margin_gate("beats_production", metric, gain, single["production"][metric].value,
+                       params.min_relative_improvement, "production")
+
+
+def promotion_gates(metrics: dict[str, Any], params: PromoteParams, production: Gate) -> list[Gate]:
     """Every check a candidate must pass, each with its value and threshold."""
-    candidate, base = metrics["finetuned"], metrics["base"]
+    candidate = metrics["finetuned"]
     finite = all(math.isfinite(float(v)) for v in candidate.values())
-    gates = [Gate("finite_metrics", float(finite), 1.0, finite, "every candidate metric is a finite number")]
-    if params.metric not in candidate:
-        gates.append(Gate(f"{params.metric}_available", 0.0, 1.0, False,
-                          f"{params.metric} was not computed for this data format; choose promote.metric perplexity"))
-        return gates
-    gain = relative_improvement(params.metric, base[params.metric], candidate[params.metric])
-    gates.append(Gate(
-        f"{params.metric}_vs_base", round(gain, 5), params.min_relative_improvement,
-        finite and gain >= params.min_relative_improvement,
-        f"{params.metric}: candidate {candidate[params.metric]} vs base {base[params.metric]} "
-        f"({gain:+.1%}, needs at least {params.min_relative_improvement:+.1%})",
-    ))
-    return gates
+    metric = params.metric
+    best = metrics["best_baseline"]
+    comparison = metrics["comparisons"][f"finetuned_vs_{best}"][metric]
+    gain = Interval(comparison["value"], comparison["ci_low"], comparison["ci_high"])
+    forgetting = metrics["forgetting"]["relative_increase"]
+    return [
+        Gate("finite_metrics", float(finite), 1.0, "pass" if finite else "fail",
+             "every candidate metric is a finite number"),
+        margin_gate("beats_best_baseline", metric, gain, metrics[best][metric], params.min_relative_improvement,
+                    f"best baseline ({best})"),
+        production,
+        Gate("forgetting", forgetting, params.max_forgetting,
+             "pass" if math.isfinite(forgetting) and forgetting <= params.max_forgetting else "fail",
+             f"general-domain perplexity rose {forgetting:+.1%} (at most {params.max_forgetting:+.1%} allowed)"),
+    ]
 
 
 def locked_hashes(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
@@ -108,16 +145,20 @@ def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_pa
 
 def model_card(lineage: dict[str, Any], gates: list[Gate]) -> str:
     """A Hugging Face-style model card: YAML front matter, then how it was made and how it scores."""
-    base, tuned = lineage["metrics"]["base"], lineage["metrics"]["finetuned"]
-    rows = "\n".join(f"| {name} | {base.get(name, '')} | {tuned.get(name, '')} |" for name in tuned)
+    metrics = lineage["metrics"]
+    approaches = [a for a in ("generalist", "prompted", "retrieval", "finetuned") if a in metrics]
+    names = [m for m in metrics["finetuned"] if not m.endswith(("_ci_low", "_ci_high"))]
+    rows = "\n".join(f"| {name} | " + " | ".join(str(metrics[a].get(name, "")) for a in approaches) + " |"
+                     for name in names)
     front = yaml.safe_dump({"library_name": "peft", "base_model": "models/base", "pipeline_tag": "text-generation",
                             "tags": ["tailor", "lora"]}, sort_keys=False)
-    gate_lines = "\n".join(f"- {'PASS' if g.passed else 'FAIL'} {g.name}: {g.detail}" for g in gates)
+    gate_lines = "\n".join(f"- {g.status.upper()} {g.name}: {g.detail}" for g in gates)
     return (
         f"---\n{front}---\n\n# Specialized model (tailor)\n\n"
         f"Fine-tuned from `models/base` by the tailor pipeline at git revision `{lineage['git_revision']}`.\n\n"
-        "## Evaluation on the held-out split\n\n| metric | base | fine-tuned |\n|---|---|---|\n"
-        f"{rows}\n\n## Promotion gates\n\n{gate_lines}\n\n"
+        f"## Evaluation on the held-out split\n\n| metric | {' | '.join(approaches)} |\n"
+        f"|---|{'---|' * len(approaches)}\n{rows}\n\n{metrics.get('recommendation', '')}\n\n"
+        f"## Promotion gates\n\n{gate_lines}\n\n"
         "## Use\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nfrom peft import PeftModel\n\n"
         "base = AutoModelForCausalLM.from_pretrained(\"models/base\")\n"
         "model = PeftModel.from_pretrained(base, \"models/production\")\n"
@@ -135,7 +176,7 @@ def write_merged(base_dir: Path, adapter_dir: Path, dest: Path) -> None:
 
 @task(cache_policy=NO_CACHE)
 def publish_production(candidate_dir: Path, base_dir: Path, out_dir: Path, lineage: dict[str, Any],
-                       gates: list[Gate], merge: bool) -> Path:
+                       gates: list[Gate], merge: bool, eval_scores: dict[str, Any]) -> Path:
     """Write the candidate, its tokenizer, model card and lineage, then switch production to it in one step."""
 
     def write(staging: Path) -> None:
@@ -147,12 +188,13 @@ def publish_production(candidate_dir: Path, base_dir: Path, out_dir: Path, linea
             write_merged(base_dir, candidate_dir, staging / "merged")
         (staging / "README.md").write_text(model_card(lineage, gates), encoding="utf-8")
         (staging / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
+        (staging / EVAL_SCORES).write_text(json.dumps(eval_scores, ensure_ascii=False) + "\n", encoding="utf-8")
 
     return write_dir_atomically(out_dir, write)
 
 
 def decision_record(gates: list[Gate], metric: str) -> dict[str, Any]:
     promoted = all(g.passed for g in gates)
-    return {"promoted": promoted, "metric": metric, "gates": [asdict(g) for g in gates],
+    return {"promoted": promoted, "metric": metric, "gates": [{**asdict(g), "passed": g.passed} for g in gates],
             "reason": "all gates passed" if promoted else
             "failed: " + ", ".join(g.name for g in gates if not g.passed) + "; production left unchanged"}

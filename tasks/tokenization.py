@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +25,20 @@ class Tokenized:
     truncated: bool
 
 
-def chat_messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+def chat_messages(prompt: str, system_prompt: str | None,
+                  examples: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
+    """The conversation before the answer: optional system prompt, example turns (few-shot), the question."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + [{"role": "user", "content": prompt}]
+    shots = [{"role": role, "content": text} for question, answer in examples
+             for role, text in (("user", question), ("assistant", answer))]
+    return system + shots + [{"role": "user", "content": prompt}]
 
 
 def tokenize_instruction(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str,
-                         system_prompt: str | None, max_length: int) -> Tokenized:
+                         system_prompt: str | None, max_length: int,
+                         examples: Sequence[tuple[str, str]] = ()) -> Tokenized:
     """Format one example with the chat template; only the assistant's answer carries labels."""
-    messages = chat_messages(prompt, system_prompt)
+    messages = chat_messages(prompt, system_prompt, examples)
     prompt_ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True)["input_ids"])
     full_ids = list(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
@@ -53,13 +59,19 @@ def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int
 
 @task(cache_policy=NO_CACHE)
 def tokenize_split(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, data_format: str,
-                   system_prompt: str | None, max_length: int) -> Dataset:
-    """Tokenize one split; instruction rows keep their prompt and reference answer for evaluation."""
+                   system_prompt: str | None, max_length: int,
+                   examples: Sequence[Sequence[tuple[str, str]]] | None = None) -> Dataset:
+    """Tokenize one split; instruction rows keep their prompt and reference answer for evaluation.
+
+    `examples[i]`, when given, are the (question, answer) turns shown before row i (few-shot or retrieved).
+    """
     rows: dict[str, list] = {"input_ids": [], "labels": [], "prompt_length": [], "truncated": [],
                              "prompt": [], "response": []}
-    for record in frame.to_dict("records"):
+    for i, record in enumerate(frame.to_dict("records")):
         if data_format == "instruction":
-            pieces = [tokenize_instruction(tokenizer, record["prompt"], record["response"], system_prompt, max_length)]
+            shots = examples[i] if examples is not None else ()
+            pieces = [tokenize_instruction(tokenizer, record["prompt"], record["response"], system_prompt,
+                                           max_length, shots)]
             prompt, response = record["prompt"], record["response"]
         else:
             pieces = tokenize_text(tokenizer, record["text"], max_length)

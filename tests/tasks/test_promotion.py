@@ -1,4 +1,4 @@
-"""Promotion gates and publishing: a failing candidate changes nothing; a swap is all or nothing."""
+"""Promotion gates and publishing: each gate can fail on its own; a swap is all or nothing."""
 
 from __future__ import annotations
 
@@ -9,58 +9,92 @@ from pathlib import Path
 import pytest
 
 from tasks.atomic_dir import restore_interrupted, write_dir_atomically
+from tasks.evaluation import Scores
 from tasks.params import PromoteParams
-from tasks.promotion import decision_record, promotion_gates, publish_production, relative_improvement
+from tasks.promotion import EVAL_SCORES, Gate, decision_record, production_gate, promotion_gates, publish_production
 
-METRICS = {"base": {"loss": 3.0, "perplexity": 20.0, "rouge_l": 0.20},
-           "finetuned": {"loss": 2.5, "perplexity": 12.0, "rouge_l": 0.30}}
-
-
-def test_relative_improvement_respects_metric_direction() -> None:
-    assert relative_improvement("rouge_l", 0.20, 0.30) == pytest.approx(0.5)
-    assert relative_improvement("perplexity", 20.0, 12.0) == pytest.approx(0.4)
-    assert relative_improvement("perplexity", 12.0, 20.0) < 0
+NO_PRODUCTION = Gate("beats_production", None, 0.05, "skipped", "no production model yet")
 
 
-@pytest.mark.parametrize(("params", "promoted"), [
-    (PromoteParams(metric="rouge_l", min_relative_improvement=0.4), True),
-    (PromoteParams(metric="rouge_l", min_relative_improvement=0.6), False),
-    (PromoteParams(metric="perplexity", min_relative_improvement=0.39), True),
-    (PromoteParams(metric="perplexity", min_relative_improvement=0.41), False),
+def metrics(tuned_rouge: float = 0.40, ci: tuple[float, float] = (0.05, 0.15), forgetting: float = 0.02) -> dict:
+    """An evaluate-stage metrics file: retrieval is the best baseline at ROUGE-L 0.30."""
+    gain = tuned_rouge - 0.30
+    return {
+        "generalist": {"rouge_l": 0.15, "perplexity": 40.0},
+        "retrieval": {"rouge_l": 0.30, "perplexity": 8.0},
+        "finetuned": {"rouge_l": tuned_rouge, "perplexity": 9.0, "training_seconds": 300.0},
+        "best_baseline": "retrieval",
+        "comparisons": {"finetuned_vs_retrieval": {"rouge_l": {"value": gain, "ci_low": ci[0], "ci_high": ci[1]}}},
+        "forgetting": {"relative_increase": forgetting},
+    }
+
+
+def failed(decision: dict) -> list[str]:
+    return [g["name"] for g in decision["gates"] if not g["passed"]]
+
+
+def test_good_candidate_passes_every_gate() -> None:
+    decision = decision_record(promotion_gates(metrics(), PromoteParams(), NO_PRODUCTION), "rouge_l")
+    assert decision["promoted"] and decision["reason"] == "all gates passed"
+    production = next(g for g in decision["gates"] if g["name"] == "beats_production")
+    assert production["status"] == "skipped" and production["detail"] == "no production model yet"
+
+
+@pytest.mark.parametrize(("candidate", "gate"), [
+    (metrics(tuned_rouge=0.31, ci=(0.001, 0.02)), "beats_best_baseline"),  # significant but under the 5% margin
+    (metrics(tuned_rouge=0.40, ci=(-0.01, 0.2)), "beats_best_baseline"),  # big but the CI includes zero
+    (metrics(forgetting=0.40), "forgetting"),
 ])
-def test_gate_threshold(params: PromoteParams, promoted: bool) -> None:
-    decision = decision_record(promotion_gates(METRICS, params), params.metric)
-    assert decision["promoted"] is promoted
-    gate = decision["gates"][-1]
-    assert gate["name"] == f"{params.metric}_vs_base" and gate["threshold"] == params.min_relative_improvement
-    if not promoted:
-        assert decision["reason"] == f"failed: {params.metric}_vs_base; production left unchanged"
+def test_each_gate_fails_on_its_own(candidate: dict, gate: str) -> None:
+    decision = decision_record(promotion_gates(candidate, PromoteParams(), NO_PRODUCTION), "rouge_l")
+    assert not decision["promoted"] and failed(decision) == [gate]
+    assert decision["reason"] == f"failed: {gate}; production left unchanged"
 
 
 def test_nan_metric_blocks_promotion() -> None:
-    broken = {**METRICS, "finetuned": {**METRICS["finetuned"], "loss": math.nan}}
-    decision = decision_record(promotion_gates(broken, PromoteParams()), "rouge_l")
-    assert not decision["promoted"] and "finite_metrics" in decision["reason"]
+    broken = metrics()
+    broken["finetuned"]["perplexity"] = math.nan
+    assert failed(decision_record(promotion_gates(broken, PromoteParams(), NO_PRODUCTION), "rouge_l")) == [
+        "finite_metrics"]
 
 
-def test_rouge_gate_on_text_data_explains_itself() -> None:
-    text_metrics = {k: {m: v for m, v in d.items() if m != "rouge_l"} for k, d in METRICS.items()}
-    decision = decision_record(promotion_gates(text_metrics, PromoteParams()), "rouge_l")
-    assert not decision["promoted"] and "choose promote.metric perplexity" in decision["gates"][-1]["detail"]
+def scored(rouge_like: list[str], references: list[str]) -> dict:
+    return {"nll": [1.0] * len(references), "target_tokens": [1] * len(references),
+            "prompt_tokens": [10] * len(references), "predictions": rouge_like,
+            "generated_tokens": 5, "generation_seconds": 1.0}
 
 
-def test_publish_writes_card_lineage_and_tokenizer(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_candidate_worse_than_production_is_refused(tmp_path: Path) -> None:
+    references = [f"Return the item number {i} of the list." for i in range(30)]
+    examples = [{"prompt": f"q{i}", "response": r} for i, r in enumerate(references)]
+    production = tmp_path / "production"
+    production.mkdir()
+    (production / EVAL_SCORES).write_text(json.dumps(
+        {"task": "free_text", "examples": examples, "scores": scored(references, references)}))
+    worse = {"task": "free_text", "examples": examples,
+             "approaches": {"finetuned": scored(["Something else entirely."] * 30, references)}}
+    gate = production_gate(worse, production, PromoteParams(), 200, 0.95, 0)
+    assert gate.status == "fail" and "vs production" in gate.detail
+    better = {"task": "free_text", "examples": examples, "approaches": {"finetuned": scored(references, references)}}
+    assert production_gate(better, production, PromoteParams(), 200, 0.95, 0).status == "fail"  # equal is not better
+    other_examples = {**better, "examples": examples[:-1]}
+    assert production_gate(other_examples, production, PromoteParams(), 200, 0.95, 0).status == "skipped"
+    assert Scores(**better["approaches"]["finetuned"]).cost()["prompt_tokens_per_example"] == 10
+
+
+def test_publish_writes_card_lineage_scores_and_tokenizer(tmp_path: Path, tiny_model_dir: Path) -> None:
     candidate = tmp_path / "adapter"
     candidate.mkdir()
     (candidate / "adapter_model.safetensors").write_bytes(b"weights")
-    lineage = {"git_revision": "abc", "metrics": METRICS, "inputs": {}, "params": {}}
-    gates = promotion_gates(METRICS, PromoteParams())
-    out = publish_production.fn(candidate, tiny_model_dir, tmp_path / "production", lineage, gates, False)
+    lineage = {"git_revision": "abc", "metrics": metrics(), "inputs": {}, "params": {}}
+    gates = promotion_gates(metrics(), PromoteParams(), NO_PRODUCTION)
+    out = publish_production.fn(candidate, tiny_model_dir, tmp_path / "production", lineage, gates, False,
+                                {"task": "free_text", "examples": [], "scores": {}})
     assert (out / "adapter_model.safetensors").read_bytes() == b"weights"
-    assert (out / "tokenizer.json").is_file()
+    assert (out / "tokenizer.json").is_file() and (out / EVAL_SCORES).is_file()
     assert json.loads((out / "lineage.json").read_text())["git_revision"] == "abc"
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: peft") and "| rouge_l | 0.2 | 0.3 |" in card
+    assert card.startswith("---\nlibrary_name: peft") and "| rouge_l | 0.15 | 0.3 | 0.4 |" in card
 
 
 def test_failed_write_leaves_the_old_version(tmp_path: Path) -> None:
