@@ -1,8 +1,9 @@
 """Regenerate the demo instruction set from the docstrings of the Python standard library.
 
 Every machine with Python has this text, and it is human-written: each example asks what a
-standard-library callable does and answers with the first paragraph of its docstring. The
-split is fixed by a hash of the prompt, so regenerating on the same Python gives the same files.
+standard-library callable does and answers with the first paragraph of its docstring. The eval
+split holds out whole modules, chosen by hash; rows are ordered by a hash of the prompt, so the
+first N eval rows are a spread of those modules and regenerating on one Python gives the same files.
 
     python data/demo/generate.py            # writes data/demo/train.jsonl and data/demo/eval.jsonl
 """
@@ -32,7 +33,7 @@ MODULES = (
     "xml.etree.ElementTree zipfile zlib zoneinfo"
 ).split()
 MIN_CHARS, MAX_CHARS = 24, 280
-EVAL_EVERY = 10  # one prompt in ten, chosen by hash, is held out for evaluation
+EVAL_SHARE = 0.1  # about one example in ten is held out, whole modules at a time
 SIGNATURE_LINE = re.compile(r"^[\w.]+\(.*\)( -> .*)?$")
 
 
@@ -79,30 +80,41 @@ def documented_names(module_name: str) -> list[tuple[str, object]]:
     return found
 
 
-def examples() -> list[dict[str, str]]:
-    """One (prompt, response) pair per documented name whose summary is unique to it."""
-    candidates: list[tuple[str, str]] = []
+def examples() -> list[tuple[str, dict[str, str]]]:
+    """(module, {prompt, response}) for each documented name whose summary is unique to it."""
+    candidates: list[tuple[str, str, str]] = []
     for module_name in MODULES:
         for qualname, obj in documented_names(module_name):
             doc = getattr(obj, "__doc__", None)
             text = summary(doc) if isinstance(doc, str) else None
             if text:
                 call = qualname.removeprefix("builtins.") + signature(obj)
-                candidates.append((f"What does `{call}` do?", text))
+                candidates.append((module_name, f"What does `{call}` do?", text))
     # A summary shared by several names (inherited or re-exported) would put the same answer in
     # both splits; keeping only unique summaries also keeps the data free of exact duplicates.
-    counts = Counter(response for _, response in candidates)
+    counts = Counter(response for _, _, response in candidates)
     seen: set[str] = set()
     rows = []
-    for prompt, response in candidates:
+    for module_name, prompt, response in candidates:
         if counts[response] == 1 and prompt not in seen:
             seen.add(prompt)
-            rows.append({"prompt": prompt, "response": response})
+            rows.append((module_name, {"prompt": prompt, "response": response}))
     return rows
 
 
-def is_eval(prompt: str) -> bool:
-    return int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % EVAL_EVERY == 0
+def eval_modules(rows: list[tuple[str, dict[str, str]]]) -> set[str]:
+    """Modules held out whole, in a fixed hash order, until they hold EVAL_SHARE of the examples.
+
+    Holding out whole modules keeps a module's near-identical siblings (`a85encode`/`b85encode`) out of
+    train, so evaluation measures what a specialization generalizes, not what it can look up.
+    """
+    sizes = Counter(module for module, _ in rows)
+    held: set[str] = set()
+    for module in sorted(sizes, key=lambda m: hashlib.sha256(m.encode()).hexdigest()):
+        if sum(sizes[m] for m in held) >= EVAL_SHARE * len(rows):
+            break
+        held.add(module)
+    return held
 
 
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
@@ -111,9 +123,11 @@ def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
 
 def main() -> None:
     here = Path(__file__).parent
-    rows = examples()
-    write_jsonl(here / "train.jsonl", [r for r in rows if not is_eval(r["prompt"])])
-    write_jsonl(here / "eval.jsonl", [r for r in rows if is_eval(r["prompt"])])
+    rows = sorted(examples(), key=lambda row: hashlib.sha256(row[1]["prompt"].encode()).hexdigest())
+    held = eval_modules(rows)
+    write_jsonl(here / "train.jsonl", [row for module, row in rows if module not in held])
+    write_jsonl(here / "eval.jsonl", [row for module, row in rows if module in held])
+    print(f"held out for evaluation: {', '.join(sorted(held))}")
     print(f"{len(rows)} examples from Python {sys.version.split()[0]} docstrings written to {here}")
 
 

@@ -30,7 +30,10 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, pref
     params["base_model"] = {"source": "local", "path": str(tiny_model_dir)}
     params["finetune"].update(max_steps=8, save_steps=4, learning_rate=0.02, logging_steps=2)
     params["evaluate"].update(max_examples=16, max_new_tokens=8)
-    params["promote"].update(metric="perplexity", min_relative_improvement=0.01)
+    params["baselines"].update(few_shot_k=2, retrieval_k=2)
+    params["evaluate"].update(bootstrap_samples=200, forgetting_max_chunks=8)
+    # The tiny model learns the demo's style fast; what forgetting it shows on general text is not the point here.
+    params["promote"].update(metric="perplexity", min_relative_improvement=0.01, max_forgetting=10.0)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "tiny setup")
     return root
@@ -52,10 +55,24 @@ def digest(root: Path, paths: list[str]) -> dict[str, str]:
 def test_repro_builds_and_promotes_a_specialist(project: Path) -> None:
     result = run(project, "dvc", "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert stages_run(result.stdout) == ["base_model", "validate", "tokenize", "finetune", "evaluate", "promote"]
+    ran = stages_run(result.stdout)
+    assert ran[:3] == ["base_model", "validate", "tokenize"] and ran[-2:] == ["evaluate", "promote"]
+    assert sorted(ran[3:5]) == ["evaluate_baselines", "finetune"]
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert metrics["finetuned"]["perplexity"] < metrics["base"]["perplexity"]
-    assert json.loads((project / "reports/promotion.json").read_text())["promoted"] is True
+    assert set(metrics) >= {"generalist", "prompted", "retrieval", "finetuned", "forgetting", "comparisons"}
+    for approach in ("generalist", "prompted", "retrieval", "finetuned"):
+        low, value, high = (metrics[approach][k] for k in ("perplexity_ci_low", "perplexity", "perplexity_ci_high"))
+        assert low <= value <= high
+    assert metrics["finetuned"]["perplexity"] < metrics["generalist"]["perplexity"]
+    report = (project / "reports/specialization.md").read_text()
+    assert report.rstrip().splitlines()[-1].startswith("Recommendation: ")
+    assert f"{metrics['finetuned']['perplexity']:.4g}" in report  # the report shows the metrics file's numbers
+    assert (project / "reports/specialization.png").read_bytes()[:4] == b"\x89PNG"
+    decision = json.loads((project / "reports/promotion.json").read_text())
+    assert decision["promoted"] is True, decision
+    gates = {g["name"]: g["status"] for g in decision["gates"]}
+    assert gates == {"finite_metrics": "pass", "beats_best_baseline": "pass", "beats_production": "skipped",
+                     "forgetting": "pass"}
     lineage = json.loads((project / "models/production/lineage.json").read_text())
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     locked_adapter = next(o["md5"] for o in lock["stages"]["finetune"]["outs"] if o["path"] == "models/adapter")
@@ -92,19 +109,37 @@ def test_second_repro_runs_nothing(project: Path) -> None:
 
 
 def test_evaluation_knob_does_not_retrain(project: Path) -> None:
-    result = run(project, "dvc", "exp", "run", "-S", "evaluate.max_new_tokens=4")
+    result = run(project, "dvc", "exp", "run", "-S", "evaluate.bootstrap_samples=300")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ran = stages_run(result.stdout)
     assert "evaluate" in ran and set(ran) <= {"evaluate", "promote"}
 
 
-def test_lora_knob_retrains_without_retokenizing(project: Path) -> None:
+def test_few_shot_knob_reruns_baselines_only(project: Path) -> None:
+    result = run(project, "dvc", "exp", "run", "-S", "baselines.few_shot_k=1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ran = stages_run(result.stdout)
+    assert ran[0] == "evaluate_baselines" and set(ran) <= {"evaluate_baselines", "evaluate", "promote"}
+
+
+def test_lora_knob_retrains_without_rerunning_baselines(project: Path) -> None:
     result = run(project, "dvc", "exp", "run", "-S", "finetune.lora.r=4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ran = stages_run(result.stdout)
-    assert ran[:2] == ["finetune", "evaluate"] and not {"base_model", "validate", "tokenize"} & set(ran)
+    assert ran[:2] == ["finetune", "evaluate"]
+    assert not {"base_model", "validate", "tokenize", "evaluate_baselines"} & set(ran)
     shown = run(project, "dvc", "exp", "show", "--json")
-    assert shown.returncode == 0 and '"r": 4' in shown.stdout.replace(" ", "").replace('"r":4', '"r": 4')
+    assert shown.returncode == 0 and '"r": 4' in shown.stdout
+
+
+def test_candidate_worse_than_production_is_not_promoted(project: Path) -> None:
+    before = digest(project, ["models/production"])
+    result = run(project, "dvc", "exp", "run", "-S", "finetune.max_steps=1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    decision = json.loads((project / "reports/promotion.json").read_text())
+    assert decision["promoted"] is False
+    assert "beats_production" in decision["reason"] and "production left unchanged" in decision["reason"]
+    assert digest(project, ["models/production"]) == before
 
 
 @pytest.mark.parametrize("bad_row", [

@@ -1,0 +1,45 @@
+"""The report's verdicts and its one-line recommendation follow the intervals, not the point values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.reporting import improvement, plot_chart, recommendation, verdict
+from tasks.statistics import Interval
+
+COSTS = {"retrieval": {"prompt_tokens_per_example": 184.5},
+         "finetuned": {"prompt_tokens_per_example": 47.9, "training_seconds": 300.0}}
+
+
+def single(finetuned: float, retrieval: float) -> dict:
+    return {"finetuned": {"rouge_l": Interval(finetuned, finetuned - 0.05, finetuned + 0.05)},
+            "retrieval": {"rouge_l": Interval(retrieval, retrieval - 0.05, retrieval + 0.05)}}
+
+
+def test_significant_winner_is_named() -> None:
+    paired = {("finetuned", "retrieval"): {"rouge_l": Interval(0.1, 0.04, 0.16)},
+              ("retrieval", "finetuned"): {"rouge_l": Interval(-0.1, -0.16, -0.04)}}
+    line = recommendation("rouge_l", single(0.5, 0.4), paired, COSTS, 0.95)
+    assert line.startswith("Recommendation: **finetuned** is best for this data: rouge_l 0.5 vs 0.4 for retrieval")
+    assert "95% CI [+0.04, +0.16]" in line
+
+
+def test_a_tie_is_called_a_tie_with_the_trade_off() -> None:
+    paired = {("finetuned", "retrieval"): {"rouge_l": Interval(-0.02, -0.07, 0.03)},
+              ("retrieval", "finetuned"): {"rouge_l": Interval(0.02, -0.03, 0.07)}}
+    line = recommendation("rouge_l", single(0.36, 0.38), paired, COSTS, 0.95)
+    assert "**retrieval** and **finetuned** are statistically tied" in line
+    assert "retrieval needs no training and 184.5 prompt tokens per answer" in line
+    assert "finetuned needs 300 s of training and 47.9 prompt tokens per answer" in line
+
+
+def test_lower_is_better_metrics_flip_the_sign() -> None:
+    gain = improvement("perplexity", Interval(-3.0, -4.0, -2.0))  # candidate perplexity 3 lower
+    assert (gain.value, gain.low, gain.high) == (3.0, 2.0, 4.0) and verdict(gain) == "better"
+    assert verdict(Interval(0.1, -0.1, 0.3)) == "no significant difference"
+
+
+def test_chart_is_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "chart.png"
+    plot_chart(["loss", "rouge_l"], single(0.36, 0.38), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
