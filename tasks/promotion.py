@@ -60,8 +60,9 @@ def production_gate(candidate: dict[str, Any], production_dir: Path, params: Pro
     """The candidate against the current production model, paired on the same examples."""
     recorded = production_dir / EVAL_SCORES
     if not recorded.is_file():
-        return Gate("beats_production", None, params.min_relative_improvement, "skipped",
-                    "no production model yet")
+        why = ("no production model yet" if not production_dir.exists()
+               else f"production has no {EVAL_SCORES} to compare with (promoted by an older tailor)")
+        return Gate("beats_production", None, params.min_relative_improvement, "skipped", why)
     production = json.loads(recorded.read_text(encoding="utf-8"))
     if production["examples"] != candidate["examples"] or production["task"] != candidate["task"]:
         return Gate("beats_production", None, params.min_relative_improvement, "skipped",
