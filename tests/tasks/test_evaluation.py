@@ -23,7 +23,7 @@ def setup(tiny_model_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     frame = pd.read_json(DEMO / "eval.jsonl", lines=True).head(7)
-    return model, tokenizer, tokenize_split.fn(tokenizer, frame, "instruction", None, 128)
+    return model, tokenizer, tokenize_split.fn(tokenizer, frame, "instruction", None, 512)
 
 
 def test_batched_nll_matches_a_plain_loop(setup) -> None:
