@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -18,16 +20,43 @@ from transformers import (
     DataCollatorWithFlattening,
     PreTrainedModel,
     Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
     TrainingArguments,
     set_seed,
 )
 from transformers.integrations import DVCLiveCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from tasks.atomic_dir import write_dir_atomically
+from tasks.errors import UserError
 from tasks.params import FinetuneParams
 
 FINGERPRINT_FILE = "fingerprint.json"
+COMPLETE_MARKER = "tailor-complete"  # written into a checkpoint after everything else: it is whole
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """The Trainer writes a checkpoint file by file; a kill midway leaves a folder that looks like one.
+
+    on_save runs after the checkpoint is fully written, so the marker it adds separates whole checkpoints
+    from partial ones, which `resume_checkpoint` skips.
+    """
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """A NaN or infinite loss ruins every later step; stop at once so nothing is saved or promoted."""
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise UserError(f"training loss became {loss} by step {state.global_step}; lower finetune.learning_rate "
+                            "(or check the data); no adapter was written and nothing was promoted")
 
 
 def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel:
@@ -66,10 +95,14 @@ def resume_checkpoint(checkpoints_dir: Path, fingerprint: str) -> Path | None:
         shutil.rmtree(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     recorded.write_text(fingerprint)
-    last = get_last_checkpoint(str(checkpoints_dir))
-    if last:
-        logger.info("resuming from %s", last)
-    return Path(last) if last else None
+    found = sorted(checkpoints_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for partial in [p for p in found if not (p / COMPLETE_MARKER).is_file()]:
+        logger.info("removing %s: it was not completely written (the run was interrupted while saving)", partial)
+        shutil.rmtree(partial)
+    complete = [p for p in found if (p / COMPLETE_MARKER).is_file()]
+    if complete:
+        logger.info("resuming from %s, the last complete checkpoint", complete[-1])
+    return complete[-1] if complete else None
 
 
 def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: torch.device,
@@ -95,6 +128,7 @@ def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: to
         remove_unused_columns=False,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="all",  # packed batches hold no padding, so all tokens are real
+        logging_nan_inf_filter=False,  # the default hides NaN losses from the logs; StopOnNonFiniteLoss needs them
     )
 
 
@@ -113,7 +147,7 @@ def train(model: PreTrainedModel, train_set: Dataset, params: FinetuneParams, se
         args=training_arguments(params, checkpoints_dir, device, seed),
         train_dataset=train_set.select_columns(["input_ids", "labels"]),
         data_collator=DataCollatorWithFlattening(return_position_ids=True),
-        callbacks=[DVCLiveCallback(live=live)],
+        callbacks=[DVCLiveCallback(live=live), MarkCompleteCheckpoints(), StopOnNonFiniteLoss()],
     )
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -27,10 +27,15 @@ def copy_repository(dest: Path) -> Path:
     return dest
 
 
-def run(root: Path, *command: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    """Run a command in root with this interpreter's environment first on PATH (so `python` is ours)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(list(command), cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+def environment(**extra: str) -> dict[str, str]:
+    """This interpreter's environment first on PATH (so `python` and `dvc` are ours), plus `extra`."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+def run(root: Path, *command: str, timeout: int = 900, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command in root and wait for it."""
+    return subprocess.run(list(command), cwd=root, env=environment(**extra_env), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def stages_run(output: str) -> list[str]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from stage_runner import copy_repository, run, stages_run
+from stage_runner import copy_repository, environment, run, stages_run
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/validated", "data/tokenized", "models/adapter", "models/production", "reports/metrics.json"]
@@ -52,9 +54,16 @@ def digest(root: Path, paths: list[str]) -> dict[str, str]:
     return result
 
 
+SECRET = "hf_NotARealTokenButSecret123"
+
+
 def test_repro_builds_and_promotes_a_specialist(project: Path) -> None:
-    result = run(project, "dvc", "repro")
+    result = run(project, "dvc", "repro", HF_TOKEN=SECRET)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert SECRET not in result.stdout + result.stderr
+    for path in [*(project / "reports").rglob("*"), *(project / "models" / "production").rglob("*"),
+                 project / "dvc.lock"]:
+        assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
     ran = stages_run(result.stdout)
     assert ran[:3] == ["base_model", "validate", "tokenize"] and ran[-2:] == ["evaluate", "promote"]
     assert sorted(ran[3:5]) == ["evaluate_baselines", "finetune"]
@@ -140,6 +149,18 @@ def test_candidate_worse_than_production_is_not_promoted(project: Path) -> None:
     assert decision["promoted"] is False
     assert "beats_production" in decision["reason"] and "production left unchanged" in decision["reason"]
     assert digest(project, ["models/production"]) == before
+
+
+def test_two_repros_at_once_one_waits_its_turn(project: Path) -> None:
+    before = digest(project, OUTPUTS)
+    first = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "promote"], cwd=project,
+                             env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)  # the first run holds DVC's repository lock while its stage runs (about 10 s)
+    second = run(project, "dvc", "repro")
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, output[-3000:]
+    assert second.returncode != 0 and "Unable to acquire lock" in second.stderr
+    assert digest(project, OUTPUTS) == before  # the re-run candidate equals production: nothing changes
 
 
 @pytest.mark.parametrize("bad_row", [

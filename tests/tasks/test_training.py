@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFl
 
 from tasks.params import FinetuneParams, LoraParams
 from tasks.tokenization import tokenize_split
-from tasks.training import resume_checkpoint, save_trained, train, training_fingerprint
+from tasks.errors import UserError
+from tasks.training import (
+    COMPLETE_MARKER,
+    StopOnNonFiniteLoss,
+    resume_checkpoint,
+    save_trained,
+    train,
+    training_fingerprint,
+)
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 PARAMS = FinetuneParams(learning_rate=2e-2, max_steps=6, batch_size=8, save_steps=3, logging_steps=1,
@@ -81,9 +90,31 @@ def test_checkpoints_resume_only_with_the_same_inputs(tmp_path: Path, tiny_model
     with disable_run_logger():
         assert resume_checkpoint.fn(checkpoints, fingerprint) is None
         (checkpoints / "checkpoint-3").mkdir()
-        (checkpoints / "checkpoint-3" / "trainer_state.json").write_text("{}")
+        (checkpoints / "checkpoint-3" / COMPLETE_MARKER).touch()
         assert resume_checkpoint.fn(checkpoints, fingerprint) == checkpoints / "checkpoint-3"
         changed = training_fingerprint(PARAMS.model_copy(update={"learning_rate": 1e-4}), 7, [tiny_model_dir])
         assert changed != fingerprint
         assert resume_checkpoint.fn(checkpoints, changed) is None
         assert not (checkpoints / "checkpoint-3").exists()
+
+
+def test_partial_checkpoint_is_skipped_and_removed(tiny_model_dir: Path, train_set, tmp_path: Path) -> None:
+    run_training(tiny_model_dir, train_set, tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    assert all((c / COMPLETE_MARKER).is_file() for c in checkpoints.glob("checkpoint-*"))
+    partial = checkpoints / "checkpoint-9"  # what a kill while saving leaves: files, but no marker
+    shutil.copytree(checkpoints / "checkpoint-6", partial)
+    (partial / COMPLETE_MARKER).unlink()
+    (checkpoints / "fingerprint.json").write_text("same inputs")
+    with disable_run_logger():
+        assert resume_checkpoint.fn(checkpoints, "same inputs") == checkpoints / "checkpoint-6"
+    assert not partial.exists()
+
+
+def test_non_finite_loss_stops_training() -> None:
+    class State:
+        global_step = 12
+
+    with pytest.raises(UserError, match="training loss became nan by step 12; lower finetune.learning_rate"):
+        StopOnNonFiniteLoss().on_log(None, State(), None, logs={"loss": float("nan")})
+    StopOnNonFiniteLoss().on_log(None, State(), None, logs={"loss": 2.5})
