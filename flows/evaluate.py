@@ -42,14 +42,20 @@ def general_perplexity(model: Any, dataset: Any, pad_id: int, batch_size: int) -
 def regressions(metric_values: TaskMetrics, metric: str, baseline: str, examples: list[dict[str, str]],
                 limit: int = 5) -> list[dict[str, Any]]:
     """Examples where the fine-tuned model trails the best baseline the most, per-example `metric`."""
-    if (baseline, metric) not in metric_values.per_example:
+    ours = metric_values.per_example_score("finetuned", metric)
+    theirs = metric_values.per_example_score(baseline, metric)
+    if ours is None or theirs is None:
         return []
-    ours, theirs = metric_values.per_example["finetuned", metric], metric_values.per_example[baseline, metric]
     worst = sorted(range(len(ours)), key=lambda i: ours[i] - theirs[i])[:limit]
-    return [{"prompt": examples[i]["prompt"], "reference": examples[i]["response"],
-             "finetuned": metric_values.scores["finetuned"].predictions[i], "finetuned_score": float(ours[i]),
-             "baseline": baseline, "baseline_output": metric_values.scores[baseline].predictions[i],
+    return [{"prompt": examples[i].get("prompt", examples[i].get("text", "")[:80]),
+             "reference": examples[i].get("response", ""),
+             "finetuned": output(metric_values.scores["finetuned"], i), "finetuned_score": float(ours[i]),
+             "baseline": baseline, "baseline_output": output(metric_values.scores[baseline], i),
              "baseline_score": float(theirs[i])} for i in worst if ours[i] < theirs[i]]
+
+
+def output(scores: Scores, index: int) -> str:
+    return scores.predictions[index] if scores.predictions else "(not generated: plain-text data)"
 
 
 def flat_interval(metric: str, interval: dict[str, float]) -> dict[str, float]:

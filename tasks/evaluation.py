@@ -83,6 +83,12 @@ class TaskMetrics:
         return float(f1_score([normalize_label(r) for r in references], [normalize_label(p) for p in predictions],
                               average="macro", zero_division=0))
 
+    def per_example_score(self, approach: str, name: str) -> np.ndarray | None:
+        """Each example's score on `name`, higher is better; None for corpus-level metrics (BLEU, macro-F1)."""
+        if name in ("loss", "perplexity"):
+            return -self.nll[approach] / np.maximum(self.tokens[approach], 1)  # mean log-likelihood per token
+        return self.per_example.get((approach, name))
+
     def functions(self) -> dict[str, Callable[[str, np.ndarray], float]]:
         return {name: (lambda a, i, name=name: self.value(name, a, i)) for name in self.names}
 
@@ -91,10 +97,9 @@ def batches(indices: list[int], size: int) -> list[list[int]]:
     return [indices[i:i + size] for i in range(0, len(indices), size)]
 
 
-def by_length(dataset: Dataset, column: str) -> list[int]:
+def longest_first(lengths: list[int]) -> list[int]:
     """Example indices, longest first, so each batch pads to similar lengths."""
-    lengths = [len(ids) for ids in dataset[column]] if column != "prompt_length" else dataset[column]
-    return sorted(range(len(dataset)), key=lambda i: -lengths[i])
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 @torch.no_grad()
@@ -103,7 +108,7 @@ def reference_nll(model: PreTrainedModel, dataset: Dataset, batch_size: int, pad
     model.eval()
     device = next(model.parameters()).device
     nll, counts = [0.0] * len(dataset), [0] * len(dataset)
-    for batch in batches(by_length(dataset, "input_ids"), batch_size):
+    for batch in batches(longest_first([len(ids) for ids in dataset["input_ids"]]), batch_size):
         rows = dataset.select(batch)
         width = max(len(ids) for ids in rows["input_ids"])
         input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids in rows["input_ids"]], device=device)
@@ -127,7 +132,7 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = [""] * len(dataset)
     generated, started = 0, time.perf_counter()
-    for batch in batches(by_length(dataset, "prompt_length"), batch_size):
+    for batch in batches(longest_first(dataset["prompt_length"]), batch_size):
         prompts = [ids[:length] for ids, length in zip(dataset.select(batch)["input_ids"],
                                                        dataset.select(batch)["prompt_length"])]
         width = max(len(p) for p in prompts)

@@ -93,7 +93,8 @@ def render_report(metrics: list[str], single: dict[str, dict[str, Interval]],
                   f"  - fine-tuned ({r['finetuned_score']:.3f}): {r['finetuned']}",
                   f"  - {r['baseline']} ({r['baseline_score']:.3f}): {r['baseline_output']}"]
     if not regressions:
-        lines.append("None: the fine-tuned model is not worse than the best baseline on any example.")
+        lines.append("None found: the fine-tuned model is not worse than the best baseline on any example "
+                     "(or the promotion metric has no per-example score, as for BLEU and macro-F1).")
     lines += ["", headline, ""]
     return "\n".join(lines)
 

@@ -64,6 +64,9 @@ def test_task_metrics_and_cost(setup) -> None:
     assert math.isclose(metrics.value("perplexity", "m", everything),
                         math.exp(sum(scores.nll) / sum(scores.target_tokens)), rel_tol=1e-9)
     assert 0.0 <= metrics.value("rouge_l", "m", everything) <= 1.0
+    per_token = metrics.per_example_score("m", "perplexity")  # higher is better: mean log-likelihood per token
+    assert per_token.shape == (len(dataset),) and (per_token < 0).all()
+    assert metrics.per_example_score("m", "rouge_l").tolist() == rouge_l(scores.predictions, list(dataset["response"]))
     assert scores.cost()["prompt_tokens_per_example"] == pytest.approx(np.mean(dataset["prompt_length"]), abs=0.05)
 
 
