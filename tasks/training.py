@@ -149,10 +149,12 @@ def train(model: PreTrainedModel, train_set: Dataset, params: FinetuneParams, se
         data_collator=DataCollatorWithFlattening(return_position_ids=True),
         callbacks=[DVCLiveCallback(live=live), MarkCompleteCheckpoints(), StopOnNonFiniteLoss()],
     )
+    # Read before training: checkpoint rotation may delete resume_from while the run goes on.
+    tokens_before = tokens_seen_at(resume_from)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
-    tokens = trainer.state.num_input_tokens_seen - tokens_seen_at(resume_from)
+    tokens = trainer.state.num_input_tokens_seen - tokens_before
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
         "train_loss": round(float(result.training_loss), 5),

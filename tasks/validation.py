@@ -18,6 +18,14 @@ from tasks.errors import UserError
 from tasks.params import DataParams, ValidateParams
 
 EXAMPLE_ROWS = 3  # offending rows shown per failed expectation
+UTF8_BOM = b"\xef\xbb\xbf"
+# Personal data a training set should not carry; deliberately simple patterns, tuned to miss code and versions.
+PII_PATTERNS = [
+    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z0-9.-]*[A-Za-z]{2,}",  # email address
+    r"(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",  # phone number
+    r"\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{1,4}\b",  # payment card number
+    r"\b\d{3}-\d{2}-\d{4}\b",  # US social security number
+]
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Failure:
 
 def read_jsonl(path: Path) -> pd.DataFrame:
     """JSON Lines, one object per line; a broken line is reported with its number."""
-    rows = []
+    rows: list[dict] = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -49,6 +57,9 @@ def read_jsonl(path: Path) -> pd.DataFrame:
                 raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove that line")
             if not isinstance(row, dict):
                 raise UserError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
+            if rows and row.keys() != rows[0].keys():
+                raise UserError(f"{path}: line {number} has keys {sorted(row)} but the first line has "
+                                f"{sorted(rows[0])}; every line needs the same fields")
             rows.append(row)
     return pd.DataFrame(rows, dtype=object)
 
@@ -59,11 +70,16 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: file not found; fix data.train/data.eval in params.yaml, or `dvc pull` it")
     suffix = path.suffix.lower()
+    with path.open("rb") as handle:
+        starts_with_bom = handle.read(3) == UTF8_BOM
+    if suffix in (".jsonl", ".json", ".csv") and starts_with_bom:
+        raise UserError(f"{path}: starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM")
     try:
         if suffix in (".jsonl", ".json"):
             frame = read_jsonl(path)
         elif suffix == ".csv":
-            frame = pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""], encoding="utf-8")
+            frame = pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""], encoding="utf-8",
+                                on_bad_lines="error")
         elif suffix == ".parquet":
             frame = pd.read_parquet(path).astype(object)
         else:
@@ -91,6 +107,7 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
     A column missing from the file (`present`) gets only its existence check, so the summary names
     the missing column once instead of listing every expectation that could not run on it.
     """
+    label_column = columns[-1] if len(columns) > 1 else None  # the response column of instruction data
     suite = gx.ExpectationSuite(name=name)
     suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(
         min_value=min_rows, description=f"at least {min_rows} examples"))
@@ -106,6 +123,14 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
         suite.add_expectation(gxe.ExpectColumnValueLengthsToBeBetween(
             column=column, min_value=limits.min_chars, max_value=limits.max_chars,
             description=f"length between {limits.min_chars} and {limits.max_chars} characters"))
+        if limits.pii:
+            suite.add_expectation(gxe.ExpectColumnValuesToNotMatchRegexList(
+                column=column, regex_list=PII_PATTERNS,
+                description="no personal data (email, phone, card number, US SSN); or set validate.pii false"))
+    if limits.allowed_responses and label_column in present:
+        suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(
+            column=label_column, value_set=limits.allowed_responses,
+            description=f"labels are one of {limits.allowed_responses}"))
     if all(column in present for column in columns):
         suite.add_expectation(gxe.ExpectCompoundColumnsToBeUnique(
             column_list=columns, description="no exact duplicate examples"))

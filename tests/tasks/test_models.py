@@ -9,9 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tasks.errors import UserError
-from tasks.models import load_pretrained, materialize_base_model, save_model_dir
-from tasks.params import LocalModel
+from tasks.models import load_pretrained, save_model_dir
 
 
 def test_local_model_dir_becomes_a_plain_safetensors_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -31,8 +29,3 @@ def test_pickle_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> Non
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
     with pytest.raises(OSError, match="safetensors"):
         load_pretrained.fn(str(pickled), None, False)
-
-
-def test_missing_local_dir_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="is not a model directory"):
-        materialize_base_model(LocalModel(source="local", path=tmp_path / "nope"), tmp_path / "base", tmp_path)

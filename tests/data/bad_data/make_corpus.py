@@ -1,0 +1,113 @@
+"""Regenerate the bad-data corpus: each file is what a real export gets wrong, next to good demo rows.
+
+    python tests/data/bad_data/make_corpus.py
+
+cases.json maps each file to the words the validate stage's error must contain, and to any params
+or eval file the case needs. tests/flows/test_validate_corpus.py runs the stage on every case.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).parent
+DEMO = HERE.parents[2] / "data" / "demo"
+
+
+def demo(split: str, rows: int) -> list[dict]:
+    return [json.loads(line) for line in (DEMO / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]]
+
+
+def jsonl(rows: list) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def csv_text(rows: list[dict], header: tuple[str, str] = ("prompt", "response")) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows([row["prompt"], row["response"]] for row in rows)
+    return out.getvalue()
+
+
+def with_row(row: dict) -> list[dict]:
+    """Sixty good rows with one bad row in the middle."""
+    rows = demo("train", 60)
+    return rows[:30] + [row] + rows[30:]
+
+
+def main() -> None:
+    good, evaluation = demo("train", 60), demo("eval", 10)
+    labels = [{"prompt": r["prompt"], "response": "positive" if i % 2 else "negative"} for i, r in enumerate(good)]
+    q = "What does `thing()` do?"
+    cases: dict[str, dict] = {}
+
+    def add(name: str, content: str | bytes, expect: str, **extra: object) -> None:
+        path = HERE / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        cases[name] = {"expect": expect, **extra}
+
+    (HERE / "eval.jsonl").write_text(jsonl(evaluation), encoding="utf-8")
+    (HERE / "labels_eval.jsonl").write_text(
+        jsonl([{"prompt": r["prompt"], "response": "positive"} for r in evaluation]), encoding="utf-8")
+    add("empty.jsonl", "", "has no rows")
+    add("blank_lines.jsonl", "\n\n\n", "has no rows")
+    add("missing_column.jsonl", jsonl([{"prompt": r["prompt"]} for r in good]), "expect_column_to_exist(response)")
+    add("renamed_columns.csv", csv_text(good, ("question", "answer")), "expect_column_to_exist(prompt)")
+    add("number_prompt.jsonl", jsonl(with_row({"prompt": 42, "response": "The answer."})),
+        "expect_column_values_to_be_of_type(prompt)")
+    add("list_response.jsonl", jsonl(with_row({"prompt": q, "response": ["Two", "parts."]})),
+        "expect_column_values_to_be_of_type(response)")
+    add("null_prompt.jsonl", jsonl(with_row({"prompt": None, "response": "An answer."})),
+        "expect_column_values_to_not_be_null(prompt)")
+    add("null_response.csv", csv_text(good[:30]) + f'"{q}",\n' + csv_text(good[30:]).split("\n", 1)[1],
+        "expect_column_values_to_not_be_null(response)")
+    add("whitespace_response.jsonl", jsonl(with_row({"prompt": q, "response": " \t "})),
+        "expect_column_values_to_not_match_regex(response)")
+    add("empty_prompt.jsonl", jsonl(with_row({"prompt": "", "response": "An answer."})),
+        "expect_column_values_to_not_match_regex(prompt)")
+    add("latin1.csv", csv_text(with_row({"prompt": "Qu'est-ce qu'un café ?", "response": "Une boisson."}))
+        .encode("latin-1", errors="replace"), "not UTF-8")
+    add("latin1.jsonl", jsonl(good[:5]).encode() + '{"prompt": "caf\xe9", "response": "x"}\n'.encode("latin-1"),
+        "not UTF-8")
+    add("bom.jsonl", b"\xef\xbb\xbf" + jsonl(good).encode(), "byte-order mark")
+    add("bom.csv", b"\xef\xbb\xbf" + csv_text(good).encode(), "byte-order mark")
+    # The quote swallows the comma: the row reads as one long prompt with no response, and is named as such.
+    add("unclosed_quote.csv", csv_text(good[:30]) + f'"{q},"An answer.\n' + csv_text(good[30:]).split("\n", 1)[1],
+        "expect_column_values_to_not_be_null(response)")
+    add("extra_fields.csv", csv_text(good[:30]) + f'"{q}","An answer.","stray"\n', "cannot be read as csv")
+    add("broken_line.jsonl", jsonl(good[:4]) + '{"prompt": "unterminated\n' + jsonl(good[4:]),
+        "line 5 is not valid JSON")
+    add("array_line.jsonl", jsonl(good[:2]) + '["a", "b"]\n' + jsonl(good[2:]), "line 3 is a JSON list")
+    add("mixed_schema.jsonl", jsonl(good[:2]) + jsonl([{"question": q, "answer": "An answer."}]) + jsonl(good[2:]),
+        "line 3 has keys ['answer', 'question']")
+    add("duplicates.jsonl", jsonl(good + [good[7]]), "expect_compound_columns_to_be_unique(prompt,response)")
+    add("leaked_eval.jsonl", jsonl(with_row(evaluation[3])), "[eval] expect_column_values_to_not_be_in_set(prompt)")
+    add("overlong_response.jsonl", jsonl(with_row({"prompt": q, "response": "Very long. " * 500})),
+        "expect_column_value_lengths_to_be_between(response)")
+    add("wrong_labels.jsonl", jsonl(labels[:30] + [{"prompt": q, "response": "maybe"}] + labels[30:]),
+        "expect_column_values_to_be_in_set(response)", eval="labels_eval.jsonl",
+        validate={"allowed_responses": ["positive", "negative"]})
+    for kind, text in (("email", "Write to jane.doe@example.org for access."),
+                       ("phone", "Call (555) 123-4567 to reset it."),
+                       ("card", "Charge 4111 1111 1111 1111 on success."),
+                       ("ssn", "Stores the SSN 078-05-1120 of the user.")):
+        add(f"pii_{kind}.jsonl", jsonl(with_row({"prompt": q, "response": text})),
+            "expect_column_values_to_not_match_regex_list(response)")
+    add("too_few_rows.jsonl", jsonl(good[:3]), "expect_table_row_count_to_be_between")
+    add("notes.txt", "prompt: response\n", "unsupported file type")
+    add("not_really.parquet", jsonl(good), "cannot be read as parquet")
+    buffer = io.BytesIO()
+    pd.DataFrame({"prompt": list(range(60)), "response": [r["response"] for r in good]}).to_parquet(buffer)
+    add("int_prompt.parquet", buffer.getvalue(), "expect_column_values_to_be_of_type(prompt)")
+    (HERE / "cases.json").write_text(json.dumps(cases, indent=2) + "\n", encoding="utf-8")
+    print(f"{len(cases)} bad-data cases written to {HERE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The bad-params corpus: each broken params.yaml stops `python -m tasks.params` with exit 2, naming the key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CASES = yaml.safe_load((REPO / "tests" / "data" / "bad_params" / "cases.yaml").read_text())
+SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def broken(case: dict) -> dict:
+    raw = copy.deepcopy(SHIPPED)
+    *parents, leaf = case.get("rename", case["set"]).split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    if "rename" in case:
+        node[case["set"].split(".")[-1]] = node.pop(leaf)
+    elif case.get("remove"):
+        del node[leaf]
+    else:
+        node[leaf] = case["value"]
+    return raw
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['set']}={c.get('value', '')}" for c in CASES])
+def test_broken_params_stop_with_the_key_named(case: dict, tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(broken(case), sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "tasks.params", str(path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert case["expect"] in result.stderr, result.stderr
+    assert result.stderr.startswith(f"tailor: {path} is invalid:") and "Traceback" not in result.stderr
