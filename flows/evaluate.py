@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage
 from tasks.errors import UserError
-from tasks.evaluation import Scores, TaskMetrics, attach_candidate, reference_nll, score_model
+from tasks.evaluation import Scores, TaskMetrics, attach_candidate, padding_id, reference_nll, score_model
 from tasks.models import load_model, pick_device
 from tasks.params import Params
 from tasks.reporting import best, improvement, plot_chart, recommendation, render_report
@@ -65,6 +65,7 @@ def flat_interval(metric: str, interval: dict[str, float]) -> dict[str, float]:
 
 @flow(name="evaluate")
 def evaluate_flow(params: Params) -> dict[str, Any]:
+    """Score the candidate on the baselines' examples, then compare all approaches with paired intervals."""
     settings = params.evaluate
     recorded = json.loads(BASELINES.read_text(encoding="utf-8"))
     baselines = {a: Scores(**s) for a, s in recorded["approaches"].items()}
@@ -75,7 +76,7 @@ def evaluate_flow(params: Params) -> dict[str, Any]:
         raise UserError("evaluate_baselines scored other examples than the tokenized eval split; run `dvc repro`")
     instruction = params.data.format == "instruction"
     model, tokenizer = load_model(BASE_DIR, pick_device("auto"))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     general = read_table(settings.forgetting_text).head(settings.forgetting_max_chunks)
     general_set = tokenize_split(tokenizer, general, "text", None, params.tokenize.max_length)
     general_set = general_set.select(range(min(settings.forgetting_max_chunks, len(general_set))))

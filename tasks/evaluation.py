@@ -93,6 +93,11 @@ class TaskMetrics:
         return {name: (lambda a, i, name=name: self.value(name, a, i)) for name in self.names}
 
 
+def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's pad token, or its end-of-sequence token when it has none (many chat models)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def batches(indices: list[int], size: int) -> list[list[int]]:
     return [indices[i:i + size] for i in range(0, len(indices), size)]
 
@@ -129,7 +134,7 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """Greedy answers to each example's prompt, batched with left padding and the KV cache."""
     model.eval()
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     answers = [""] * len(dataset)
     generated, started = 0, time.perf_counter()
     for batch in batches(longest_first(dataset["prompt_length"]), batch_size):
@@ -157,7 +162,7 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
 def score_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
                 max_new_tokens: int, generate: bool) -> Scores:
     """Loss/perplexity on the references and, for instruction data, ROUGE-L of greedy answers."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     scores = Scores()
     scores.nll, scores.target_tokens = reference_nll(model, dataset, batch_size, pad_id)
     scores.prompt_tokens = list(dataset["prompt_length"])
