@@ -1,17 +1,30 @@
-"""Stage finetune: specialize the base model on the tokenized train split (LoRA by default)."""
+"""Stage finetune: specialize the base model on the tokenized train split (LoRA by default).
+
+With finetune.processes > 1 the flow starts that many training processes with torchrun (DDP or FSDP). Each
+runs this module again, trains on its share of every batch, and rank 0 alone writes the outputs. Those
+processes call the training steps as plain functions, not Prefect tasks, so that one stage is one flow run.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from datasets import load_from_disk
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.stage import run_stage
-from tasks.models import load_model, pick_device
-from tasks.params import FinetuneParams
-from tasks.training import resume_checkpoint, save_trained, train, training_fingerprint
+from tasks.errors import UserError
+from tasks.models import pick_device
+from tasks.params import FinetuneParams, Params
+from tasks.training import is_main_process, prepare_checkpoints, save_trained, train, training_fingerprint
 
 BASE_DIR = Path("models/base")
 TRAIN_DIR = Path("data/tokenized/train")
@@ -20,20 +33,53 @@ OUT_DIR = Path("models/adapter")
 LIVE_DIR = Path("reports/training")
 SUMMARY = Path("reports/training.json")
 
+Step = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-@flow(name="finetune")
-def finetune_flow(finetune: FinetuneParams, seed: int) -> dict[str, float]:
-    """Train, resuming from the last checkpoint of an interrupted run with the same inputs; save the adapter."""
-    device = pick_device(finetune.device)
-    resume_from = resume_checkpoint(CHECKPOINTS_DIR, training_fingerprint(finetune, seed, [BASE_DIR, TRAIN_DIR]))
-    model, _ = load_model(BASE_DIR, device)
-    trained, summary = train(model, load_from_disk(str(TRAIN_DIR)), finetune, seed, device,
-                             CHECKPOINTS_DIR, resume_from, LIVE_DIR)
-    save_trained(trained, OUT_DIR)
-    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-    SUMMARY.write_text(json.dumps({**summary, "device": device.type}, indent=2) + "\n", encoding="utf-8")
+
+def as_prefect_task(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a training step as a Prefect task (shown in the UI); DVC, not Prefect, caches stage results."""
+    return task(fn, cache_policy=NO_CACHE)
+
+
+def finetune(params: FinetuneParams, seed: int, step: Step) -> dict[str, Any]:
+    """Train from the last complete checkpoint or the base model; rank 0 writes the adapter and the summary."""
+    device = pick_device(params.device)
+    fingerprint = training_fingerprint(params, seed, [BASE_DIR, TRAIN_DIR])
+    step(prepare_checkpoints)(CHECKPOINTS_DIR, fingerprint, params.on_input_change)
+    trained, summary = step(train)(BASE_DIR, load_from_disk(str(TRAIN_DIR)), params, seed, device,
+                                   CHECKPOINTS_DIR, LIVE_DIR)
+    if is_main_process():
+        step(save_trained)(trained, OUT_DIR)
+        SUMMARY.parent.mkdir(parents=True, exist_ok=True)
+        SUMMARY.write_text(json.dumps({**summary, "device": device.type}, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
+@task(cache_policy=NO_CACHE)
+def launch_training_processes(processes: int) -> None:
+    """Run this module under torchrun with one process per device; any process failing fails the stage."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "flows.finetune"]
+    if subprocess.run(command, check=False).returncode != 0:
+        raise UserError(f"the {processes} training processes did not finish; their errors are in the log above")
+
+
+@flow(name="finetune")
+def finetune_flow(params: FinetuneParams, seed: int) -> dict[str, Any]:
+    """One process trains here; several are started with torchrun and the summary rank 0 wrote is read back."""
+    if params.processes == 1:
+        return finetune(params, seed, as_prefect_task)
+    launch_training_processes(params.processes)
+    return json.loads(SUMMARY.read_text(encoding="utf-8"))
+
+
+def training_process(params: Params) -> None:
+    """One of the torchrun processes: the same steps, as plain functions, logging with the rank."""
+    logging.basicConfig(level=logging.INFO, format=f"rank {os.environ['RANK']}: %(message)s", force=True)
+    logging.getLogger("tailor.training").info("training process %s of %s started", os.environ["RANK"],
+                                              os.environ["WORLD_SIZE"])
+    finetune(params.finetune, params.seed, lambda fn: fn)
+
+
 if __name__ == "__main__":
-    run_stage(lambda params: finetune_flow(params.finetune, params.seed))
+    run_stage(training_process if "LOCAL_RANK" in os.environ else lambda p: finetune_flow(p.finetune, p.seed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -113,6 +114,6 @@ def pick_device(requested: str) -> torch.device:
     """`auto` takes CUDA when there is one; asking for CUDA without one is a params error."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise UserError("finetune.device is cuda but no CUDA device is visible; set it to auto or cpu")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: one GPU per process

@@ -116,7 +116,19 @@ class FinetuneParams(Section):
     weight_decay: float = Field(0.0, ge=0)
     save_steps: int = Field(25, ge=1, description="a checkpoint every this many steps; a rerun resumes from the last")
     logging_steps: int = Field(5, ge=1)
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+    on_input_change: Literal["restart", "refuse"] = Field(
+        "restart", description="checkpoints made from other data or params: start fresh, or stop and say so")
+    processes: int = Field(1, ge=1, le=1024, description="training processes on this machine (torchrun), one per GPU")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: ddp copies the model to each, fsdp shards it across them")
     lora: LoraParams = LoraParams()
+
+    @model_validator(mode="after")
+    def sharding_needs_processes(self) -> FinetuneParams:
+        if self.strategy == "fsdp" and self.processes == 1:
+            raise ValueError("strategy fsdp shards the model across processes; set processes above 1, or use ddp")
+        return self
 
 
 class BaselinesParams(Section):

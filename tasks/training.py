@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from datasets import Dataset
 from dvclive import Live
 from peft import LoraConfig, get_peft_model
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 from transformers import (
     DataCollatorWithFlattening,
     PreTrainedModel,
@@ -30,17 +33,33 @@ from transformers.integrations import DVCLiveCallback
 
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
+from tasks.flops import mfu, peak_flops, training_flops_per_token
+from tasks.models import load_model
 from tasks.params import FinetuneParams
 
 FINGERPRINT_FILE = "fingerprint.json"
 COMPLETE_MARKER = "tailor-complete"  # written into a checkpoint after everything else: it is whole
+T = TypeVar("T")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or the only process: the one that writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger inside a flow (shown in the UI); a plain logger in a torchrun training process."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("tailor.training")
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
     """The Trainer writes a checkpoint file by file; a kill midway leaves a folder that looks like one.
 
     on_save runs after the checkpoint is fully written, so the marker it adds separates whole checkpoints
-    from partial ones, which `resume_checkpoint` skips.
+    from partial ones, which `prepare_checkpoints` removes.
     """
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -85,34 +104,49 @@ def training_fingerprint(params: FinetuneParams, seed: int, inputs: list[Path]) 
     return digest.hexdigest()
 
 
-@task(cache_policy=NO_CACHE)
-def resume_checkpoint(checkpoints_dir: Path, fingerprint: str) -> Path | None:
-    """The last checkpoint of an interrupted run with the same inputs, or None (stale ones are removed)."""
-    recorded = checkpoints_dir / FINGERPRINT_FILE
-    logger = get_run_logger()
-    if checkpoints_dir.is_dir() and (not recorded.is_file() or recorded.read_text() != fingerprint):
-        logger.info("checkpoints in %s were made with other data or params; starting fresh", checkpoints_dir)
-        shutil.rmtree(checkpoints_dir)
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(fingerprint)
-    found = sorted(checkpoints_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    for partial in [p for p in found if not (p / COMPLETE_MARKER).is_file()]:
-        logger.info("removing %s: it was not completely written (the run was interrupted while saving)", partial)
-        shutil.rmtree(partial)
-    complete = [p for p in found if (p / COMPLETE_MARKER).is_file()]
+def prepare_checkpoints(checkpoints_dir: Path, fingerprint: str, on_change: str) -> None:
+    """Keep only complete checkpoints made from these inputs; under torchrun rank 0 tidies while the others wait."""
+    if is_main_process():
+        discard_unusable_checkpoints(checkpoints_dir, fingerprint, on_change)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def latest_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The newest checkpoint marked complete, to resume from; None to start from the base weights."""
+    complete = sorted((p for p in checkpoints_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()),
+                      key=lambda p: int(p.name.split("-")[-1]))
     if complete:
-        logger.info("resuming from %s, the last complete checkpoint", complete[-1])
+        log().info("resuming from %s, the last complete checkpoint", complete[-1])
     return complete[-1] if complete else None
 
 
-def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: torch.device,
-                       seed: int) -> TrainingArguments:
+def discard_unusable_checkpoints(checkpoints_dir: Path, fingerprint: str, on_change: str) -> None:
+    """Remove checkpoints made from other data or params (or refuse to), and any not completely written."""
+    recorded = checkpoints_dir / FINGERPRINT_FILE
+    if checkpoints_dir.is_dir() and (not recorded.is_file() or recorded.read_text() != fingerprint):
+        if on_change == "refuse" and any(checkpoints_dir.glob("checkpoint-*")):
+            raise UserError(f"the checkpoints in {checkpoints_dir} were made with other data or params, and "
+                            "finetune.on_input_change is refuse; restore the inputs they were made with to resume, "
+                            f"or delete {checkpoints_dir} (or set on_input_change: restart) to start fresh")
+        log().info("checkpoints in %s were made with other data or params; starting fresh", checkpoints_dir)
+        shutil.rmtree(checkpoints_dir)
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(fingerprint)
+    for partial in checkpoints_dir.glob("checkpoint-*"):
+        if not (partial / COMPLETE_MARKER).is_file():
+            log().info("removing %s: it was not completely written (the run was interrupted while saving)", partial)
+            shutil.rmtree(partial)
+
+
+def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: torch.device, seed: int,
+                       batch_size: int, accumulation: int) -> TrainingArguments:
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
         max_steps=params.max_steps,
-        per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
         learning_rate=params.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=params.warmup_ratio,  # a float below 1 is read as a fraction of max_steps
@@ -129,41 +163,102 @@ def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: to
         dataloader_num_workers=0,
         include_num_input_tokens_seen="all",  # packed batches hold no padding, so all tokens are real
         logging_nan_inf_filter=False,  # the default hides NaN losses from the logs; StopOnNonFiniteLoss needs them
+        gradient_checkpointing=params.gradient_checkpointing,
+        ddp_find_unused_parameters=False,  # LoRA freezes most weights on purpose; skip DDP's search for them
+        **fsdp_arguments(params),
     )
 
 
-@task(cache_policy=NO_CACHE)
-def train(model: PreTrainedModel, train_set: Dataset, params: FinetuneParams, seed: int, device: torch.device,
-          checkpoints_dir: Path, resume_from: Path | None, live_dir: Path) -> tuple[PreTrainedModel, dict[str, float]]:
-    """Run the Trainer to max_steps (resuming if asked); log curves with DVCLive; return model and summary."""
-    set_seed(seed)
+def fsdp_arguments(params: FinetuneParams) -> dict[str, Any]:
+    """FSDP shards weights, gradients and optimizer state across the processes (for models one GPU cannot hold)."""
+    if params.strategy != "fsdp":
+        return {}
+    # use_orig_params lets FSDP wrap a LoRA model whose frozen and trainable weights share a layer.
+    return {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True}}
+
+
+def halve_batch_on_oom(run: Callable[[int, int], T], batch_size: int, accumulation: int) -> T:
+    """Call run(batch, accumulation); on CUDA out-of-memory halve the batch and double the accumulation.
+
+    The effective batch (batch x accumulation) stays the same, so the training recipe does not change.
+    """
+    while True:
+        try:
+            return run(batch_size, accumulation)
+        except torch.cuda.OutOfMemoryError as exc:
+            if batch_size == 1:
+                raise UserError("CUDA ran out of memory even at finetune.batch_size 1; use a smaller base model, "
+                                "finetune.method lora, finetune.gradient_checkpointing true, "
+                                "or a shorter tokenize.max_length") from exc
+            effective = batch_size * accumulation
+            batch_size = batch_size // 2 if batch_size % 2 == 0 else 1
+            accumulation = effective // batch_size
+            torch.cuda.empty_cache()
+            log().warning("CUDA out of memory: retrying from the last complete checkpoint with batch_size %d and "
+                          "gradient_accumulation_steps %d (the same effective batch)", batch_size, accumulation)
+
+
+def train(base_dir: Path, train_set: Dataset, params: FinetuneParams, seed: int, device: torch.device,
+          checkpoints_dir: Path, live_dir: Path) -> tuple[PreTrainedModel, dict[str, float]]:
+    """Train to max_steps from the newest complete checkpoint or base_dir, halving the batch on CUDA OOM."""
+
+    def attempt(batch_size: int, accumulation: int) -> tuple[PreTrainedModel, dict[str, float]]:
+        # Each attempt loads the weights afresh, so a retry after OOM carries nothing over from the failed one.
+        set_seed(seed)
+        model, _ = load_model(base_dir, device)
+        args = training_arguments(params, checkpoints_dir, device, seed, batch_size, accumulation)
+        return run_trainer(model, train_set, args, params, latest_complete_checkpoint(checkpoints_dir), live_dir)
+
+    return halve_batch_on_oom(attempt, params.batch_size, params.gradient_accumulation_steps)
+
+
+def run_trainer(model: PreTrainedModel, train_set: Dataset, args: TrainingArguments, params: FinetuneParams,
+                resume_from: Path | None, live_dir: Path) -> tuple[PreTrainedModel, dict[str, float]]:
+    """One Trainer run on packed batches; DVCLive curves and checkpoint markers come from rank 0 only."""
     model = with_lora(model, params)
     # Without a KV cache the model reads position_ids resets as sequence boundaries, which is what
     # keeps packed examples from attending to each other.
     model.config.use_cache = False
-    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=resume_from is not None)
+    callbacks: list[TrainerCallback] = [MarkCompleteCheckpoints(), StopOnNonFiniteLoss()]
+    if is_main_process():
+        live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=resume_from is not None)
+        callbacks.append(DVCLiveCallback(live=live))
     trainer = Trainer(
         model=model,
-        args=training_arguments(params, checkpoints_dir, device, seed),
+        args=args,
         train_dataset=train_set.select_columns(["input_ids", "labels"]),
         data_collator=DataCollatorWithFlattening(return_position_ids=True),
-        callbacks=[DVCLiveCallback(live=live), MarkCompleteCheckpoints(), StopOnNonFiniteLoss()],
+        callbacks=callbacks,
     )
     # Read before training: checkpoint rotation may delete resume_from while the run goes on.
     tokens_before = tokens_seen_at(resume_from)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
-    tokens = trainer.state.num_input_tokens_seen - tokens_before
+    tokens = trainer.state.num_input_tokens_seen - tokens_before  # summed over all processes
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    tokens_per_second = tokens / seconds
     summary = {
         "train_loss": round(float(result.training_loss), 5),
         "final_loss": round(float(losses[-1]), 5) if losses else float("nan"),
         "steps": trainer.state.global_step,
+        "processes": args.world_size,
+        "batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "train_seconds": round(seconds, 2),
-        "tokens_per_second": round(tokens / seconds, 2),
+        "tokens_per_second": round(tokens_per_second, 2),
+        **utilization(trainer.model, tokens_per_second, args.world_size),
     }
     return trainer.model, summary
+
+
+def utilization(model: PreTrainedModel, tokens_per_second: float, processes: int) -> dict[str, float]:
+    """Model FLOPs utilization on CUDA (see tasks/flops.py for the FLOPs-per-token count); empty elsewhere."""
+    peak = peak_flops(next(model.parameters()).device)
+    if peak is None:
+        return {}
+    per_token = training_flops_per_token(model)
+    return {"flops_per_token": per_token, "mfu": round(mfu(tokens_per_second / processes, per_token, peak), 4)}
 
 
 def tokens_seen_at(checkpoint: Path | None) -> int:
@@ -174,7 +269,6 @@ def tokens_seen_at(checkpoint: Path | None) -> int:
     return int(state.get("num_input_tokens_seen", 0))
 
 
-@task(cache_policy=NO_CACHE)
 def save_trained(model: PreTrainedModel, out_dir: Path) -> Path:
     """Write the adapter (or the full model) as safetensors, swapped in whole."""
     return write_dir_atomically(out_dir, model.save_pretrained)

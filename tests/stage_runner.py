@@ -8,6 +8,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -25,6 +28,23 @@ def copy_repository(dest: Path) -> Path:
                                                  "commit", "-qm", "copy"]):
         subprocess.run(["git", *args], cwd=dest, check=True)
     return dest
+
+
+def tiny_project(dest: Path, model_dir: Path, train_rows: int, eval_rows: int,
+                 **sections: dict[str, Any]) -> Path:
+    """A copy of the repository on the first rows of the demo data, with model_dir as the base model and each
+    given params section updated; committed, so DVC experiments can start from it."""
+    root = copy_repository(dest)
+    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+        path = root / "data" / "demo" / f"{split}.jsonl"
+        path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]), encoding="utf-8")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["base_model"] = {"source": "local", "path": str(model_dir)}
+    for section, updates in sections.items():
+        params[section].update(updates)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "tiny setup")
+    return root
 
 
 def environment(**extra: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stage_runner import copy_repository, environment, run, stages_run
+from stage_runner import environment, run, stages_run, tiny_project
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/validated", "data/tokenized", "models/adapter", "models/production", "reports/metrics.json"]
@@ -24,21 +24,13 @@ OUTPUTS = ["data/validated", "data/tokenized", "models/adapter", "models/product
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
-    root = copy_repository(tmp_path_factory.mktemp("repo"))
-    for split, rows in (("train", 240), ("eval", 24)):
-        path = root / "data" / "demo" / f"{split}.jsonl"
-        path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]), encoding="utf-8")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["base_model"] = {"source": "local", "path": str(tiny_model_dir)}
-    params["finetune"].update(max_steps=8, save_steps=4, learning_rate=0.02, logging_steps=2)
-    params["evaluate"].update(max_examples=16, max_new_tokens=8)
-    params["baselines"].update(few_shot_k=2, retrieval_k=2)
-    params["evaluate"].update(bootstrap_samples=200, forgetting_max_chunks=8)
     # The tiny model learns the demo's style fast; what forgetting it shows on general text is not the point here.
-    params["promote"].update(metric="perplexity", min_relative_improvement=0.01, max_forgetting=10.0)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "tiny setup")
-    return root
+    return tiny_project(
+        tmp_path_factory.mktemp("repo"), tiny_model_dir, 240, 24,
+        finetune={"max_steps": 8, "save_steps": 4, "learning_rate": 0.02, "logging_steps": 2},
+        evaluate={"max_examples": 16, "max_new_tokens": 8, "bootstrap_samples": 200, "forgetting_max_chunks": 8},
+        baselines={"few_shot_k": 2, "retrieval_k": 2},
+        promote={"metric": "perplexity", "min_relative_improvement": 0.01, "max_forgetting": 10.0})
 
 
 def digest(root: Path, paths: list[str]) -> dict[str, str]:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from stage_runner import copy_repository, environment, run
+from stage_runner import environment, run, tiny_project
 
 pytestmark = pytest.mark.slow
 ADAPTER = "models/adapter/adapter_model.safetensors"
@@ -24,14 +23,8 @@ ADAPTER = "models/adapter/adapter_model.safetensors"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
-    root = copy_repository(tmp_path_factory.mktemp("resume"))
-    for split, rows in (("train", 400), ("eval", 16)):
-        path = root / "data" / "demo" / f"{split}.jsonl"
-        path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]), encoding="utf-8")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["base_model"] = {"source": "local", "path": str(tiny_model_dir)}
-    params["finetune"].update(max_steps=120, save_steps=40, logging_steps=10, learning_rate=0.02)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = tiny_project(tmp_path_factory.mktemp("resume"), tiny_model_dir, 400, 16,
+                        finetune={"max_steps": 120, "save_steps": 40, "logging_steps": 10, "learning_rate": 0.02})
     prepared = run(root, "dvc", "repro", "tokenize")
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     return root

@@ -18,7 +18,9 @@ from tasks.errors import UserError
 from tasks.training import (
     COMPLETE_MARKER,
     StopOnNonFiniteLoss,
-    resume_checkpoint,
+    halve_batch_on_oom,
+    latest_complete_checkpoint,
+    prepare_checkpoints,
     save_trained,
     train,
     training_fingerprint,
@@ -36,12 +38,9 @@ def train_set(tiny_model_dir: Path):
     return tokenize_split.fn(tokenizer, frame, "instruction", None, 128)
 
 
-def run_training(tiny_model_dir: Path, train_set, out: Path, params: FinetuneParams = PARAMS,
-                 resume_from: Path | None = None):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+def run_training(tiny_model_dir: Path, train_set, out: Path, params: FinetuneParams = PARAMS):
     with disable_run_logger():
-        return train.fn(model, train_set, params, 7, torch.device("cpu"), out / "checkpoints", resume_from,
-                        out / "live")
+        return train(tiny_model_dir, train_set, params, 7, torch.device("cpu"), out / "checkpoints", out / "live")
 
 
 def test_packed_batch_matches_separate_sequences(tiny_model_dir: Path, train_set) -> None:
@@ -65,17 +64,18 @@ def test_training_lowers_loss_and_writes_safetensors(tiny_model_dir: Path, train
     assert losses.iloc[-2:].mean() < losses.iloc[:2].mean()
     assert summary["steps"] == PARAMS.max_steps and summary["tokens_per_second"] > 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
-    save_trained.fn(model, tmp_path / "adapter")
+    save_trained(model, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert not list((tmp_path / "adapter").glob("*.bin"))
 
 
 def test_resumed_run_matches_uninterrupted_run(tiny_model_dir: Path, train_set, tmp_path: Path) -> None:
     full, _ = run_training(tiny_model_dir, train_set, tmp_path / "full")
-    save_trained.fn(full, tmp_path / "full" / "adapter")
-    halfway = tmp_path / "full" / "checkpoints" / "checkpoint-3"
-    resumed, summary = run_training(tiny_model_dir, train_set, tmp_path / "resumed", resume_from=halfway)
-    save_trained.fn(resumed, tmp_path / "resumed" / "adapter")
+    save_trained(full, tmp_path / "full" / "adapter")
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "checkpoint-3",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint-3")
+    resumed, summary = run_training(tiny_model_dir, train_set, tmp_path / "resumed")
+    save_trained(resumed, tmp_path / "resumed" / "adapter")
     assert summary["steps"] == PARAMS.max_steps
     a = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
@@ -84,18 +84,26 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir: Path, train_set, 
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
+def resume_point(checkpoints: Path, fingerprint: str, on_change: str = "restart") -> Path | None:
+    with disable_run_logger():
+        prepare_checkpoints(checkpoints, fingerprint, on_change)
+        return latest_complete_checkpoint(checkpoints)
+
+
 def test_checkpoints_resume_only_with_the_same_inputs(tmp_path: Path, tiny_model_dir: Path) -> None:
     checkpoints = tmp_path / "checkpoints"
     fingerprint = training_fingerprint(PARAMS, 7, [tiny_model_dir])
-    with disable_run_logger():
-        assert resume_checkpoint.fn(checkpoints, fingerprint) is None
-        (checkpoints / "checkpoint-3").mkdir()
-        (checkpoints / "checkpoint-3" / COMPLETE_MARKER).touch()
-        assert resume_checkpoint.fn(checkpoints, fingerprint) == checkpoints / "checkpoint-3"
-        changed = training_fingerprint(PARAMS.model_copy(update={"learning_rate": 1e-4}), 7, [tiny_model_dir])
-        assert changed != fingerprint
-        assert resume_checkpoint.fn(checkpoints, changed) is None
-        assert not (checkpoints / "checkpoint-3").exists()
+    assert resume_point(checkpoints, fingerprint) is None
+    (checkpoints / "checkpoint-3").mkdir()
+    (checkpoints / "checkpoint-3" / COMPLETE_MARKER).touch()
+    assert resume_point(checkpoints, fingerprint) == checkpoints / "checkpoint-3"
+    changed = training_fingerprint(PARAMS.model_copy(update={"learning_rate": 1e-4}), 7, [tiny_model_dir])
+    assert changed != fingerprint
+    with pytest.raises(UserError, match="made with other data or params, and finetune.on_input_change is refuse"):
+        resume_point(checkpoints, changed, "refuse")
+    assert (checkpoints / "checkpoint-3" / COMPLETE_MARKER).is_file()  # refusing keeps them
+    assert resume_point(checkpoints, changed) is None
+    assert not (checkpoints / "checkpoint-3").exists()
 
 
 def test_partial_checkpoint_is_skipped_and_removed(tiny_model_dir: Path, train_set, tmp_path: Path) -> None:
@@ -106,9 +114,27 @@ def test_partial_checkpoint_is_skipped_and_removed(tiny_model_dir: Path, train_s
     shutil.copytree(checkpoints / "checkpoint-6", partial)
     (partial / COMPLETE_MARKER).unlink()
     (checkpoints / "fingerprint.json").write_text("same inputs")
-    with disable_run_logger():
-        assert resume_checkpoint.fn(checkpoints, "same inputs") == checkpoints / "checkpoint-6"
+    assert resume_point(checkpoints, "same inputs") == checkpoints / "checkpoint-6"
     assert not partial.exists()
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch() -> None:
+    tried: list[tuple[int, int]] = []
+
+    def needs_batch_of_at_most_2(batch: int, accumulation: int) -> str:
+        tried.append((batch, accumulation))
+        if batch > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "trained"
+
+    with disable_run_logger():
+        assert halve_batch_on_oom(needs_batch_of_at_most_2, 8, 2) == "trained"
+        assert tried == [(8, 2), (4, 4), (2, 8)]
+        tried.clear()
+        assert halve_batch_on_oom(needs_batch_of_at_most_2, 6, 1) == "trained"
+        assert tried == [(6, 1), (3, 2), (1, 6)]  # an odd batch goes straight to 1: 3 cannot halve evenly
+        with pytest.raises(UserError, match="out of memory even at finetune.batch_size 1"):
+            halve_batch_on_oom(lambda b, a: needs_batch_of_at_most_2(b * 100, a), 4, 1)
 
 
 def test_non_finite_loss_stops_training() -> None:

@@ -1,0 +1,55 @@
+"""finetune under torchrun: two CPU processes (DDP over gloo) train like one process with the same
+effective batch, and only rank 0 writes the adapter, the curves and the checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from stage_runner import run, tiny_project
+
+pytestmark = pytest.mark.slow
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
+    root = tiny_project(tmp_path_factory.mktemp("ddp"), tiny_model_dir, 240, 16,
+                        finetune={"max_steps": STEPS, "save_steps": 6, "logging_steps": 1, "learning_rate": 0.02})
+    prepared = run(root, "dvc", "repro", "tokenize")
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    return root
+
+
+def finetune(root: Path, **settings: Any) -> tuple[dict[str, Any], list[float], str]:
+    """Run the finetune stage's command with these finetune params; its summary, loss curve and log."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["finetune"].update(settings)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run(root, "python", "-m", "flows.finetune")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    losses = pd.read_csv(root / "reports/training/plots/metrics/loss.tsv", sep="\t")["loss"].tolist()
+    return json.loads((root / "reports/training.json").read_text()), losses, result.stdout + result.stderr
+
+
+def test_two_processes_train_like_one_with_the_same_effective_batch(project: Path) -> None:
+    single, single_losses, _ = finetune(project, processes=1, batch_size=8)
+    double, double_losses, log = finetune(project, processes=2, batch_size=4)
+
+    assert double["processes"] == 2 and double["batch_size"] == 4 and double["steps"] == STEPS
+    assert log.count("rank 0:") > 0 and log.count("rank 1:") > 0  # two processes really ran
+    assert len(double_losses) == STEPS  # one curve, written once (by rank 0), not twice
+    assert sum(double_losses[-3:]) < sum(double_losses[:3])
+    adapter = sorted(p.name for p in (project / "models").iterdir() if p.name.startswith("adapter"))
+    assert adapter == ["adapter"] and (project / "models/adapter/adapter_model.safetensors").is_file()
+    checkpoints = sorted(p.name for p in (project / "models/checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-12", "checkpoint-6"]
+    # The processes see the examples in another order than one process does, so the curves differ a little;
+    # the loss reached is the same within 10%.
+    assert double["final_loss"] == pytest.approx(single["final_loss"], rel=0.10)
+    assert double["train_loss"] == pytest.approx(single["train_loss"], rel=0.10)
