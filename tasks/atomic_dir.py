@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this kernel or filesystem cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), str(a), None, str(b))
+
 
 def restore_interrupted(target: Path) -> None:
-    """Undo a swap cut off between its two renames: the previous version comes back."""
+    """Undo a two-rename swap cut off between its renames (where exchange is unsupported): the old one returns."""
     previous = target.with_name(target.name + ".old")
     if previous.is_dir() and not target.exists():
         previous.rename(target)
@@ -19,12 +39,16 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     """Call write(staging_dir), then swap the staging directory in for target."""
     restore_interrupted(target)
     staging = target.with_name(target.name + ".tmp")
-    previous = target.with_name(target.name + ".old")
     shutil.rmtree(staging, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     write(staging)
-    if target.exists():
+    if not target.exists():
+        staging.rename(target)
+    elif exchange(staging, target):
+        shutil.rmtree(staging)  # it now holds the previous version
+    else:
+        previous = target.with_name(target.name + ".old")
         target.rename(previous)
-    staging.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
+        staging.rename(target)
+        shutil.rmtree(previous)
     return target

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
 
 from tasks.atomic_dir import restore_interrupted, write_dir_atomically
 from tasks.evaluation import Scores
@@ -121,3 +130,87 @@ def test_swap_cut_between_renames_is_restored(tmp_path: Path) -> None:
     (old / "model").write_text("v1")
     restore_interrupted(target)
     assert (target / "model").read_text() == "v1" and not old.exists()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root by relative path, with its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# The lines of promotion and of the atomic swap; a kill inside a library call (a half-copied file) leaves the
+# same state as a kill at the next of these lines.
+WATCHED = {publish_production.fn.__code__.co_filename, write_dir_atomically.__code__.co_filename}
+
+
+def publish_in_child(kill_at_line: int | None, publish: Callable[[], object]) -> int:
+    """Run publish in a forked process, SIGKILLed at its kill_at_line-th executed line of WATCHED code (None:
+    never); returns the number of those lines the child ran, or -1 when it was killed."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: trace, publish, report how many lines ran
+        os.close(read_end)
+        executed = 0
+
+        def count_lines(frame: FrameType, event: str, arg: object) -> Callable[..., object] | None:
+            nonlocal executed
+            if event == "line":
+                executed += 1
+                if executed == kill_at_line:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return count_lines
+
+        sys.settrace(lambda frame, event, arg: count_lines if frame.f_code.co_filename in WATCHED else None)
+        publish()
+        sys.settrace(None)
+        os.write(write_end, str(executed).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as report:
+        ran = report.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return -1
+    assert os.WEXITSTATUS(status) == 0, "the publish itself failed"
+    return int(ran)
+
+
+def test_promotion_killed_at_any_point_leaves_a_whole_production_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    versions = {}
+    for name, seed in (("old", 1), ("new", 2)):
+        torch.manual_seed(seed)
+        adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                 LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+        adapter.save_pretrained(tmp_path / name)
+        versions[name] = tmp_path / name
+    production = tmp_path / "models" / "production"
+    gates = promotion_gates(metrics(), PromoteParams(), NO_PRODUCTION)
+
+    def publish(version: str) -> Callable[[], object]:
+        return lambda: publish_production.fn(versions[version], tiny_model_dir, production,
+                                             {"inputs": {}, "params": {}, "git_revision": version, "metrics": metrics()},
+                                             gates, False, {"task": "free_text", "examples": [], "scores": {}})
+
+    publish("new")()
+    new = tree(production)
+    publish("old")()
+    old = tree(production)
+    lines = publish_in_child(None, publish("new"))
+    assert tree(production) == new
+    # Kill the promotion at every line it runs (copying, writing the card and lineage, the swap, the clean-up);
+    # after each kill production is exactly the old or the new version, never a mix, never missing.
+    seen = set()
+    for kill_at in range(1, lines + 1):
+        publish("old")()
+        assert publish_in_child(kill_at, publish("new")) == -1
+        state = tree(production)
+        assert state in (old, new), f"killed at line {kill_at} of {lines}: production is a mix"
+        seen.add("old" if state == old else "new")
+    assert seen == {"old", "new"}  # the kills landed both before and after the switch
+    publish("new")()  # the next promotion clears what a killed one left behind
+    assert tree(production) == new
+    assert sorted(p.name for p in production.parent.iterdir()) == ["production"]
+    loaded = PeftModel.from_pretrained(model, production)
+    assert json.loads((production / "lineage.json").read_text())["git_revision"] == "new"
+    assert loaded.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False).shape == (1, 5)
