@@ -7,14 +7,14 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.stage import run_stage
+from flows.stage import log_run_labels, run_stage
 from tasks.models import materialize_base_model
 from tasks.params import BaseModelParams, Params
 
 OUT_DIR = Path("models/base")
 
 
-@flow(name="base_model")
+@flow(name="base_model", on_running=[log_run_labels])
 def base_model_flow(base_model: BaseModelParams, out_dir: Path = OUT_DIR) -> Path:
     """Fetch/convert the base model once; every later stage loads it with plain from_pretrained."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from datasets import load_from_disk
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stage import run_stage
+from flows.stage import log_run_labels, run_stage
 from tasks.errors import UserError
 from tasks.evaluation import Scores, TaskMetrics, attach_candidate, padding_id, reference_nll, score_model
 from tasks.models import load_model, pick_device
@@ -63,7 +63,7 @@ def flat_interval(metric: str, interval: dict[str, float]) -> dict[str, float]:
     return {metric: interval["value"], f"{metric}_ci_low": interval["ci_low"], f"{metric}_ci_high": interval["ci_high"]}
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", on_running=[log_run_labels])
 def evaluate_flow(params: Params) -> dict[str, Any]:
     """Score the candidate on the baselines' examples, then compare all approaches with paired intervals."""
     settings = params.evaluate

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 
-from flows.stage import run_stage
+from flows.stage import log_run_labels, run_stage
 from tasks.evaluation import score_model
 from tasks.models import load_model, pick_device
 from tasks.params import BaselinesParams, EvaluateParams, Params, TokenizeParams
@@ -33,7 +33,7 @@ def held_out(evaluate: EvaluateParams) -> pd.DataFrame:
     return pd.read_parquet(DATA_DIR / "eval.parquet").head(evaluate.max_examples)
 
 
-@flow(name="evaluate_baselines")
+@flow(name="evaluate_baselines", on_running=[log_run_labels])
 def evaluate_baselines_flow(baselines: BaselinesParams, evaluate: EvaluateParams, tokenize: TokenizeParams,
                             data_format: str) -> dict[str, dict[str, float]]:
     model, tokenizer = load_model(BASE_DIR, pick_device("auto"))

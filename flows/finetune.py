@@ -20,7 +20,7 @@ from datasets import load_from_disk
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.stage import run_stage
+from flows.stage import log_run_labels, run_stage
 from tasks.errors import UserError
 from tasks.models import pick_device
 from tasks.params import FinetuneParams, Params
@@ -64,7 +64,7 @@ def launch_training_processes(processes: int) -> None:
         raise UserError(f"the {processes} training processes did not finish; their errors are in the log above")
 
 
-@flow(name="finetune")
+@flow(name="finetune", on_running=[log_run_labels])
 def finetune_flow(params: FinetuneParams, seed: int) -> dict[str, Any]:
     """One process trains here; several are started with torchrun and the summary rank 0 wrote is read back."""
     if params.processes == 1:

@@ -9,10 +9,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stage import run_stage
+from flows.stage import git_revision, log_run_labels, run_stage
 from tasks.atomic_dir import restore_interrupted
 from tasks.params import Params
-from tasks.promotion import build_lineage, decision_record, production_gate, promotion_gates, publish_production
+from tasks.lineage import build_lineage
+from tasks.promotion import decision_record, production_gate, promotion_gates, publish_production
 
 BASE_DIR = Path("models/base")
 CANDIDATE_DIR = Path("models/adapter")
@@ -24,7 +25,7 @@ DECISION = Path("reports/promotion.json")
 LINEAGE_OUTPUTS = ["models/base", "data/validated", "data/tokenized", "models/adapter"]
 
 
-@flow(name="promote")
+@flow(name="promote", on_running=[log_run_labels])
 def promote_flow(params: Params) -> dict[str, Any]:
     """Decide, record the decision with every gate, and publish only a candidate that passes them all."""
     restore_interrupted(PRODUCTION_DIR)
@@ -37,7 +38,7 @@ def promote_flow(params: Params) -> dict[str, Any]:
     if decision["promoted"]:
         validation_passed = json.loads(VALIDATION.read_text(encoding="utf-8"))["success"]
         lineage = build_lineage(params.model_dump(mode="json", by_alias=True), metrics, validation_passed,
-                                [str(params.data.train), str(params.data.eval), *LINEAGE_OUTPUTS])
+                                [str(params.data.train), str(params.data.eval), *LINEAGE_OUTPUTS], git_revision())
         eval_scores = {"task": scores["task"], "examples": scores["examples"],
                        "scores": scores["approaches"]["finetuned"]}
         publish_production(CANDIDATE_DIR, BASE_DIR, PRODUCTION_DIR, lineage, gates, params.promote.merge,

@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import flow
 from transformers import AutoTokenizer
 
-from flows.stage import run_stage
+from flows.stage import log_run_labels, run_stage
 from tasks.params import DataParams, TokenizeParams
 from tasks.tokenization import save_dataset, token_stats, tokenize_split
 
@@ -20,7 +20,7 @@ OUT_DIR = Path("data/tokenized")
 STATS = Path("reports/tokenize.json")
 
 
-@flow(name="tokenize")
+@flow(name="tokenize", on_running=[log_run_labels])
 def tokenize_flow(data: DataParams, tokenize: TokenizeParams) -> dict[str, dict[str, float]]:
     """Tokenize train and eval; write Arrow datasets and their token statistics."""
     tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)

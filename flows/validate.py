@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stage import run_stage
+from flows.stage import log_run_labels, run_stage
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
 from tasks.params import DataParams, ValidateParams
@@ -19,7 +19,7 @@ DOCS_DIR = Path("reports/data_docs")
 REPORT = Path("reports/validation.json")
 
 
-@flow(name="validate")
+@flow(name="validate", on_running=[log_run_labels])
 def validate_flow(data: DataParams, limits: ValidateParams) -> Path:
     """Validate train and eval splits; on any failed expectation stop with a summary and write no data."""
     columns = required_columns(data)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ from tasks.params import PromoteParams
 from tasks.reporting import improvement
 from tasks.statistics import Interval, paired_bootstrap
 
-LIBRARIES = ("torch", "transformers", "peft", "datasets", "prefect", "dvc", "great-expectations", "dvclive")
 EVAL_SCORES = "eval_scores.json"  # the production model's per-example scores, for paired comparisons
 
 
@@ -96,52 +93,6 @@ def promotion_gates(metrics: dict[str, Any], params: PromoteParams, production: 
              "pass" if math.isfinite(forgetting) and forgetting <= params.max_forgetting else "fail",
              f"general-domain perplexity rose {forgetting:+.1%} (at most {params.max_forgetting:+.1%} allowed)"),
     ]
-
-
-def locked_hashes(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
-    """Path -> content hash of every dep and out that dvc.lock records (empty outside a DVC run)."""
-    if not lock_file.is_file():
-        return {}
-    stages = (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {}).values()
-    hashes = {entry["path"]: entry.get("md5", "") for stage in stages for entry in stage.get("deps", [])}
-    # The producing stage's out wins: a consumer's dep (promote's own, above all) may predate this run.
-    hashes.update({entry["path"]: entry.get("md5", "") for stage in stages for entry in stage.get("outs", [])})
-    return hashes
-
-
-def git_revision() -> str:
-    """The commit the pipeline ran from, with '-dirty' when tracked files had uncommitted changes."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("-dirty" if dirty else "")
-
-
-def library_versions() -> dict[str, str]:
-    found = {}
-    for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_passed: bool,
-                  inputs: list[str]) -> dict[str, Any]:
-    """Everything needed to rebuild or audit the production model."""
-    hashes = locked_hashes()
-    return {
-        "git_revision": git_revision(),
-        "inputs": {path: hashes.get(path, "not recorded (run through dvc repro)") for path in inputs},
-        "params": params,
-        "validation_passed": validation_passed,
-        "metrics": metrics,
-        "libraries": library_versions(),
-    }
 
 
 def model_card(lineage: dict[str, Any], gates: list[Gate]) -> str:

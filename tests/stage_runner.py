@@ -47,6 +47,22 @@ def tiny_project(dest: Path, model_dir: Path, train_rows: int, eval_rows: int,
     return root
 
 
+SECRET = "hf_NotARealTokenButSecret123"  # set as HF_TOKEN for the build; must appear in no output
+# The tiny model learns the demo's style fast; what forgetting it shows on general text is not the point here.
+TINY_PARAMS: dict[str, dict[str, Any]] = {
+    "finetune": {"max_steps": 8, "save_steps": 4, "learning_rate": 0.02, "logging_steps": 2},
+    "evaluate": {"max_examples": 16, "max_new_tokens": 8, "bootstrap_samples": 200, "forgetting_max_chunks": 8},
+    "baselines": {"few_shot_k": 2, "retrieval_k": 2},
+    "promote": {"metric": "perplexity", "min_relative_improvement": 0.01, "max_forgetting": 10.0},
+}
+
+
+def new_tiny_project(dest: Path, model_dir: Path, **changes: dict[str, Any]) -> Path:
+    """The tiny project (240 train and 24 eval rows, TINY_PARAMS), with `changes` merged into its params."""
+    sections = {name: {**values, **changes.get(name, {})} for name, values in TINY_PARAMS.items()}
+    return tiny_project(dest, model_dir, 240, 24, **sections)
+
+
 def environment(**extra: str) -> dict[str, str]:
     """This interpreter's environment first on PATH (so `python` and `dvc` are ours), plus `extra`."""
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}

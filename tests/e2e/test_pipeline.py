@@ -16,21 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stage_runner import environment, run, stages_run, tiny_project
+from stage_runner import SECRET, environment, run, stages_run
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/validated", "data/tokenized", "models/adapter", "models/production", "reports/metrics.json"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
-    # The tiny model learns the demo's style fast; what forgetting it shows on general text is not the point here.
-    return tiny_project(
-        tmp_path_factory.mktemp("repo"), tiny_model_dir, 240, 24,
-        finetune={"max_steps": 8, "save_steps": 4, "learning_rate": 0.02, "logging_steps": 2},
-        evaluate={"max_examples": 16, "max_new_tokens": 8, "bootstrap_samples": 200, "forgetting_max_chunks": 8},
-        baselines={"few_shot_k": 2, "retrieval_k": 2},
-        promote={"metric": "perplexity", "min_relative_improvement": 0.01, "max_forgetting": 10.0})
+def project(first_build) -> Path:
+    return first_build.root
 
 
 def digest(root: Path, paths: list[str]) -> dict[str, str]:
@@ -46,11 +40,8 @@ def digest(root: Path, paths: list[str]) -> dict[str, str]:
     return result
 
 
-SECRET = "hf_NotARealTokenButSecret123"
-
-
-def test_repro_builds_and_promotes_a_specialist(project: Path) -> None:
-    result = run(project, "dvc", "repro", HF_TOKEN=SECRET)
+def test_repro_builds_and_promotes_a_specialist(project: Path, first_build) -> None:
+    result = first_build.result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert SECRET not in result.stdout + result.stderr
     for path in [*(project / "reports").rglob("*"), *(project / "models" / "production").rglob("*"),
@@ -87,7 +78,8 @@ def test_repro_builds_and_promotes_a_specialist(project: Path) -> None:
     assert '"loss": ' in plots.stdout and "error" not in plots.stdout
 
 
-def test_production_loads_in_a_fresh_process(project: Path) -> None:
+def production_answers(root: Path) -> bool:
+    """Load models/production in a fresh process of root and generate an answer with it."""
     script = (
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "from peft import PeftModel\n"
@@ -98,15 +90,68 @@ def test_production_loads_in_a_fresh_process(project: Path) -> None:
         "out = model.generate(**ids, max_new_tokens=5, do_sample=False)\n"
         "print('ANSWER', out.shape[1] - ids['input_ids'].shape[1])\n"
     )
-    result = run(project, "python", "-c", script)
+    result = run(root, "python", "-c", script)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert int(result.stdout.split("ANSWER")[1]) > 0
+    return int(result.stdout.split("ANSWER")[1]) > 0
+
+
+def test_production_loads_in_a_fresh_process(project: Path) -> None:
+    assert production_answers(project)
 
 
 def test_second_repro_runs_nothing(project: Path) -> None:
     result = run(project, "dvc", "repro")
     assert result.returncode == 0 and stages_run(result.stdout) == []
     assert "up to date" in result.stdout
+
+
+def cached_outputs(root: Path) -> list[str]:
+    """Every output dvc.lock records (each one cached, so `dvc push` carries it)."""
+    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
+    return sorted({out["path"] for stage in stages for out in stage.get("outs", [])})
+
+
+def test_push_then_pull_into_a_fresh_clone_gives_identical_artifacts(project: Path) -> None:
+    git = ("git", "-c", "user.name=t", "-c", "user.email=t@localhost")
+    assert run(project, *git, "commit", "-qam", "first build").returncode == 0
+    pushed = run(project, "dvc", "push")
+    assert pushed.returncode == 0, pushed.stdout[-2000:] + pushed.stderr[-2000:]
+    # A sibling, so the default remote (a directory beside the repository) is the same one.
+    clone = project.parent / "fresh-clone"
+    assert run(project.parent, "git", "clone", "-q", str(project), str(clone)).returncode == 0
+    pulled = run(clone, "dvc", "pull")
+    assert pulled.returncode == 0, pulled.stdout[-2000:] + pulled.stderr[-2000:]
+
+    outputs = cached_outputs(project)
+    assert {"data/validated", "data/tokenized", "models/checkpoints", "models/adapter", "models/production",
+            "reports/metrics.json"} <= set(outputs)
+    assert digest(clone, outputs) == digest(project, outputs)
+    status = run(clone, "dvc", "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout
+    data_status = run(clone, "dvc", "data", "status", "--json")
+    assert data_status.returncode == 0 and json.loads(data_status.stdout) == {}, data_status.stdout
+    assert production_answers(clone)
+
+
+def test_lineage_command_checks_production_against_dvc_lock(project: Path) -> None:
+    same = run(project, "tailor", "lineage", "models/production")
+    assert same.returncode == 0, same.stdout + same.stderr
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    train_md5 = next(d["md5"] for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/demo/train.jsonl")
+    assert "data/demo/train.jsonl" in same.stdout and train_md5 in same.stdout and "matches dvc.lock" in same.stdout
+
+    train = project / "data/demo/train.jsonl"
+    original = train.read_text(encoding="utf-8")
+    train.write_text(original + original.splitlines()[0].replace("?", "??") + "\n", encoding="utf-8")
+    try:
+        changed = run(project, "tailor", "lineage")
+    finally:
+        train.write_text(original, encoding="utf-8")
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    assert "DIFFERS" in changed.stdout and "data/demo/train.jsonl: modified in the workspace" in changed.stdout
+
+    missing = run(project, "tailor", "lineage", "models/adapter")
+    assert missing.returncode == 2 and "models/adapter is not a promoted model" in missing.stderr
 
 
 def test_evaluation_knob_does_not_retrain(project: Path) -> None:

@@ -1,0 +1,127 @@
+"""The whole pipeline as one Prefect flow, for the deployment and schedule in prefect.yaml.
+
+DVC owns the DAG, so this flow does not re-implement it: it checks whether the data, params or code changed
+since the last run, runs the pipeline as a DVC experiment (`dvc exp run -S ...`, so a run started from the
+Prefect UI shows in `dvc exp show`), and pushes a promoted model to the DVC remote.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows.stage import git_revision
+from tasks.errors import UserError, retry_unless_user_error
+from tasks.lineage import dvc_status
+from tasks.params import PARAMS_FILE, parse_params
+
+DECISION = Path("reports/promotion.json")
+METRICS = Path("reports/metrics.json")
+
+
+def dvc(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a DVC command with this interpreter's DVC, its output streamed into the flow's log."""
+    logger = get_run_logger()
+    process = subprocess.Popen([sys.executable, "-m", "dvc", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout or []:
+        lines.append(line.rstrip())
+        logger.info(line.rstrip())
+    return subprocess.CompletedProcess(process.args, process.wait(), "\n".join(lines), "")
+
+
+def settings_from(learning_rate: float | None, max_steps: int | None, lora_r: int | None,
+                  settings: list[str]) -> list[str]:
+    """The form's fields and free `key=value` settings as `dvc exp run -S` arguments."""
+    fields = {"finetune.learning_rate": learning_rate, "finetune.max_steps": max_steps, "finetune.lora.r": lora_r}
+    return [f"{key}={value}" for key, value in fields.items() if value is not None] + list(settings)
+
+
+@task(cache_policy=NO_CACHE)
+def check_settings(settings: list[str]) -> None:
+    """Parse params.yaml with the settings applied, so a bad value stops here with the key named."""
+    raw = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise UserError(f"setting {setting!r} is not key=value (for example finetune.learning_rate=0.001)")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else {}
+        node[leaf] = yaml.safe_load(value)
+    parse_params(raw, f"{PARAMS_FILE} with {', '.join(settings)}")
+
+
+@task(cache_policy=NO_CACHE)
+def pending_changes() -> dict[str, Any]:
+    """What `dvc status` says changed since the last run: empty when the outputs match the data, params and code."""
+    return dvc_status()
+
+
+@task(cache_policy=NO_CACHE)
+def run_experiment(name: str, settings: list[str]) -> None:
+    """`dvc exp run`: the whole DAG, re-running only what changed, recorded as experiment `name`."""
+    args = ["exp", "run", "--name", name]
+    for setting in settings:
+        args += ["--set-param", setting]
+    result = dvc(*args)
+    if result.returncode != 0:
+        raise UserError(f"the pipeline failed in experiment {name}:\n" + "\n".join(result.stdout.splitlines()[-15:]))
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=20, retry_condition_fn=retry_unless_user_error)
+def push_to_remote() -> None:
+    """`dvc push`: data, tokenized set, checkpoints, adapter and production model to the default remote."""
+    if dvc("push").returncode != 0:
+        raise RuntimeError("dvc push failed (see the log); it is retried, as remotes fail transiently")
+
+
+@flow(name="specialize")
+def specialize(learning_rate: float | None = None, max_steps: int | None = None, lora_r: int | None = None,
+               settings: list[str] | None = None, force: bool = False, push: bool = True) -> dict[str, Any]:
+    """Run the specialization pipeline as a DVC experiment when anything changed; push a promoted model.
+
+    Args:
+        learning_rate: finetune.learning_rate for this run (empty: params.yaml's).
+        max_steps: finetune.max_steps for this run (empty: params.yaml's).
+        lora_r: finetune.lora.r for this run (empty: params.yaml's).
+        settings: more params as key=value, e.g. evaluate.max_examples=32 (as `dvc exp run -S` takes them).
+        force: run the pipeline even when nothing changed since the last run.
+        push: `dvc push` the results when the model is promoted.
+    """
+    logger = get_run_logger()
+    overrides = settings_from(learning_rate, max_steps, lora_r, settings or [])
+    check_settings(overrides)
+    changes = pending_changes()
+    if not changes and not overrides and not force:
+        logger.info("nothing changed since the last run (data, params and code match dvc.lock); not retraining")
+        return {"ran": False, "reason": "nothing changed since the last run"}
+    logger.info("running the pipeline: %s", ", ".join(overrides) or f"changed since the last run: {sorted(changes)}")
+    name = f"prefect-{flow_run.get_name()}"
+    run_experiment(name, overrides)
+    decision = json.loads(DECISION.read_text(encoding="utf-8"))
+    metric = decision["metric"]
+    finetuned = json.loads(METRICS.read_text(encoding="utf-8"))["finetuned"].get(metric)
+    if decision["promoted"] and push:
+        push_to_remote()
+    summary = {"ran": True, "experiment": name, "settings": overrides, "git_revision": git_revision(),
+               "promoted": decision["promoted"], "reason": decision["reason"], metric: finetuned,
+               "pushed": decision["promoted"] and push}
+    create_markdown_artifact(
+        key="specialize-run",
+        markdown="## Specialization run\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in summary.items())
+        + f"\n\nCompare with other runs: `dvc exp show`; this one is `{name}`.",
+        description=f"{name}: {'promoted' if decision['promoted'] else 'not promoted'}",
+    )
+    return summary

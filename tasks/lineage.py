@@ -1,0 +1,151 @@
+"""Lineage of a promoted model: what it was built from (dvc.lock hashes, params, git revision, libraries), and
+`tailor lineage`, which prints it and checks it against the current dvc.lock and workspace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.errors import UserError
+from tasks.params import load_params
+
+LIBRARIES = ("torch", "transformers", "peft", "datasets", "prefect", "dvc", "great-expectations", "dvclive")
+LOCK_FILE = Path("dvc.lock")
+
+
+def locked_hashes(lock_file: Path = LOCK_FILE) -> dict[str, str]:
+    """Path -> content hash of every dep and out that dvc.lock records (empty outside a DVC run)."""
+    if not lock_file.is_file():
+        return {}
+    stages = (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {}).values()
+    hashes = {entry["path"]: entry.get("md5", "") for stage in stages for entry in stage.get("deps", [])}
+    # The producing stage's out wins: a consumer's dep (promote's own, above all) may predate this run.
+    hashes.update({entry["path"]: entry.get("md5", "") for stage in stages for entry in stage.get("outs", [])})
+    return hashes
+
+
+def library_versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_passed: bool, inputs: list[str],
+                  revision: str) -> dict[str, Any]:
+    """Everything needed to rebuild or audit the production model."""
+    hashes = locked_hashes()
+    return {
+        "git_revision": revision,
+        "inputs": {path: hashes.get(path, "not recorded (run through dvc repro)") for path in inputs},
+        "params": params,
+        "validation_passed": validation_passed,
+        "metrics": metrics,
+        "libraries": library_versions(),
+    }
+
+
+def dvc_status() -> dict[str, Any]:
+    """`dvc status --json`: per stage, what changed since dvc.lock was written (empty: everything is up to date)."""
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], capture_output=True, text=True)
+    if status.returncode != 0:
+        raise UserError(f"`dvc status` failed; run from the repository root:\n{status.stderr.strip()}")
+    return json.loads(status.stdout or "{}")
+
+
+def workspace_changes() -> dict[str, str]:
+    """Path -> how it differs from dvc.lock in the workspace ("modified", "deleted", ...)."""
+    changes: dict[str, str] = {}
+    for entries in dvc_status().values():
+        for entry in entries:
+            if isinstance(entry, dict):
+                for kind in ("changed deps", "changed outs"):
+                    for path, how in entry.get(kind, {}).items():
+                        changes[path] = how if isinstance(how, str) else "changed: " + ", ".join(how)
+    return changes
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, to compare params key by key."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def lineage_differences(lineage: dict[str, Any], locked: dict[str, str], changed: dict[str, str],
+                        params: dict[str, Any]) -> list[str]:
+    """Every way the model's recorded lineage differs from dvc.lock, the workspace and params.yaml."""
+    problems = []
+    for path, recorded in lineage["inputs"].items():
+        if path not in locked:
+            problems.append(f"{path}: not in dvc.lock any more")
+        elif locked[path] != recorded:
+            problems.append(f"{path}: the model was built from {recorded}, dvc.lock now records {locked[path]}")
+        if path in changed:
+            problems.append(f"{path}: {changed[path]} in the workspace since dvc.lock was written")
+    was, now = flatten(lineage["params"]), flatten(params)
+    for key in sorted(was.keys() | now.keys()):
+        if was.get(key) != now.get(key):
+            problems.append(f"params.yaml {key}: the model was built with {was.get(key)!r}, now {now.get(key)!r}")
+    return problems
+
+
+def read_lineage(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "lineage.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: {model_dir} is not a promoted model (run `dvc repro` until one is "
+                        "promoted, or `dvc pull` to fetch it)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def show_lineage(model_dir: Path) -> int:
+    """Print the model's lineage and how it compares with dvc.lock; 0 when everything matches, 1 otherwise."""
+    lineage = read_lineage(model_dir)
+    print(f"{model_dir}: built at git revision {lineage['git_revision']}, "
+          f"data validation {'passed' if lineage['validation_passed'] else 'FAILED'}")
+    for path, digest in lineage["inputs"].items():
+        print(f"  {path:<28} {digest}")
+    print("  libraries: " + ", ".join(f"{name} {v}" for name, v in lineage["libraries"].items()))
+    params = load_params().model_dump(mode="json", by_alias=True)
+    problems = lineage_differences(lineage, locked_hashes(), workspace_changes(), params)
+    if not problems:
+        print("matches dvc.lock, the workspace and params.yaml: `dvc repro` would rebuild this model")
+        return 0
+    print(f"DIFFERS from the current state ({len(problems)}):")
+    for problem in problems:
+        print(f"  - {problem}")
+    print("`dvc repro` would build a different model; `git checkout` + `dvc checkout` the revision above to "
+          "rebuild this one")
+    return 1
+
+
+def main() -> None:
+    """`tailor lineage [MODEL_DIR]`."""
+    parser = argparse.ArgumentParser(prog="tailor", description="tailor: reproducible LLM specialization")
+    commands = parser.add_subparsers(dest="command", required=True)
+    lineage = commands.add_parser("lineage", help="print a promoted model's lineage and check it against dvc.lock")
+    lineage.add_argument("model_dir", nargs="?", type=Path, default=Path("models/production"))
+    args = parser.parse_args()
+    try:
+        sys.exit(show_lineage(args.model_dir))
+    except UserError as exc:
+        print(f"tailor: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

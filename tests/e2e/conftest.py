@@ -1,0 +1,34 @@
+"""The first from-scratch build of the tiny project, shared: test_pipeline continues from it, and the
+operations tests compare their own from-scratch build against it (determinism)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stage_runner import SECRET, new_tiny_project, run
+
+ADAPTER = "models/adapter/adapter_model.safetensors"
+
+
+@dataclass
+class Build:
+    """A from-scratch `dvc repro`: where, its output, and its metrics and adapter bytes as it left them."""
+
+    root: Path
+    result: subprocess.CompletedProcess[str]
+    metrics: dict[str, Any]
+    adapter: bytes
+
+
+@pytest.fixture(scope="session")
+def first_build(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Build:
+    root = new_tiny_project(tmp_path_factory.mktemp("repo"), tiny_model_dir)
+    result = run(root, "dvc", "repro", HF_TOKEN=SECRET)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return Build(root, result, json.loads((root / "reports/metrics.json").read_text()), (root / ADAPTER).read_bytes())

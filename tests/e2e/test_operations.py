@@ -1,0 +1,106 @@
+"""Operating the pipeline through Prefect: the deployment from prefect.yaml on a real server and a real process
+worker runs the pipeline as a DVC experiment with the UI's overrides, skips work when nothing changed, and a
+from-scratch build gives the same metrics and adapter bytes as another from-scratch build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from stage_runner import environment, new_tiny_project, run
+
+pytestmark = pytest.mark.slow
+ADAPTER = "models/adapter/adapter_model.safetensors"
+# How fast a run was is not part of what it computed.
+TIMINGS = {"generated_tokens_per_second", "training_seconds"}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Iterator[Path]:
+    """The tiny project with learning rate 0.01 in params.yaml, deployed from its prefect.yaml, with a worker."""
+    root = new_tiny_project(tmp_path_factory.mktemp("deployed"), tiny_model_dir, finetune={"learning_rate": 0.01})
+    pool = run(root, "prefect", "work-pool", "create", "tailor", "--type", "process", "--overwrite")
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    deploy = run(root, "prefect", "--no-prompt", "deploy", "--all")
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    log = (root.parent / "worker.log").open("w")
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "tailor"], cwd=root,
+                              env=environment(), stdout=log, stderr=subprocess.STDOUT)
+    # This process imported Prefect before the test server existed; point its client at the server.
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield root
+    worker.terminate()
+    worker.wait(timeout=60)
+
+
+def computed(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics without the timings, which depend on how busy the machine was."""
+    return {key: {k: v for k, v in value.items() if k not in TIMINGS} if isinstance(value, dict) else value
+            for key, value in metrics.items() if key != "recommendation"}
+
+
+def flow_run_log(flow_run_id: object) -> str:
+    with get_client(sync_client=True) as client:
+        return "\n".join(entry.message for entry in client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200))
+
+
+def test_deployment_and_schedule_are_registered(deployed: Path) -> None:
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("specialize/weekly")
+    assert deployment.work_pool_name == "tailor"
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
+    assert deployment.schedules[0].active
+    # The UI's run form: the flow's parameters with their types and descriptions.
+    form = deployment.parameter_openapi_schema["properties"]
+    assert {"learning_rate", "max_steps", "lora_r", "settings", "force", "push"} <= set(form)
+    assert "finetune.learning_rate" in form["learning_rate"]["description"]
+
+
+def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path, first_build) -> None:
+    started = time.time()
+    flow_run = run_deployment("specialize/weekly", parameters={"learning_rate": 0.02}, timeout=900)
+    log = flow_run_log(flow_run.id)
+    assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-3000:]}"
+    assert "running the pipeline: finetune.learning_rate=0.02" in log
+
+    experiment = f"prefect-{flow_run.name}"
+    shown = run(deployed, "dvc", "exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    runs = [e for commit in json.loads(shown.stdout) for e in commit.get("experiments") or []
+            for e in e.get("revs", []) if e.get("name") == experiment]
+    assert len(runs) == 1, shown.stdout[:3000]
+    params = runs[0]["data"]["params"]["params.yaml"]["data"]
+    assert params["finetune"]["learning_rate"] == 0.02  # the UI override, recorded by DVC
+
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key for a in client.read_artifacts() if a.created.timestamp() >= started - 1}
+    assert {"data-quality", "specialization-report", "promotion-decision", "specialize-run"} <= artifacts
+
+    # Determinism: with the override, this from-scratch build has exactly the first build's params, so it must
+    # give the same adapter bytes and the same metrics (timings aside).
+    assert (deployed / ADAPTER).read_bytes() == first_build.adapter
+    assert computed(json.loads((deployed / "reports/metrics.json").read_text())) == computed(first_build.metrics)
+
+    # Promoted, so the results were pushed: the default remote now holds the production model's files.
+    assert json.loads((deployed / "reports/promotion.json").read_text())["promoted"] is True
+    status = run(deployed, "dvc", "status", "--cloud", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout[-2000:]
+
+
+def test_scheduled_run_with_nothing_changed_finishes_quickly(deployed: Path) -> None:
+    flow_run = run_deployment("specialize/weekly", timeout=300)
+    log = flow_run_log(flow_run.id)
+    assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-3000:]}"
+    assert "nothing changed since the last run" in log and "dvc exp run" not in log
