@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test clean
+.PHONY: install run test ui bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,20 @@ run: install
 
 test: install
 	python -m pytest -q
+
+# A local Prefect server (127.0.0.1, SQLite under ~/.prefect), the deployments of prefect.yaml, and a process
+# worker that runs them; Ctrl-C stops all of it.
+PREFECT_PORT ?= 4200
+ui: install
+	@trap 'kill 0' EXIT; \
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > prefect-server.log 2>&1 & \
+	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
+	python -c "import time, urllib.request as u; exec('while True:\n try: u.urlopen(\'$$PREFECT_API_URL/health\'); break\n except OSError: time.sleep(1)')"; \
+	prefect work-pool create tailor --type process --overwrite > /dev/null; \
+	prefect --no-prompt deploy --all > /dev/null; \
+	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (deployment specialize/weekly; Ctrl-C stops the server and worker)"; \
+	echo "Other shells: export PREFECT_API_URL=$$PREFECT_API_URL  (stage runs then show in the UI and start faster)"; \
+	prefect worker start --pool tailor
 
 clean:
 	rm -rf models data/validated data/tokenized reports

@@ -46,10 +46,10 @@ def finetune(params: FinetuneParams, seed: int, step: Step) -> dict[str, Any]:
     device = pick_device(params.device)
     fingerprint = training_fingerprint(params, seed, [BASE_DIR, TRAIN_DIR])
     step(prepare_checkpoints)(CHECKPOINTS_DIR, fingerprint, params.on_input_change)
-    trained, summary = step(train)(BASE_DIR, load_from_disk(str(TRAIN_DIR)), params, seed, device,
+    trainer, summary = step(train)(BASE_DIR, load_from_disk(str(TRAIN_DIR)), params, seed, device,
                                    CHECKPOINTS_DIR, LIVE_DIR)
+    step(save_trained)(trainer, OUT_DIR)
     if is_main_process():
-        step(save_trained)(trained, OUT_DIR)
         SUMMARY.parent.mkdir(parents=True, exist_ok=True)
         SUMMARY.write_text(json.dumps({**summary, "device": device.type}, indent=2) + "\n", encoding="utf-8")
     return summary

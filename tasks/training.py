@@ -199,10 +199,10 @@ def halve_batch_on_oom(run: Callable[[int, int], T], batch_size: int, accumulati
 
 
 def train(base_dir: Path, train_set: Dataset, params: FinetuneParams, seed: int, device: torch.device,
-          checkpoints_dir: Path, live_dir: Path) -> tuple[PreTrainedModel, dict[str, float]]:
+          checkpoints_dir: Path, live_dir: Path) -> tuple[Trainer, dict[str, float]]:
     """Train to max_steps from the newest complete checkpoint or base_dir, halving the batch on CUDA OOM."""
 
-    def attempt(batch_size: int, accumulation: int) -> tuple[PreTrainedModel, dict[str, float]]:
+    def attempt(batch_size: int, accumulation: int) -> tuple[Trainer, dict[str, float]]:
         # Each attempt loads the weights afresh, so a retry after OOM carries nothing over from the failed one.
         set_seed(seed)
         model, _ = load_model(base_dir, device)
@@ -213,7 +213,7 @@ def train(base_dir: Path, train_set: Dataset, params: FinetuneParams, seed: int,
 
 
 def run_trainer(model: PreTrainedModel, train_set: Dataset, args: TrainingArguments, params: FinetuneParams,
-                resume_from: Path | None, live_dir: Path) -> tuple[PreTrainedModel, dict[str, float]]:
+                resume_from: Path | None, live_dir: Path) -> tuple[Trainer, dict[str, float]]:
     """One Trainer run on packed batches; DVCLive curves and checkpoint markers come from rank 0 only."""
     model = with_lora(model, params)
     # Without a KV cache the model reads position_ids resets as sequence boundaries, which is what
@@ -249,7 +249,7 @@ def run_trainer(model: PreTrainedModel, train_set: Dataset, args: TrainingArgume
         "tokens_per_second": round(tokens_per_second, 2),
         **utilization(trainer.model, tokens_per_second, args.world_size),
     }
-    return trainer.model, summary
+    return trainer, summary
 
 
 def utilization(model: PreTrainedModel, tokens_per_second: float, processes: int) -> dict[str, float]:
@@ -269,6 +269,18 @@ def tokens_seen_at(checkpoint: Path | None) -> int:
     return int(state.get("num_input_tokens_seen", 0))
 
 
-def save_trained(model: PreTrainedModel, out_dir: Path) -> Path:
-    """Write the adapter (or the full model) as safetensors, swapped in whole."""
-    return write_dir_atomically(out_dir, model.save_pretrained)
+def save_trained(trainer: Trainer, out_dir: Path) -> None:
+    """Write the adapter (or the full model) as safetensors, swapped in whole by rank 0.
+
+    Every process must call it: under FSDP, saving gathers the weight shards from all of them.
+    """
+
+    def write(staging: Path) -> None:
+        trainer.save_model(str(staging))  # the Trainer writes only on rank 0
+        # The Trainer adds its arguments as a pickle; the adapter directory stays safetensors and JSON only.
+        (staging / "training_args.bin").unlink(missing_ok=True)
+
+    if is_main_process():
+        write_dir_atomically(out_dir, write)
+    else:
+        trainer.save_model(str(out_dir.with_name(out_dir.name + ".tmp")))

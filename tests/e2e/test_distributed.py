@@ -1,4 +1,4 @@
-"""finetune under torchrun: two CPU processes (DDP over gloo) train like one process with the same
+"""finetune under torchrun: two CPU processes (gloo), DDP or FSDP, train like one process with the same
 effective batch, and only rank 0 writes the adapter, the curves and the checkpoints."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from stage_runner import run, tiny_project
 
 pytestmark = pytest.mark.slow
 STEPS = 12
+ADAPTER = "models/adapter/adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +39,28 @@ def finetune(root: Path, **settings: Any) -> tuple[dict[str, Any], list[float], 
     return json.loads((root / "reports/training.json").read_text()), losses, result.stdout + result.stderr
 
 
-def test_two_processes_train_like_one_with_the_same_effective_batch(project: Path) -> None:
-    single, single_losses, _ = finetune(project, processes=1, batch_size=8)
-    double, double_losses, log = finetune(project, processes=2, batch_size=4)
+def adapter_shapes(root: Path) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in load_file(root / ADAPTER).items()}
+
+
+@pytest.fixture(scope="module")
+def single_run(project: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    summary, _, _ = finetune(project, processes=1, batch_size=8, strategy="ddp")
+    return summary, adapter_shapes(project)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_train_like_one_with_the_same_effective_batch(project: Path, single_run, strategy: str) -> None:
+    double, double_losses, log = finetune(project, processes=2, batch_size=4, strategy=strategy)
+    single, shapes = single_run
 
     assert double["processes"] == 2 and double["batch_size"] == 4 and double["steps"] == STEPS
     assert log.count("rank 0:") > 0 and log.count("rank 1:") > 0  # two processes really ran
     assert len(double_losses) == STEPS  # one curve, written once (by rank 0), not twice
     assert sum(double_losses[-3:]) < sum(double_losses[:3])
     adapter = sorted(p.name for p in (project / "models").iterdir() if p.name.startswith("adapter"))
-    assert adapter == ["adapter"] and (project / "models/adapter/adapter_model.safetensors").is_file()
+    assert adapter == ["adapter"]
+    assert adapter_shapes(project) == shapes  # whole weights (FSDP gathers its shards before saving)
     checkpoints = sorted(p.name for p in (project / "models/checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-12", "checkpoint-6"]
     # The processes see the examples in another order than one process does, so the curves differ a little;

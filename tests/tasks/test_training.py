@@ -58,15 +58,15 @@ def test_packed_batch_matches_separate_sequences(tiny_model_dir: Path, train_set
 
 
 def test_training_lowers_loss_and_writes_safetensors(tiny_model_dir: Path, train_set, tmp_path: Path) -> None:
-    model, summary = run_training(tiny_model_dir, train_set, tmp_path)
+    trainer, summary = run_training(tiny_model_dir, train_set, tmp_path)
     losses = pd.read_csv(tmp_path / "live" / "plots" / "metrics" / "loss.tsv", sep="\t")["loss"]
     assert len(losses) == PARAMS.max_steps
     assert losses.iloc[-2:].mean() < losses.iloc[:2].mean()
     assert summary["steps"] == PARAMS.max_steps and summary["tokens_per_second"] > 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
-    save_trained(model, tmp_path / "adapter")
+    save_trained(trainer, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    assert not list((tmp_path / "adapter").glob("*.bin"))
+    assert sorted(p.suffix for p in (tmp_path / "adapter").iterdir()) == [".json", ".md", ".safetensors"]
 
 
 def test_resumed_run_matches_uninterrupted_run(tiny_model_dir: Path, train_set, tmp_path: Path) -> None:
