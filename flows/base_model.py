@@ -9,7 +9,7 @@ from prefect import flow
 
 from flows.stage import log_run_labels, run_stage
 from tasks.models import materialize_base_model
-from tasks.params import BaseModelParams, Params
+from tasks.params import BaseModelParams
 
 OUT_DIR = Path("models/base")
 
