@@ -24,7 +24,7 @@ ADAPTER = "models/adapter/adapter_model.safetensors"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
     root = tiny_project(tmp_path_factory.mktemp("resume"), tiny_model_dir, 400, 16,
-                        finetune={"max_steps": 120, "save_steps": 40, "logging_steps": 10, "learning_rate": 0.02})
+                        finetune={"max_steps": 60, "save_steps": 20, "logging_steps": 10, "learning_rate": 0.02})
     prepared = run(root, "dvc", "repro", "tokenize")
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     return root
@@ -37,34 +37,64 @@ def wait_for(path: Path, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def test_sigkilled_training_resumes_from_the_last_complete_checkpoint(project: Path) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted(project: Path) -> tuple[dict[str, torch.Tensor], float]:
+    """The adapter and final loss of a run that nobody killed."""
     reference = run(project, "dvc", "repro", "--no-run-cache", "finetune")
     assert reference.returncode == 0, reference.stdout[-3000:]
-    expected = load_file(project / ADAPTER)
-    expected_loss = json.loads((project / "reports/training.json").read_text())["final_loss"]
+    return load_file(project / ADAPTER), json.loads((project / "reports/training.json").read_text())["final_loss"]
 
-    shutil.rmtree(project / "models" / "checkpoints")
-    interrupted = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "--no-run-cache", "finetune"],
-                                   cwd=project, env=environment(), start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(project / "models/checkpoints/checkpoint-40/tailor-complete")
-    os.killpg(interrupted.pid, signal.SIGKILL)  # dvc and the stage process, a few steps after checkpoint 40
-    interrupted.wait()
-    assert not (project / "models/checkpoints/checkpoint-80").exists(), "the kill came too late to test a resume"
-    # What a kill while saving leaves behind: a newer checkpoint folder without its completion marker.
-    shutil.copytree(project / "models/checkpoints/checkpoint-40", project / "models/checkpoints/checkpoint-80")
-    (project / "models/checkpoints/checkpoint-80/tailor-complete").unlink()
 
+def start_training(project: Path) -> subprocess.Popen[bytes]:
+    shutil.rmtree(project / "models" / "checkpoints", ignore_errors=True)
+    return subprocess.Popen(["dvc", "repro", "--force", "--single-item", "--no-run-cache", "finetune"],
+                            cwd=project, env=environment(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill(training: subprocess.Popen[bytes]) -> None:
+    os.killpg(training.pid, signal.SIGKILL)  # dvc and the stage process
+    training.wait()
+
+
+def resume_and_compare(project: Path, uninterrupted: tuple[dict[str, torch.Tensor], float]) -> str:
+    """Re-run the stage; it must reach max_steps with the uninterrupted run's weights and loss. Returns its log."""
     resumed = run(project, "dvc", "repro", "--no-run-cache", "finetune")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    log = resumed.stdout + resumed.stderr
-    assert "removing models/checkpoints/checkpoint-80: it was not completely written" in log
-    assert "resuming from models/checkpoints/checkpoint-40, the last complete checkpoint" in log
-    state = json.loads((project / "models/checkpoints/checkpoint-120/trainer_state.json").read_text())
-    assert state["global_step"] == 120
+    state = json.loads((project / "models/checkpoints/checkpoint-60/trainer_state.json").read_text())
+    assert state["global_step"] == 60
     # Same weights and loss as the uninterrupted run, within float tolerance (CPU, same seed and data order).
+    expected, expected_loss = uninterrupted
     got = load_file(project / ADAPTER)
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-4)
     assert json.loads((project / "reports/training.json").read_text())["final_loss"] == pytest.approx(
         expected_loss, abs=1e-4)
+    return resumed.stdout + resumed.stderr
+
+
+def test_killed_during_a_step_resumes_from_the_last_complete_checkpoint(project: Path, uninterrupted) -> None:
+    training = start_training(project)
+    wait_for(project / "models/checkpoints/checkpoint-20/tailor-complete")
+    kill(training)  # a few steps after checkpoint 20
+    assert not (project / "models/checkpoints/checkpoint-40").exists(), "the kill came too late to test a resume"
+    # What a kill while saving leaves behind: a newer checkpoint folder without its completion marker.
+    shutil.copytree(project / "models/checkpoints/checkpoint-20", project / "models/checkpoints/checkpoint-40")
+    (project / "models/checkpoints/checkpoint-40/tailor-complete").unlink()
+    log = resume_and_compare(project, uninterrupted)
+    assert "removing models/checkpoints/checkpoint-40: it was not completely written" in log
+    assert "resuming from models/checkpoints/checkpoint-20, the last complete checkpoint" in log
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_a_complete_one(project: Path, uninterrupted) -> None:
+    training = start_training(project)
+    wait_for(project / "models/checkpoints/checkpoint-40")  # the Trainer has begun writing it
+    kill(training)
+    complete = (project / "models/checkpoints/checkpoint-40/tailor-complete").exists()
+    log = resume_and_compare(project, uninterrupted)
+    # Whether the kill beat the last file of checkpoint 40 is a race; each outcome has one right answer.
+    if complete:
+        assert "resuming from models/checkpoints/checkpoint-40, the last complete checkpoint" in log
+    else:
+        assert "removing models/checkpoints/checkpoint-40: it was not completely written" in log
+        assert "resuming from models/checkpoints/checkpoint-20, the last complete checkpoint" in log
