@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.stage import git_revision
-from tasks.errors import UserError, retry_unless_user_error
+from tasks.errors import TRANSIENT_RETRIES, UserError
 from tasks.lineage import dvc_status
 from tasks.params import PARAMS_FILE, parse_params
 
@@ -63,7 +63,7 @@ def check_settings(settings: list[str]) -> None:
     parse_params(raw, f"{PARAMS_FILE} with {', '.join(settings)}")
 
 
-@task(cache_policy=NO_CACHE)
+@task(**TRANSIENT_RETRIES)
 def pending_changes() -> dict[str, Any]:
     """What `dvc status` says changed since the last run: empty when the outputs match the data, params and code."""
     return dvc_status()
@@ -80,11 +80,12 @@ def run_experiment(name: str, settings: list[str]) -> None:
         raise UserError(f"the pipeline failed in experiment {name}:\n" + "\n".join(result.stdout.splitlines()[-15:]))
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=20, retry_condition_fn=retry_unless_user_error)
+@task(**{**TRANSIENT_RETRIES, "retries": 3, "retry_delay_seconds": 20})
 def push_to_remote() -> None:
     """`dvc push`: data, tokenized set, checkpoints, adapter and production model to the default remote."""
-    if dvc("push").returncode != 0:
-        raise RuntimeError("dvc push failed (see the log); it is retried, as remotes fail transiently")
+    pushed = dvc("push")
+    if pushed.returncode != 0:  # remotes fail transiently: a CalledProcessError is retried
+        raise subprocess.CalledProcessError(pushed.returncode, pushed.args, pushed.stdout)
 
 
 @flow(name="specialize")

