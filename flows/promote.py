@@ -11,9 +11,15 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import git_revision, log_run_labels, run_stage
 from tasks.atomic_dir import restore_interrupted
-from tasks.params import Params
 from tasks.lineage import build_lineage
-from tasks.promotion import decision_record, production_gate, promotion_gates, publish_production
+from tasks.params import Params
+from tasks.promotion import (
+    decision_record,
+    hold_production_place,
+    production_gate,
+    promotion_gates,
+    publish_production,
+)
 
 BASE_DIR = Path("models/base")
 CANDIDATE_DIR = Path("models/adapter")
@@ -43,6 +49,8 @@ def promote_flow(params: Params) -> dict[str, Any]:
                        "scores": scores["approaches"]["finetuned"]}
         publish_production(CANDIDATE_DIR, BASE_DIR, PRODUCTION_DIR, lineage, gates, params.promote.merge,
                            eval_scores)
+    else:
+        hold_production_place(PRODUCTION_DIR, decision["reason"])
     DECISION.parent.mkdir(parents=True, exist_ok=True)
     DECISION.write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
     get_run_logger().info("promotion: %s (%s)", "promoted" if decision["promoted"] else "not promoted",

@@ -57,7 +57,7 @@ def production_gate(candidate: dict[str, Any], production_dir: Path, params: Pro
     """The candidate against the current production model, paired on the same examples."""
     recorded = production_dir / EVAL_SCORES
     if not recorded.is_file():
-        why = ("no production model yet" if not production_dir.exists()
+        why = ("no production model yet" if not (production_dir / "lineage.json").is_file()
                else f"production has no {EVAL_SCORES} to compare with (promoted by an older tailor)")
         return Gate("beats_production", None, params.min_relative_improvement, "skipped", why)
     production = json.loads(recorded.read_text(encoding="utf-8"))
@@ -143,6 +143,16 @@ def publish_production(candidate_dir: Path, base_dir: Path, out_dir: Path, linea
         (staging / EVAL_SCORES).write_text(json.dumps(eval_scores, ensure_ascii=False) + "\n", encoding="utf-8")
 
     return write_dir_atomically(out_dir, write)
+
+
+def hold_production_place(production_dir: Path, reason: str) -> None:
+    """Before any model is promoted, production is a directory with only a note saying why: it is a DVC
+    output, so it must exist for `dvc repro` to record the run; a later promotion replaces it whole."""
+    if production_dir.exists():
+        return
+    note = (f"# No production model yet\n\nNo candidate has passed the promotion gates so far ({reason}).\n"
+            "See reports/promotion.json for every gate, and reports/specialization.md for the comparison.\n")
+    write_dir_atomically(production_dir, lambda staging: (staging.mkdir(), (staging / "README.md").write_text(note)))
 
 
 def decision_record(gates: list[Gate], metric: str) -> dict[str, Any]:

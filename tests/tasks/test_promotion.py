@@ -19,7 +19,15 @@ from transformers import AutoModelForCausalLM
 from tasks.atomic_dir import restore_interrupted, write_dir_atomically
 from tasks.evaluation import Scores
 from tasks.params import PromoteParams
-from tasks.promotion import EVAL_SCORES, Gate, decision_record, production_gate, promotion_gates, publish_production
+from tasks.promotion import (
+    EVAL_SCORES,
+    Gate,
+    decision_record,
+    hold_production_place,
+    production_gate,
+    promotion_gates,
+    publish_production,
+)
 
 NO_PRODUCTION = Gate("beats_production", None, 0.05, "skipped", "no production model yet")
 
@@ -213,3 +221,14 @@ def test_promotion_killed_at_any_point_leaves_a_whole_production_model(tmp_path:
     loaded = PeftModel.from_pretrained(model, production)
     assert json.loads((production / "lineage.json").read_text())["git_revision"] == "new"
     assert loaded.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False).shape == (1, 5)
+
+
+def test_rejected_first_candidate_leaves_a_note_where_production_goes(tmp_path: Path) -> None:
+    production = tmp_path / "production"
+    hold_production_place(production, "failed: beats_best_baseline; production left unchanged")
+    assert "failed: beats_best_baseline" in (production / "README.md").read_text()
+    gate = production_gate({"examples": [], "task": "free_text"}, production, PromoteParams(), 100, 0.95, 0)
+    assert (gate.status, gate.detail) == ("skipped", "no production model yet")
+    (production / "README.md").write_text("a real model")
+    hold_production_place(production, "failed again")  # an existing production is never touched
+    assert (production / "README.md").read_text() == "a real model"
