@@ -24,7 +24,14 @@ from flows.stage import log_run_labels, run_stage
 from tasks.errors import UserError
 from tasks.models import pick_device
 from tasks.params import FinetuneParams, Params
-from tasks.training import is_main_process, prepare_checkpoints, save_trained, train, training_fingerprint
+from tasks.training import (
+    is_main_process,
+    log,
+    prepare_checkpoints,
+    save_trained,
+    train,
+    training_fingerprint,
+)
 
 BASE_DIR = Path("models/base")
 TRAIN_DIR = Path("data/tokenized/train")
@@ -49,6 +56,8 @@ def finetune(params: FinetuneParams, seed: int, step: Step) -> dict[str, Any]:
     trainer, summary = step(train)(BASE_DIR, load_from_disk(str(TRAIN_DIR)), params, seed, device,
                                    CHECKPOINTS_DIR, LIVE_DIR)
     step(save_trained)(trainer, OUT_DIR)
+    log().info("trained %d steps in %.0f s: %.0f tokens/s%s", summary["steps"], summary["train_seconds"],
+               summary["tokens_per_second"], f", MFU {summary['mfu']:.1%}" if "mfu" in summary else "")
     if is_main_process():
         SUMMARY.parent.mkdir(parents=True, exist_ok=True)
         SUMMARY.write_text(json.dumps({**summary, "device": device.type}, indent=2) + "\n", encoding="utf-8")
