@@ -28,11 +28,14 @@ class HideUserErrorTracebacks(logging.Filter):
 
 
 def git_revision() -> str:
-    """The commit the pipeline ran from, with '-dirty' when tracked files had uncommitted changes."""
+    """The commit the pipeline ran from, with '-dirty' when tracked files had uncommitted changes.
+
+    dvc.lock is left out: `dvc repro` itself rewrites it after each stage, so it is always "changed" mid-run.
+    """
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)dvc.lock"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("-dirty" if dirty else "")
