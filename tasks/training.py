@@ -112,13 +112,18 @@ def prepare_checkpoints(checkpoints_dir: Path, fingerprint: str, on_change: str)
         torch.distributed.barrier()
 
 
-def latest_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The newest checkpoint marked complete, to resume from; None to start from the base weights."""
-    complete = sorted((p for p in checkpoints_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()),
-                      key=lambda p: int(p.name.split("-")[-1]))
-    if complete:
-        log().info("resuming from %s, the last complete checkpoint", complete[-1])
-    return complete[-1] if complete else None
+def latest_complete_checkpoint(checkpoints_dir: Path, max_steps: int) -> Path | None:
+    """The newest checkpoint marked complete and short of max_steps, to resume from; None to start afresh.
+
+    A checkpoint at max_steps itself is passed over: the Trainer resumed there takes one step too many
+    (transformers 5), so the run resumes from the one before and ends exactly where an uninterrupted run ends.
+    """
+    complete = sorted((int(p.name.split("-")[-1]), p) for p in checkpoints_dir.glob("checkpoint-*")
+                      if (p / COMPLETE_MARKER).is_file())
+    usable = [path for step, path in complete if step < max_steps]
+    if usable:
+        log().info("resuming from %s, the last complete checkpoint", usable[-1])
+    return usable[-1] if usable else None
 
 
 def discard_unusable_checkpoints(checkpoints_dir: Path, fingerprint: str, on_change: str) -> None:
@@ -207,7 +212,8 @@ def train(base_dir: Path, train_set: Dataset, params: FinetuneParams, seed: int,
         set_seed(seed)
         model, _ = load_model(base_dir, device)
         args = training_arguments(params, checkpoints_dir, device, seed, batch_size, accumulation)
-        return run_trainer(model, train_set, args, params, latest_complete_checkpoint(checkpoints_dir), live_dir)
+        resume_from = latest_complete_checkpoint(checkpoints_dir, params.max_steps)
+        return run_trainer(model, train_set, args, params, resume_from, live_dir)
 
     return halve_batch_on_oom(attempt, params.batch_size, params.gradient_accumulation_steps)
 

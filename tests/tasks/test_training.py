@@ -84,10 +84,10 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir: Path, train_set, 
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
-def resume_point(checkpoints: Path, fingerprint: str, on_change: str = "restart") -> Path | None:
+def resume_point(checkpoints: Path, fingerprint: str, on_change: str = "restart", max_steps: int = 12) -> Path | None:
     with disable_run_logger():
         prepare_checkpoints(checkpoints, fingerprint, on_change)
-        return latest_complete_checkpoint(checkpoints)
+        return latest_complete_checkpoint(checkpoints, max_steps)
 
 
 def test_checkpoints_resume_only_with_the_same_inputs(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -116,6 +116,22 @@ def test_partial_checkpoint_is_skipped_and_removed(tiny_model_dir: Path, train_s
     (checkpoints / "fingerprint.json").write_text("same inputs")
     assert resume_point(checkpoints, "same inputs") == checkpoints / "checkpoint-6"
     assert not partial.exists()
+
+
+def test_a_finished_run_resumes_before_its_last_step(tmp_path: Path, tiny_model_dir: Path, train_set) -> None:
+    """Resumed at max_steps, the Trainer would take one step too many; the step before is used instead."""
+    run_training(tiny_model_dir, train_set, tmp_path)  # checkpoints 3 and 6 (= max_steps)
+    checkpoints = tmp_path / "checkpoints"
+    with disable_run_logger():
+        assert latest_complete_checkpoint(checkpoints, PARAMS.max_steps) == checkpoints / "checkpoint-3"
+    expected = load_file(tmp_path / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors")
+    trainer, summary = run_training(tiny_model_dir, train_set, tmp_path)  # a re-run after a kill at the very end
+    assert summary["steps"] == PARAMS.max_steps
+    assert not (checkpoints / f"checkpoint-{PARAMS.max_steps + 1}").exists()
+    save_trained(trainer, tmp_path / "adapter")
+    got = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch() -> None:
