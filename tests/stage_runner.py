@@ -63,6 +63,13 @@ def new_tiny_project(dest: Path, model_dir: Path, **changes: dict[str, Any]) -> 
     return tiny_project(dest, model_dir, 240, 24, **sections)
 
 
+def set_params(root: Path, section: str, **settings: Any) -> None:
+    """Update one section of root's params.yaml."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params[section].update(settings)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def environment(**extra: str) -> dict[str, str]:
     """This interpreter's environment first on PATH (so `python` and `dvc` are ours), plus `extra`."""
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}

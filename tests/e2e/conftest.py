@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stage_runner import SECRET, new_tiny_project, run
+from stage_runner import SECRET, new_tiny_project, run, tiny_project
 
 ADAPTER = "models/adapter/adapter_model.safetensors"
 
@@ -32,3 +32,13 @@ def first_build(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     result = run(root, "dvc", "repro", HF_TOKEN=SECRET)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return Build(root, result, json.loads((root / "reports/metrics.json").read_text()), (root / ADAPTER).read_bytes())
+
+
+@pytest.fixture(scope="session")
+def tokenized_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
+    """The tiny project (400 train rows) run up to tokenize, for the tests that run finetune on its own; each
+    sets the finetune params it needs."""
+    root = tiny_project(tmp_path_factory.mktemp("training"), tiny_model_dir, 400, 16)
+    prepared = run(root, "dvc", "repro", "tokenize")
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    return root

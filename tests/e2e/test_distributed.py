@@ -9,10 +9,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 from safetensors.torch import load_file
 
-from stage_runner import run, tiny_project
+from stage_runner import run, set_params
 
 pytestmark = pytest.mark.slow
 STEPS = 12
@@ -20,19 +19,13 @@ ADAPTER = "models/adapter/adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
-    root = tiny_project(tmp_path_factory.mktemp("ddp"), tiny_model_dir, 240, 16,
-                        finetune={"max_steps": STEPS, "save_steps": 6, "logging_steps": 1, "learning_rate": 0.02})
-    prepared = run(root, "dvc", "repro", "tokenize")
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
-    return root
+def project(tokenized_project: Path) -> Path:
+    return tokenized_project
 
 
 def finetune(root: Path, **settings: Any) -> tuple[dict[str, Any], list[float], str]:
     """Run the finetune stage's command with these finetune params; its summary, loss curve and log."""
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["finetune"].update(settings)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(root, "finetune", max_steps=STEPS, save_steps=6, logging_steps=1, learning_rate=0.02, **settings)
     result = run(root, "python", "-m", "flows.finetune")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     losses = pd.read_csv(root / "reports/training/plots/metrics/loss.tsv", sep="\t")["loss"].tolist()

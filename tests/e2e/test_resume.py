@@ -15,19 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stage_runner import environment, run, tiny_project
+from stage_runner import environment, run, set_params
 
 pytestmark = pytest.mark.slow
 ADAPTER = "models/adapter/adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
-    root = tiny_project(tmp_path_factory.mktemp("resume"), tiny_model_dir, 400, 16,
-                        finetune={"max_steps": 60, "save_steps": 20, "logging_steps": 10, "learning_rate": 0.02})
-    prepared = run(root, "dvc", "repro", "tokenize")
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
-    return root
+def project(tokenized_project: Path) -> Path:
+    set_params(tokenized_project, "finetune", max_steps=60, save_steps=20, logging_steps=10, learning_rate=0.02,
+               processes=1, batch_size=8, strategy="ddp")
+    return tokenized_project
 
 
 def wait_for(path: Path, timeout: float = 300) -> None:
