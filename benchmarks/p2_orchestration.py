@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
 from benchmarks.workload import BASE_DIR, REPO
 
 sys.path.insert(0, str(REPO / "tests"))  # the e2e tests' helpers for a temporary copy of the repository
-from stage_runner import copy_repository, environment, stages_run  # noqa: E402
+from stage_runner import copy_repository, environment, prefect_server, stages_run  # noqa: E402
 
 GOAL_RATIO = 1.15
 GOAL_NOOP_SECONDS = 2.0
@@ -73,19 +72,6 @@ def timed(root: Path, command: str, env: dict[str, str]) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def wait_until_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise SystemExit(f"the Prefect server did not start:\n{log.read_text()[-2000:]}") from None
-            time.sleep(0.5)
-
-
 @contextmanager
 def prefect_environment(mode: str, home: Path) -> Iterator[dict[str, str]]:
     """The stage processes' environment: their own PREFECT_HOME, and a running server's URL in server mode."""
@@ -96,28 +82,8 @@ def prefect_environment(mode: str, home: Path) -> Iterator[dict[str, str]]:
         timed(REPO, f"{sys.executable} -c \"from prefect import flow; flow(name='warm-up')(lambda: None)()\"", env)
         yield env
         return
-    port, log = free_port(), home / "server.log"
-    home.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env={**env, "PREFECT_SERVER_UI_ENABLED": "false"},
-                              stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_until_healthy(url, server, log)
+    with prefect_server(home, env) as url:
         yield {**env, "PREFECT_API_URL": url}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (released just before the server binds it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stage_commands(root: Path) -> dict[str, str]:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +89,42 @@ def run(root: Path, *command: str, timeout: int = 900, **extra_env: str) -> subp
 def stages_run(output: str) -> list[str]:
     """Stage names in the order `dvc repro` / `dvc exp run` ran them."""
     return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (released just before the server binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1, its SQLite database and log under home; yields its API URL, stops it
+    on exit. Raises RuntimeError, with the end of its log, if it does not answer within 90 s."""
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "server.log"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**env, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false",
+             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"},
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Prefect server did not start:\n{log.read_text()[-2000:]}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
