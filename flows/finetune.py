@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch.distributed
 from datasets import load_from_disk
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -88,6 +89,12 @@ def training_process(params: Params) -> None:
     logging.getLogger("tailor.training").info("training process %s of %s started", os.environ["RANK"],
                                               os.environ["WORLD_SIZE"])
     finetune(params.finetune, params.seed, lambda fn: fn)
+    # Leave together and close the process group before exiting: a process that exits with gloo's threads
+    # still alive can abort during interpreter shutdown (SIGABRT, "terminate called without an active
+    # exception"), and torchrun then fails the whole stage although training finished.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -36,10 +36,15 @@ def restore_interrupted(target: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def staging_dir(target: Path) -> Path:
+    """Where the next version of target is written before it is swapped in."""
+    return target.with_name(target.name + ".tmp")
+
+
 def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(staging_dir), then swap the staging directory in for target."""
+    """Call write(staging_dir(target)), then swap the staging directory in for target."""
     restore_interrupted(target)
-    staging = target.with_name(target.name + ".tmp")
+    staging = staging_dir(target)
     shutil.rmtree(staging, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     write(staging)

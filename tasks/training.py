@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.integrations import DVCLiveCallback
 
-from tasks.atomic_dir import write_dir_atomically
+from tasks.atomic_dir import staging_dir, write_dir_atomically
 from tasks.errors import UserError
 from tasks.flops import mfu, peak_flops, training_flops_per_token
 from tasks.models import load_model
@@ -289,4 +289,4 @@ def save_trained(trainer: Trainer, out_dir: Path) -> None:
     if is_main_process():
         write_dir_atomically(out_dir, write)
     else:
-        trainer.save_model(str(out_dir.with_name(out_dir.name + ".tmp")))
+        write(staging_dir(out_dir))  # joins the gather; the Trainer writes nothing on this rank
