@@ -98,6 +98,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop(process: subprocess.Popen[Any], grace_seconds: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within grace_seconds: a Prefect server or worker shutting
+    down gracefully sometimes waits on the API far longer than a test can."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
     """A real Prefect server on 127.0.0.1, its SQLite database and log under home; yields its API URL, stops it
@@ -123,8 +134,4 @@ def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
                 time.sleep(0.5)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)

@@ -1,14 +1,16 @@
 """finetune under torchrun: two CPU processes (gloo), DDP or FSDP, train like one process with the same
-effective batch, and only rank 0 writes the adapter, the curves and the checkpoints."""
+effective batch, only rank 0 writes the adapter, the curves and the checkpoints, and resume works under it."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from stage_runner import run, set_params
@@ -60,3 +62,18 @@ def test_two_processes_train_like_one_with_the_same_effective_batch(project: Pat
     # the loss reached is the same within 10%.
     assert double["final_loss"] == pytest.approx(single["final_loss"], rel=0.10)
     assert double["train_loss"] == pytest.approx(single["train_loss"], rel=0.10)
+
+
+def test_a_two_process_run_resumes_from_its_last_complete_checkpoint(project: Path) -> None:
+    finetune(project, processes=2, batch_size=4, strategy="ddp")
+    uninterrupted = load_file(project / ADAPTER)
+    # What a run killed after step 6 leaves behind: checkpoint-6 complete, nothing later.
+    shutil.rmtree(project / "models/checkpoints/checkpoint-12")
+
+    resumed, _, log = finetune(project, processes=2, batch_size=4, strategy="ddp")
+
+    assert log.count("resuming from models/checkpoints/checkpoint-6") == 2  # both processes resume there
+    assert resumed["steps"] == STEPS
+    # Each process restores its own RNG state and place in the data, so the weights match the uninterrupted run.
+    for name, tensor in load_file(project / ADAPTER).items():
+        torch.testing.assert_close(tensor, uninterrupted[name], rtol=0, atol=1e-5)

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from stage_runner import environment, new_tiny_project, run
+from stage_runner import environment, new_tiny_project, run, stop
 
 pytestmark = pytest.mark.slow
 ADAPTER = "models/adapter/adapter_model.safetensors"
@@ -40,8 +40,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, pre
     # This process imported Prefect before the test server existed; point its client at the server.
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         yield root
-    worker.terminate()
-    worker.wait(timeout=60)
+    stop(worker)
 
 
 def computed(metrics: dict[str, Any]) -> dict[str, Any]:
