@@ -168,20 +168,16 @@ def test_few_shot_knob_reruns_baselines_only(project: Path) -> None:
     assert ran[0] == "evaluate_baselines" and set(ran) <= {"evaluate_baselines", "evaluate", "promote"}
 
 
-def test_lora_knob_retrains_without_rerunning_baselines(project: Path) -> None:
-    result = run(project, "dvc", "exp", "run", "-S", "finetune.lora.r=4")
+def test_training_knob_retrains_without_baselines_and_a_worse_candidate_is_not_promoted(project: Path) -> None:
+    before = digest(project, ["models/production"])
+    # One experiment for both checks: one training step makes a candidate that cannot beat production.
+    result = run(project, "dvc", "exp", "run", "-S", "finetune.lora.r=4", "-S", "finetune.max_steps=1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ran = stages_run(result.stdout)
     assert ran[:2] == ["finetune", "evaluate"]
     assert not {"base_model", "validate", "tokenize", "evaluate_baselines"} & set(ran)
     shown = run(project, "dvc", "exp", "show", "--json")
     assert shown.returncode == 0 and '"r": 4' in shown.stdout
-
-
-def test_candidate_worse_than_production_is_not_promoted(project: Path) -> None:
-    before = digest(project, ["models/production"])
-    result = run(project, "dvc", "exp", "run", "-S", "finetune.max_steps=1")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     decision = json.loads((project / "reports/promotion.json").read_text())
     assert decision["promoted"] is False
     assert "beats_production" in decision["reason"] and "production left unchanged" in decision["reason"]
