@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -50,9 +51,19 @@ def computed(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def flow_run_log(flow_run_id: object) -> str:
-    with get_client(sync_client=True) as client:
-        return "\n".join(entry.message for entry in client.read_logs(
-            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200))
+    """The run's whole log as the server holds it. The run's process sends its logs in batches, the last as it
+    exits, after the run is already reported complete: wait (up to 60 s) for the flow's closing line."""
+    deadline = time.monotonic() + 60
+    while True:
+        entries: list[Any] = []
+        with get_client(sync_client=True) as client:
+            while page := client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                           limit=200, offset=len(entries), sort=LogSort.TIMESTAMP_ASC):
+                entries += page
+        closed = any(e.task_run_id is None and e.message.startswith("Finished in state") for e in entries)
+        if closed or time.monotonic() > deadline:
+            return "\n".join(entry.message for entry in entries)
+        time.sleep(1)
 
 
 def test_deployment_and_schedule_are_registered(deployed: Path) -> None:
