@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,14 @@ def finetune(root: Path, **settings: Any) -> tuple[dict[str, Any], list[float], 
     return json.loads((root / "reports/training.json").read_text()), losses, result.stdout + result.stderr
 
 
+@dataclass
+class TwoProcessRun:
+    summary: dict[str, Any]
+    losses: list[float]
+    log: str
+    adapter: dict[str, torch.Tensor]
+
+
 def adapter_shapes(root: Path) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in load_file(root / ADAPTER).items()}
 
@@ -44,36 +54,52 @@ def single_run(project: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]
     return summary, adapter_shapes(project)
 
 
+@pytest.fixture(scope="module")
+def two_process_run(project: Path) -> Callable[[str], TwoProcessRun]:
+    """Each strategy's 2-process run, trained once and shared by the tests below."""
+    runs: dict[str, TwoProcessRun] = {}
+
+    def get(strategy: str) -> TwoProcessRun:
+        if strategy not in runs:
+            summary, losses, log = finetune(project, processes=2, batch_size=4, strategy=strategy)
+            runs[strategy] = TwoProcessRun(summary, losses, log, load_file(project / ADAPTER))
+        return runs[strategy]
+
+    return get
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_train_like_one_with_the_same_effective_batch(project: Path, single_run, strategy: str) -> None:
-    double, double_losses, log = finetune(project, processes=2, batch_size=4, strategy=strategy)
+def test_two_processes_train_like_one_with_the_same_effective_batch(project: Path, single_run, two_process_run,
+                                                                    strategy: str) -> None:
+    double = two_process_run(strategy)
     single, shapes = single_run
 
-    assert double["processes"] == 2 and double["batch_size"] == 4 and double["steps"] == STEPS
-    assert log.count("rank 0:") > 0 and log.count("rank 1:") > 0  # two processes really ran
-    assert len(double_losses) == STEPS  # one curve, written once (by rank 0), not twice
-    assert sum(double_losses[-3:]) < sum(double_losses[:3])
+    assert double.summary["processes"] == 2 and double.summary["batch_size"] == 4
+    assert double.summary["steps"] == STEPS
+    assert double.log.count("rank 0:") > 0 and double.log.count("rank 1:") > 0  # two processes really ran
+    assert len(double.losses) == STEPS  # one curve, written once (by rank 0), not twice
+    assert sum(double.losses[-3:]) < sum(double.losses[:3])
     adapter = sorted(p.name for p in (project / "models").iterdir() if p.name.startswith("adapter"))
     assert adapter == ["adapter"]
-    assert adapter_shapes(project) == shapes  # whole weights (FSDP gathers its shards before saving)
+    assert {name: tuple(t.shape) for name, t in double.adapter.items()} == shapes  # FSDP gathers before saving
     checkpoints = sorted(p.name for p in (project / "models/checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-12", "checkpoint-6"]
     # The processes see the examples in another order than one process does, so the curves differ a little;
     # the loss reached is the same within 10%.
-    assert double["final_loss"] == pytest.approx(single["final_loss"], rel=0.10)
-    assert double["train_loss"] == pytest.approx(single["train_loss"], rel=0.10)
+    assert double.summary["final_loss"] == pytest.approx(single["final_loss"], rel=0.10)
+    assert double.summary["train_loss"] == pytest.approx(single["train_loss"], rel=0.10)
 
 
-def test_a_two_process_run_resumes_from_its_last_complete_checkpoint(project: Path) -> None:
-    finetune(project, processes=2, batch_size=4, strategy="ddp")
-    uninterrupted = load_file(project / ADAPTER)
+def test_an_fsdp_run_resumes_from_its_last_complete_checkpoint(project: Path, two_process_run) -> None:
+    uninterrupted = two_process_run("fsdp")  # the last run in this project: its checkpoints are on disk
     # What a run killed after step 6 leaves behind: checkpoint-6 complete, nothing later.
     shutil.rmtree(project / "models/checkpoints/checkpoint-12")
 
-    resumed, _, log = finetune(project, processes=2, batch_size=4, strategy="ddp")
+    resumed, _, log = finetune(project, processes=2, batch_size=4, strategy="fsdp")
 
     assert log.count("resuming from models/checkpoints/checkpoint-6") == 2  # both processes resume there
     assert resumed["steps"] == STEPS
-    # Each process restores its own RNG state and place in the data, so the weights match the uninterrupted run.
+    assert uninterrupted.log.count("{'loss': ") == STEPS and log.count("{'loss': ") == STEPS - 6  # 7 to 12 only
+    # Each process restores its own RNG state, place in the data and optimizer shard, so the weights match.
     for name, tensor in load_file(project / ADAPTER).items():
-        torch.testing.assert_close(tensor, uninterrupted[name], rtol=0, atol=1e-5)
+        torch.testing.assert_close(tensor, uninterrupted.adapter[name], rtol=0, atol=1e-5)
