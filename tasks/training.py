@@ -289,4 +289,4 @@ def save_trained(trainer: Trainer, out_dir: Path) -> None:
     if is_main_process():
         write_dir_atomically(out_dir, write)
     else:
-        write(staging_dir(out_dir))  # joins the gather; the Trainer writes nothing on this rank
+        trainer.save_model(str(staging_dir(out_dir)))  # joins the gather; the Trainer writes nothing here
