@@ -61,11 +61,6 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     One server for the session saves every stage process the 10-15 s of starting a temporary one.
     """
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    with prefect_server(tmp_path_factory.mktemp("prefect-home"), env) as url:
-        previous = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
+    with prefect_server(tmp_path_factory.mktemp("prefect-home"), env) as url, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_API_URL", url)  # restored after the session
         yield url
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
