@@ -132,8 +132,11 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
             column=label_column, value_set=limits.allowed_responses,
             description=f"labels are one of {limits.allowed_responses}"))
     if all(column in present for column in columns):
-        suite.add_expectation(gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=columns, description="no exact duplicate examples"))
+        # GX's compound check needs two or more columns; a one-column format (plain text) has its own check.
+        suite.add_expectation(
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=columns, description="no exact duplicate examples")
+            if len(columns) > 1 else
+            gxe.ExpectColumnValuesToBeUnique(column=columns[0], description="no exact duplicate examples"))
     for column, values in forbidden.items():
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeInSet(
             column=column, value_set=values, description=f"no eval example leaks into train ({column} seen in train)"))

@@ -55,11 +55,15 @@ Path(sys.argv[2]).write_text(json.dumps(results))
 """
 
 
-def params_for(root: Path, train: str, evaluation: str, validate: dict | None = None) -> str:
-    """The shipped params with this case's data files and validate overrides (never a previous case's)."""
+def params_for(root: Path, train: str, evaluation: str, validate: dict | None = None,
+               data: dict | None = None) -> str:
+    """The shipped params with this case's data files, data format and validate overrides (never a previous
+    case's)."""
     params = copy.deepcopy(SHIPPED)
-    params["data"].update(train=str(root / "bad" / train), eval=str(root / "bad" / evaluation))
+    params["data"].update(train=str(root / "bad" / train), eval=str(root / "bad" / evaluation), **(data or {}))
     params["validate"].update(validate or {})
+    if params["data"]["format"] == "text":
+        params["promote"]["metric"] = "perplexity"  # the only kind of metric plain text has
     return yaml.safe_dump(params, sort_keys=False)
 
 
@@ -70,9 +74,11 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict
     shutil.copytree(CORPUS, root / "bad")
     good = run(root, "python", "-m", "flows.validate")
     assert good.returncode == 0, good.stderr[-3000:]
-    cases = {name: params_for(root, name, case.get("eval", "eval.jsonl"), case.get("validate"))
+    cases = {name: params_for(root, name, case.get("eval", "eval.jsonl"), case.get("validate"), case.get("data"))
              for name, case in CASES.items()}
     cases["pii_allowed"] = params_for(root, "pii_email.jsonl", "eval.jsonl", {"pii": False})
+    cases["text_good"] = params_for(root, "text_good.jsonl", "text_eval.jsonl",
+                                    data={"format": "text", "columns": {"text": "body"}})
     (root / "cases.json").write_text(json.dumps(cases))
     done = run(root, "python", "-c", RUN_EACH, "cases.json", "outcomes.json")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -96,3 +102,7 @@ def test_bad_file_stops_validate(outcomes: dict[str, dict[str, Any]], name: str)
 
 def test_pii_check_can_be_turned_off(outcomes: dict[str, dict[str, Any]]) -> None:
     assert outcomes["pii_allowed"]["code"] == 0, outcomes["pii_allowed"]["stderr"][-2000:]
+
+
+def test_clean_plain_text_passes(outcomes: dict[str, dict[str, Any]]) -> None:
+    assert outcomes["text_good"]["code"] == 0, outcomes["text_good"]["stderr"][-2000:]

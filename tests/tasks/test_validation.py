@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import pandas as pd
 import pytest
 
 from tasks.errors import UserError
-from tasks.params import ValidateParams
-from tasks.validation import read_table, run_suites
+from tasks.params import Columns, DataParams, ValidateParams
+from tasks.validation import read_table, required_columns, run_suites
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 LIMITS = ValidateParams(min_chars=1, max_chars=400, min_examples=5)
@@ -90,3 +91,32 @@ def test_csv_and_parquet_read_like_jsonl(tmp_path: Path) -> None:
     pd.DataFrame(rows).to_parquet(tmp_path / "data.parquet")
     for name in ("data.csv", "data.parquet"):
         assert read_table.fn(tmp_path / name).to_dict("records") == rows
+
+
+GENERAL = DEMO.parent / "general" / "reference.jsonl"
+# Clean data in each format the schema offers, under the user's own column names; a new format must add its own.
+SAMPLES = {
+    "instruction": lambda split, rows: demo(split, rows).rename(columns={"prompt": "question", "response": "answer"}),
+    "text": lambda split, rows: read_table.fn(GENERAL).rename(columns={"text": "body"}).iloc[
+        slice(0, rows) if split == "train" else slice(200, 200 + rows)].reset_index(drop=True),
+}
+
+
+@pytest.mark.parametrize("data_format", get_args(DataParams.model_fields["format"].annotation))
+@pytest.mark.parametrize("allowed", [None, ["a", "b"]])
+def test_every_format_builds_its_suite_and_clean_data_passes(tmp_path: Path, data_format: str,
+                                                           allowed: list[str] | None) -> None:
+    """A format changes the columns every expectation is built from; each must build (GX validates its
+    arguments) and clean data must pass. With a label set, only the label column of a format that has one is
+    checked against it, so the clean data fail exactly that expectation."""
+    data = DataParams(format=data_format, train=Path("t.jsonl"), eval=Path("e.jsonl"),
+                      columns=Columns(prompt="question", response="answer", text="body"))
+    columns = list(required_columns(data).values())
+    limits = ValidateParams(min_chars=1, max_chars=4000, min_examples=5, allowed_responses=allowed)
+    report, failures = run_suites.fn(SAMPLES[data_format]("train", 40), SAMPLES[data_format]("eval", 5), columns,
+                                     limits, tmp_path / "docs")
+    lines = [f.line() for f in failures]
+    if allowed and len(columns) > 1:
+        assert lines and all("expect_column_values_to_be_in_set" in line for line in lines), lines
+    else:
+        assert lines == [] and report["success"]

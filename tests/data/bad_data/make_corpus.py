@@ -23,6 +23,12 @@ def demo(split: str, rows: int) -> list[dict]:
     return [json.loads(line) for line in (DEMO / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]]
 
 
+def general(rows: int) -> list[dict]:
+    """Paragraphs of the Python Language Reference (data/general), as plain-text training documents."""
+    path = DEMO.parent / "general" / "reference.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:rows]]
+
+
 def jsonl(rows: list) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
@@ -105,6 +111,19 @@ def main() -> None:
     buffer = io.BytesIO()
     pd.DataFrame({"prompt": list(range(60)), "response": [r["response"] for r in good]}).to_parquet(buffer)
     add("int_prompt.parquet", buffer.getvalue(), "expect_column_values_to_be_of_type(prompt)")
+    # Plain text (data.format text) under the user's own column name, `body`: the faults of a document dump.
+    paragraphs = [{"body": r["text"]} for r in general(70)]
+    text_data = {"format": "text", "columns": {"text": "body"}}
+    (HERE / "text_eval.jsonl").write_text(jsonl(paragraphs[60:]), encoding="utf-8")
+    (HERE / "text_good.jsonl").write_text(jsonl(paragraphs[:60]), encoding="utf-8")
+    add("text_empty.jsonl", jsonl(paragraphs[:30] + [{"body": ""}] + paragraphs[30:60]),
+        "expect_column_values_to_not_match_regex(body)", eval="text_eval.jsonl", data=text_data)
+    add("text_duplicates.jsonl", jsonl(paragraphs[:60] + [paragraphs[12]]),
+        "expect_column_values_to_be_unique(body)", eval="text_eval.jsonl", data=text_data)
+    add("text_leaked_eval.jsonl", jsonl(paragraphs[:30] + [paragraphs[64]] + paragraphs[30:60]),
+        "[eval] expect_column_values_to_not_be_in_set(body)", eval="text_eval.jsonl", data=text_data)
+    add("text_wrong_column.jsonl", jsonl([{"text": p["body"]} for p in paragraphs[:60]]),
+        "expect_column_to_exist(body)", eval="text_eval.jsonl", data=text_data)
     (HERE / "cases.json").write_text(json.dumps(cases, indent=2) + "\n", encoding="utf-8")
     print(f"{len(cases)} bad-data cases written to {HERE}")
 
