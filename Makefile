@@ -25,6 +25,7 @@ run: install
 	@grep -h '"reason"' reports/promotion.json
 
 test: install
+	ruff check .
 	python -m pytest -q
 
 # A local Prefect server (127.0.0.1, SQLite under ~/.prefect), the deployments of prefect.yaml, and a process

@@ -173,7 +173,7 @@ def main() -> None:
     }
     print_table(f"GPU training benchmark ({'tiny, ' if args.tiny else ''}{result['device']}, {result['dtype']}, "
                 f"{attention})", ["tokens_per_second", "mfu", "peak_memory_gib", "timed_seconds"],
-                {"LoRA r=%d" % args.lora_r: result})
+                {f"LoRA r={args.lora_r}": result})
     write_json(args.out, result)
 
 

@@ -29,11 +29,9 @@ from typing import Any
 
 import yaml
 
+from benchmarks.harness import copy_repository, environment, prefect_server, stages_run
 from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
 from benchmarks.workload import BASE_DIR, REPO
-
-sys.path.insert(0, str(REPO / "tests"))  # the e2e tests' helpers for a temporary copy of the repository
-from stage_runner import copy_repository, environment, prefect_server, stages_run  # noqa: E402
 
 GOAL_RATIO = 1.15
 GOAL_NOOP_SECONDS = 2.0

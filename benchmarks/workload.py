@@ -8,12 +8,13 @@ import pandas as pd
 from datasets import Dataset
 from transformers import AutoTokenizer
 
+from tasks.dag import declared_paths
 from tasks.params import Params, load_params
 from tasks.tokenization import tokenize_split
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_DIR = REPO / "models" / "base"
-VALIDATED_DIR = REPO / "data" / "validated"
+BASE_DIR = REPO / declared_paths("base_model", REPO / "dvc.yaml")["out"]
+VALIDATED_DIR = REPO / declared_paths("validate", REPO / "dvc.yaml")["out"]
 
 
 def pipeline_params() -> Params:

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
 
 from flows.stage import log_run_labels, run_stage
 from tasks.models import materialize_base_model
-from tasks.params import BaseModelParams
+from tasks.params import BaseModelParams, Params
 
-OUT_DIR = Path("models/base")
+
+@dataclass(frozen=True)
+class Paths:
+    out: Path  # the model directory every later stage loads
 
 
 @flow(name="base_model", on_running=[log_run_labels])
-def base_model_flow(base_model: BaseModelParams, out_dir: Path = OUT_DIR) -> Path:
+def base_model_flow(base_model: BaseModelParams, paths: Paths) -> Path:
     """Fetch/convert the base model once; every later stage loads it with plain from_pretrained."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    paths.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tailor-base-") as work_dir:
-        return materialize_base_model(base_model, out_dir, Path(work_dir))
+        return materialize_base_model(base_model, paths.out, Path(work_dir))
+
+
+def main(params: Params, paths: Paths) -> None:
+    base_model_flow(params.base_model, paths)
 
 
 if __name__ == "__main__":
-    run_stage(lambda params: base_model_flow(params.base_model))
+    run_stage(main, Paths)

@@ -8,24 +8,24 @@ Prefect UI shows in `dvc exp show`), and pushes a promoted model to the DVC remo
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.stage import git_revision
-from tasks.errors import TRANSIENT_RETRIES, UserError
+from tasks.dag import declared_paths
+from tasks.errors import UserError
 from tasks.lineage import dvc_status
-from tasks.params import PARAMS_FILE, parse_params
-
-DECISION = Path("reports/promotion.json")
-METRICS = Path("reports/metrics.json")
+from tasks.params import PARAMS_FILE, load_params
+from tasks.retries import TRANSIENT_RETRIES
 
 
 def dvc(*args: str) -> subprocess.CompletedProcess[str]:
@@ -49,18 +49,24 @@ def settings_from(learning_rate: float | None, max_steps: int | None, lora_r: in
 
 @task(cache_policy=NO_CACHE)
 def check_settings(settings: list[str]) -> None:
-    """Parse params.yaml with the settings applied, so a bad value stops here with the key named."""
-    raw = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
-    for setting in settings:
-        key, sep, value = setting.partition("=")
-        if not sep:
-            raise UserError(f"setting {setting!r} is not key=value (for example finetune.learning_rate=0.001)")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {}) if isinstance(node, dict) else {}
-        node[leaf] = yaml.safe_load(value)
-    parse_params(raw, f"{PARAMS_FILE} with {', '.join(settings)}")
+    """Apply the settings to a copy of params.yaml exactly as `dvc exp run -S` will (DVC's own Hydra override
+    parser), then validate the result, so a bad setting or value stops here with the key named."""
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory(prefix="tailor-settings-") as work:
+        trial = Path(work) / PARAMS_FILE.name
+        shutil.copyfile(PARAMS_FILE, trial)
+        try:
+            apply_overrides(trial, settings)
+        except InvalidArgumentError as exc:
+            cause = f": {exc.__cause__}" if exc.__cause__ else ""
+            raise UserError(f"settings {settings} are not valid `dvc exp run -S` overrides{cause} (for example "
+                            "finetune.learning_rate=0.001; a new key needs a leading +)") from None
+        try:
+            load_params(trial)
+        except UserError as exc:
+            raise UserError(str(exc).replace(str(trial), f"{PARAMS_FILE} with {', '.join(settings)}", 1)) from None
 
 
 @task(**TRANSIENT_RETRIES)
@@ -111,9 +117,10 @@ def specialize(learning_rate: float | None = None, max_steps: int | None = None,
     logger.info("running the pipeline: %s", ", ".join(overrides) or f"changed since the last run: {sorted(changes)}")
     name = f"prefect-{flow_run.get_name()}"
     run_experiment(name, overrides)
-    decision = json.loads(DECISION.read_text(encoding="utf-8"))
+    promoted = declared_paths("promote")
+    decision = json.loads(promoted["decision"].read_text(encoding="utf-8"))
     metric = decision["metric"]
-    finetuned = json.loads(METRICS.read_text(encoding="utf-8"))["finetuned"].get(metric)
+    finetuned = json.loads(promoted["metrics"].read_text(encoding="utf-8"))["finetuned"].get(metric)
     if decision["promoted"] and push:
         push_to_remote()
     summary = {"ran": True, "experiment": name, "settings": overrides, "git_revision": git_revision(),

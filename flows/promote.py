@@ -1,8 +1,9 @@
-"""Stage promote: apply the promotion gates; a passing candidate becomes models/production."""
+"""Stage promote: apply the promotion gates; a passing candidate becomes the production model."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import git_revision, log_run_labels, run_stage
 from tasks.atomic_dir import restore_interrupted
+from tasks.inference import ScoreFile
 from tasks.lineage import build_lineage
 from tasks.params import Params
 from tasks.promotion import (
@@ -21,38 +23,39 @@ from tasks.promotion import (
     publish_production,
 )
 
-BASE_DIR = Path("models/base")
-CANDIDATE_DIR = Path("models/adapter")
-METRICS = Path("reports/metrics.json")
-SCORES = Path("reports/scores.json")
-VALIDATION = Path("reports/validation.json")
-PRODUCTION_DIR = Path("models/production")
-DECISION = Path("reports/promotion.json")
-LINEAGE_OUTPUTS = ["models/base", "data/validated", "data/tokenized", "models/adapter"]
+
+@dataclass(frozen=True)
+class Paths:
+    base: Path  # the base model directory
+    adapter: Path  # the candidate
+    metrics: Path  # the comparison of every approach
+    scores: Path  # per-example scores (paired comparison with production)
+    validation: Path  # the validation result, recorded in the lineage
+    production: Path  # the production model, replaced whole by a candidate that passes every gate
+    decision: Path  # every gate with its value, threshold and status (a DVC metrics file)
 
 
 @flow(name="promote", on_running=[log_run_labels])
-def promote_flow(params: Params) -> dict[str, Any]:
+def promote_flow(params: Params, paths: Paths) -> dict[str, Any]:
     """Decide, record the decision with every gate, and publish only a candidate that passes them all."""
-    restore_interrupted(PRODUCTION_DIR)
-    metrics = json.loads(METRICS.read_text(encoding="utf-8"))
-    scores = json.loads(SCORES.read_text(encoding="utf-8"))
-    against_production = production_gate(scores, PRODUCTION_DIR, params.promote, params.evaluate.bootstrap_samples,
-                                         params.evaluate.confidence, params.seed)
+    restore_interrupted(paths.production)
+    metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
+    scores = ScoreFile.read(paths.scores)
+    against_production = production_gate(scores, paths.production, params.promote,
+                                         params.evaluate.bootstrap_samples, params.evaluate.confidence, params.seed)
     gates = promotion_gates(metrics, params.promote, against_production)
     decision = decision_record(gates, params.promote.metric)
     if decision["promoted"]:
-        validation_passed = json.loads(VALIDATION.read_text(encoding="utf-8"))["success"]
+        validation_passed = json.loads(paths.validation.read_text(encoding="utf-8"))["success"]
         lineage = build_lineage(params.model_dump(mode="json", by_alias=True), metrics, validation_passed,
-                                [str(params.data.train), str(params.data.eval), *LINEAGE_OUTPUTS], git_revision())
-        eval_scores = {"task": scores["task"], "examples": scores["examples"],
-                       "scores": scores["approaches"]["finetuned"]}
-        publish_production(CANDIDATE_DIR, BASE_DIR, PRODUCTION_DIR, lineage, gates, params.promote.merge,
-                           eval_scores)
+                                git_revision(), own_outputs=[paths.production, paths.decision])
+        production_scores = ScoreFile(scores.task, scores.examples, {"finetuned": scores.approaches["finetuned"]})
+        publish_production(paths.adapter, paths.base, paths.production, lineage, gates, params.promote.merge,
+                           production_scores)
     else:
-        hold_production_place(PRODUCTION_DIR, decision["reason"])
-    DECISION.parent.mkdir(parents=True, exist_ok=True)
-    DECISION.write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
+        hold_production_place(paths.production, decision["reason"])
+    paths.decision.parent.mkdir(parents=True, exist_ok=True)
+    paths.decision.write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
     get_run_logger().info("promotion: %s (%s)", "promoted" if decision["promoted"] else "not promoted",
                           decision["reason"])
     create_markdown_artifact(
@@ -65,4 +68,4 @@ def promote_flow(params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_stage(promote_flow)
+    run_stage(promote_flow, Paths)

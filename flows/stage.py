@@ -1,20 +1,29 @@
-"""What every stage command shares: parse params.yaml first, label the run with its stage, DVC experiment
-and git revision, and end user errors in one clear message."""
+"""What every stage command shares: read its paths from the command line (dvc.yaml declares them, nowhere else
+does), parse params.yaml first, label the run with its stage, DVC experiment and git revision, and end user errors
+in one clear message.
+
+Every stage depends on this module: an edit here re-runs the whole pipeline.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import os
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from prefect import tags
 from prefect.logging.loggers import flow_run_logger
 
 from tasks.errors import UserError
 from tasks.params import Params, load_params
+
+P = TypeVar("P")
 
 
 class HideUserErrorTracebacks(logging.Filter):
@@ -55,15 +64,29 @@ def log_run_labels(flow: Any, flow_run: Any, state: Any) -> None:
                                          labels.get("experiment"), labels.get("git"))
 
 
-def run_stage(stage: Callable[[Params], object]) -> None:
-    """Validate params.yaml, run the stage's flow, exit 2 with a one-line-per-problem message on user error."""
+def stage_paths(paths_type: type[P], argv: list[str] | None = None) -> P:
+    """The stage's inputs and outputs from its command line, `--name path` for each field of the dataclass
+    `paths_type`: dvc.yaml writes them into every stage's `cmd`, so they are declared once, next to its deps
+    and outs. A missing or unknown one exits 2 with argparse's usage line."""
+    main = sys.modules["__main__"].__spec__
+    parser = argparse.ArgumentParser(prog=f"python -m {main.name if main else 'flows.<stage>'}",
+                                     description="A tailor stage; dvc.yaml gives these paths.")
+    for field in dataclasses.fields(paths_type):  # type: ignore[arg-type]
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=Path, required=True)
+    return paths_type(**vars(parser.parse_args(argv)))
+
+
+def run_stage(stage: Callable[[Params, P], object], paths_type: type[P]) -> None:
+    """Read the paths, validate params.yaml, run the stage's flow; exit 2 with a one-line-per-problem message on
+    user error."""
+    paths = stage_paths(paths_type)
     # Prefect's console handler sits on the root logger; its run loggers propagate to it.
     for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         handler.addFilter(HideUserErrorTracebacks())
     try:
         params = load_params()
         with tags(*run_labels()):
-            stage(params)
+            stage(params, paths)
     except UserError as exc:
         print(f"\ntailor: {exc}", file=sys.stderr)
         sys.exit(2)

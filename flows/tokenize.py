@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -11,30 +12,37 @@ from prefect import flow
 from transformers import AutoTokenizer
 
 from flows.stage import log_run_labels, run_stage
-from tasks.params import DataParams, TokenizeParams
+from tasks.params import DataParams, Params, TokenizeParams
 from tasks.tokenization import save_dataset, token_stats, tokenize_split
 
-BASE_DIR = Path("models/base")
-IN_DIR = Path("data/validated")
-OUT_DIR = Path("data/tokenized")
-STATS = Path("reports/tokenize.json")
+
+@dataclass(frozen=True)
+class Paths:
+    base: Path  # the base model directory (its tokenizer and chat template)
+    validated: Path  # train.parquet and eval.parquet
+    out: Path  # Arrow datasets, one folder per split
+    stats: Path  # token statistics (a DVC metrics file)
 
 
 @flow(name="tokenize", on_running=[log_run_labels])
-def tokenize_flow(data: DataParams, tokenize: TokenizeParams) -> dict[str, dict[str, float]]:
+def tokenize_flow(data: DataParams, tokenize: TokenizeParams, paths: Paths) -> dict[str, dict[str, float]]:
     """Tokenize train and eval; write Arrow datasets and their token statistics."""
-    tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(paths.base)
     stats = {}
-    shutil.rmtree(OUT_DIR, ignore_errors=True)
+    shutil.rmtree(paths.out, ignore_errors=True)
     for split in ("train", "eval"):
-        frame = pd.read_parquet(IN_DIR / f"{split}.parquet")
+        frame = pd.read_parquet(paths.validated / f"{split}.parquet")
         dataset = tokenize_split(tokenizer, frame, data.format, tokenize.system_prompt, tokenize.max_length)
-        save_dataset(dataset, OUT_DIR / split)
+        save_dataset(dataset, paths.out / split)
         stats[split] = token_stats(dataset, tokenize.max_length)
-    STATS.parent.mkdir(parents=True, exist_ok=True)
-    STATS.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    paths.stats.parent.mkdir(parents=True, exist_ok=True)
+    paths.stats.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats
 
 
+def main(params: Params, paths: Paths) -> None:
+    tokenize_flow(params.data, params.tokenize, paths)
+
+
 if __name__ == "__main__":
-    run_stage(lambda params: tokenize_flow(params.data, params.tokenize))
+    run_stage(main, Paths)

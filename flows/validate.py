@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
@@ -11,22 +12,26 @@ from prefect.artifacts import create_markdown_artifact
 from flows.stage import log_run_labels, run_stage
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
-from tasks.params import DataParams, ValidateParams
-from tasks.validation import normalize, read_table, required_columns, run_suites
+from tasks.params import DataParams, Params, ValidateParams
+from tasks.tables import read_table
+from tasks.validation import normalize, required_columns, run_suites
 
-OUT_DIR = Path("data/validated")
-DOCS_DIR = Path("reports/data_docs")
-REPORT = Path("reports/validation.json")
+
+@dataclass(frozen=True)
+class Paths:
+    out: Path  # train.parquet and eval.parquet, in the pipeline's column names
+    docs: Path  # Great Expectations Data Docs
+    report: Path  # the validation result as JSON
 
 
 @flow(name="validate", on_running=[log_run_labels])
-def validate_flow(data: DataParams, limits: ValidateParams) -> Path:
+def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Path:
     """Validate train and eval splits; on any failed expectation stop with a summary and write no data."""
     columns = required_columns(data)
     train, evaluation = read_table(data.train), read_table(data.eval)
-    report, failures = run_suites(train, evaluation, list(columns.values()), limits, DOCS_DIR)
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    report, failures = run_suites(train, evaluation, list(columns.values()), limits, paths.docs)
+    paths.report.parent.mkdir(parents=True, exist_ok=True)
+    paths.report.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [failure.line() for failure in failures]
     create_markdown_artifact(
         key="data-quality",
@@ -35,8 +40,9 @@ def validate_flow(data: DataParams, limits: ValidateParams) -> Path:
     )
     if failures:
         raise UserError(
-            f"data validation failed for {data.train} and {data.eval} ({len(failures)} expectations):\n  - " + "\n  - ".join(lines)
-            + f"\nFix the data (or the limits under validate: in params.yaml); details in {DOCS_DIR}/index.html"
+            f"data validation failed for {data.train} and {data.eval} ({len(failures)} expectations):\n  - "
+            + "\n  - ".join(lines)
+            + f"\nFix the data (or the limits under validate: in params.yaml); details in {paths.docs}/index.html"
         )
 
     def write(staging: Path) -> None:
@@ -44,8 +50,12 @@ def validate_flow(data: DataParams, limits: ValidateParams) -> Path:
         for split, frame in {"train": train, "eval": evaluation}.items():
             normalize(frame, columns).to_parquet(staging / f"{split}.parquet", index=False)
 
-    return write_dir_atomically(OUT_DIR, write)
+    return write_dir_atomically(paths.out, write)
+
+
+def main(params: Params, paths: Paths) -> None:
+    validate_flow(params.data, params.validate_, paths)
 
 
 if __name__ == "__main__":
-    run_stage(lambda params: validate_flow(params.data, params.validate_))
+    run_stage(main, Paths)

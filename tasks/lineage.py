@@ -1,12 +1,12 @@
-"""Lineage of a promoted model: what it was built from (dvc.lock hashes, params, git revision, libraries), and
-`tailor lineage`, which prints it and checks it against the current dvc.lock and workspace."""
+"""Lineage of a promoted model: what it was built from (dvc.lock hashes, params, git revision, libraries), and the
+check behind `tailor lineage`, which compares it with the current dvc.lock and workspace."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Collection
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,16 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_passed: bool, inputs: list[str],
-                  revision: str) -> dict[str, Any]:
-    """Everything needed to rebuild or audit the production model."""
-    hashes = locked_hashes()
+def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_passed: bool, revision: str,
+                  own_outputs: Collection[Path]) -> dict[str, Any]:
+    """Everything needed to rebuild or audit the production model: the hash of every data file, model and report
+    dvc.lock records (its code is pinned by the git revision), except the promote stage's own outputs, which its
+    previous run recorded."""
+    excluded = {str(path) for path in own_outputs}
     return {
         "git_revision": revision,
-        "inputs": {path: hashes.get(path, "not recorded (run through dvc repro)") for path in inputs},
+        "inputs": {path: digest for path, digest in sorted(locked_hashes().items())
+                   if not path.endswith(".py") and path not in excluded},
         "params": params,
         "validation_passed": validation_passed,
         "metrics": metrics,
@@ -131,21 +134,3 @@ def show_lineage(model_dir: Path) -> int:
     print("`dvc repro` would build a different model; `git checkout` + `dvc checkout` the revision above to "
           "rebuild this one")
     return 1
-
-
-def main() -> None:
-    """`tailor lineage [MODEL_DIR]`."""
-    parser = argparse.ArgumentParser(prog="tailor", description="tailor: reproducible LLM specialization")
-    commands = parser.add_subparsers(dest="command", required=True)
-    lineage = commands.add_parser("lineage", help="print a promoted model's lineage and check it against dvc.lock")
-    lineage.add_argument("model_dir", nargs="?", type=Path, default=Path("models/production"))
-    args = parser.parse_args()
-    try:
-        sys.exit(show_lineage(args.model_dir))
-    except UserError as exc:
-        print(f"tailor: {exc}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

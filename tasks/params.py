@@ -1,15 +1,21 @@
-"""The one typed schema of params.yaml. Every stage loads its params through `load_params`."""
+"""The one typed schema of params.yaml. Every stage loads its params through `load_params`.
+
+Every stage depends on this module (each validates the whole file before working), so any edit here re-runs
+the whole pipeline: keep it to the schema and its parsing. Each default equals the value params.yaml ships with
+(a test checks it), so a knob removed from params.yaml behaves as documented there.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.errors import UserError
+from tasks.metrics import METRICS, task_metrics
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -29,7 +35,11 @@ class PypiGgufModel(Section):
 
     @model_validator(mode="after")
     def pinned(self) -> PypiGgufModel:
-        if "==" not in self.package:
+        try:
+            specifiers = list(Requirement(self.package).specifier)
+        except InvalidRequirement as exc:
+            raise ValueError(f"package is not a pip requirement ({exc})") from None
+        if len(specifiers) != 1 or specifiers[0].operator != "==" or "*" in specifiers[0].version:
             raise ValueError(f"package must be pinned with == so the base model is reproducible, given {self.package!r}")
         return self
 
@@ -77,8 +87,8 @@ class DataParams(Section):
 
 class ValidateParams(Section):
     min_chars: int = Field(1, ge=1)
-    max_chars: int = Field(8000, ge=1)
-    min_examples: int = Field(10, ge=1)
+    max_chars: int = Field(4000, ge=1)
+    min_examples: int = Field(50, ge=1)
     pii: bool = Field(True, description="refuse emails, phone numbers, card numbers and US SSNs in the text")
     allowed_responses: list[str] | None = Field(
         None, min_length=1, description="for label tasks: the only responses allowed (the label set)")
@@ -91,7 +101,7 @@ class ValidateParams(Section):
 
 
 class TokenizeParams(Section):
-    max_length: int = Field(512, ge=16, le=131072)
+    max_length: int = Field(256, ge=16, le=131072)
     system_prompt: str | None = Field(None, description="None keeps the chat template's own default")
 
 
@@ -99,7 +109,9 @@ class LoraParams(Section):
     r: int = Field(16, ge=1, le=1024)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(
+    # Module names of the base architecture, or PEFT's "all-linear" (every linear layer but the output head),
+    # which fits any architecture.
+    target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
     )
@@ -108,13 +120,13 @@ class LoraParams(Section):
 class FinetuneParams(Section):
     method: Literal["lora", "full"] = "lora"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    learning_rate: float = Field(1e-3, gt=0, le=1)
+    learning_rate: float = Field(2e-3, gt=0, le=1)
     max_steps: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1, description="examples per device per step, packed without padding")
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    save_steps: int = Field(25, ge=1, description="a checkpoint every this many steps; a rerun resumes from the last")
+    save_steps: int = Field(20, ge=1, description="a checkpoint every this many steps; a rerun resumes from the last")
     logging_steps: int = Field(5, ge=1)
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
     on_input_change: Literal["restart", "refuse"] = Field(
@@ -141,22 +153,11 @@ class BaselinesParams(Section):
     retriever: Literal["minilm", "bm25"] = Field("minilm", description="minilm: offline embeddings; bm25: words")
 
 
-# The metrics each evaluation task reports; loss and perplexity are always defined.
-TASK_METRICS: dict[str, list[str]] = {
-    "free_text": ["loss", "perplexity", "rouge_l"],
-    "summarization": ["loss", "perplexity", "rouge_l"],
-    "translation": ["loss", "perplexity", "chrf", "bleu"],
-    "classification": ["loss", "perplexity", "exact_match", "accuracy", "macro_f1"],
-    "text": ["loss", "perplexity"],  # plain-text data (data.format text): nothing to generate
-}
-LOWER_IS_BETTER = {"loss", "perplexity"}
-
-
 class EvaluateParams(Section):
     task: Literal["free_text", "summarization", "translation", "classification"] = "free_text"
-    max_examples: int = Field(100, ge=1, description="held-out examples scored (the first N of the eval split)")
+    max_examples: int = Field(64, ge=1, description="held-out examples scored (the first N of the eval split)")
     batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
     bootstrap_samples: int = Field(1000, ge=100, le=100_000)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     forgetting_text: Path = Field(description="general-domain JSONL (a `text` column) scored to measure forgetting")
@@ -164,7 +165,7 @@ class EvaluateParams(Section):
 
 
 class PromoteParams(Section):
-    metric: Literal["loss", "perplexity", "rouge_l", "chrf", "bleu", "exact_match", "accuracy", "macro_f1"] = "rouge_l"
+    metric: str = Field("rouge_l", description="a metric of tasks/metrics.py that the evaluation task reports")
     min_relative_improvement: float = Field(
         0.05, ge=0, description="the candidate must beat the best baseline and production by this fraction"
     )
@@ -183,23 +184,26 @@ class Params(Section):
     evaluate: EvaluateParams
     promote: PromoteParams = PromoteParams()
 
-    def metrics(self) -> list[str]:
-        """The metrics evaluation reports for this data format and task."""
-        return TASK_METRICS["text" if self.data.format == "text" else self.evaluate.task]
+    def task(self) -> str:
+        """The evaluation task: evaluate.task, or "text" for plain-text data (nothing to generate)."""
+        return "text" if self.data.format == "text" else self.evaluate.task
 
     @model_validator(mode="after")
     def consistent(self) -> Params:
-        if self.promote.metric not in self.metrics():
+        if self.promote.metric not in task_metrics(self.task()):
             where = "data.format text" if self.data.format == "text" else f"evaluate.task {self.evaluate.task}"
-            raise ValueError(f"promote.metric {self.promote.metric} is not computed for {where}; "
-                             f"choose one of {self.metrics()}")
+            known = "" if self.promote.metric in METRICS else " (no such metric)"
+            raise ValueError(f"promote.metric: {self.promote.metric}{known} is not computed for {where}; "
+                             f"choose one of {task_metrics(self.task())}")
         return self
 
 
 def describe_error(error: dict[str, Any]) -> str:
     """One line per pydantic error: key path, the problem, and what was given."""
-    path = ".".join(str(p) for p in error["loc"] if p not in ("pypi_gguf", "local", "hub")) or "(top level)"
+    path = ".".join(str(p) for p in error["loc"] if p not in ("pypi_gguf", "local", "hub"))
     path = path.replace("validate_", "validate")
+    if not path:  # a check across sections, whose message starts with the key it is about
+        return error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"{path}: unknown key (a typo?); remove it or use one of the keys the schema allows"
     given = error.get("input")
@@ -225,18 +229,3 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
     return parse_params(raw, str(path))
-
-
-def main() -> None:
-    """`python -m tasks.params [params.yaml]`: check the params without running anything."""
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else PARAMS_FILE
-    try:
-        load_params(path)
-    except UserError as exc:
-        print(f"tailor: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(f"{path} is valid")
-
-
-if __name__ == "__main__":
-    main()

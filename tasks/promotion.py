@@ -1,4 +1,5 @@
-"""Promotion: gate the candidate against the base model; publish a passing one as the production model."""
+"""Promotion: gate the candidate (against the best baseline, the production model, forgetting), and publish a
+passing one as the production model in one atomic switch."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from prefect import task
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.atomic_dir import write_dir_atomically
-from tasks.errors import TRANSIENT_RETRIES
-from tasks.evaluation import Scores, TaskMetrics
+from tasks.inference import ScoreFile
+from tasks.metrics import lower_is_better
 from tasks.params import PromoteParams
-from tasks.reporting import improvement
+from tasks.retries import TRANSIENT_RETRIES
+from tasks.scoring import TaskMetrics
 from tasks.statistics import Interval, paired_bootstrap
 
 EVAL_SCORES = "eval_scores.json"  # the production model's per-example scores, for paired comparisons
@@ -45,14 +47,14 @@ def relative_gain(gain: Interval, reference: float) -> float:
 def margin_gate(name: str, metric: str, gain: Interval, reference: float, min_relative: float, against: str) -> Gate:
     """Pass when the candidate is better by at least min_relative AND the interval of the gain excludes zero."""
     relative = relative_gain(gain, reference)
-    passed = relative >= min_relative and gain.low > 0
+    passed = relative >= min_relative and gain.better
     return Gate(name, round(relative, 5), min_relative, "pass" if passed else "fail",
                 f"{metric} vs {against}: improvement {gain.value:+.4g} ({relative:+.1%}, needs at least "
                 f"{min_relative:+.1%}), CI [{gain.low:+.4g}, {gain.high:+.4g}]"
-                + ("" if gain.low > 0 else " includes zero"))
+                + ("" if gain.better else " includes zero"))
 
 
-def production_gate(candidate: dict[str, Any], production_dir: Path, params: PromoteParams, samples: int,
+def production_gate(candidate: ScoreFile, production_dir: Path, params: PromoteParams, samples: int,
                     confidence: float, seed: int) -> Gate:
     """The candidate against the current production model, paired on the same examples."""
     recorded = production_dir / EVAL_SCORES
@@ -60,16 +62,20 @@ def production_gate(candidate: dict[str, Any], production_dir: Path, params: Pro
         why = ("no production model yet" if not (production_dir / "lineage.json").is_file()
                else f"production has no {EVAL_SCORES} to compare with (promoted by an older tailor)")
         return Gate("beats_production", None, params.min_relative_improvement, "skipped", why)
-    production = json.loads(recorded.read_text(encoding="utf-8"))
-    if production["examples"] != candidate["examples"] or production["task"] != candidate["task"]:
+    try:
+        production = ScoreFile.read(recorded)
+    except (KeyError, TypeError):
+        return Gate("beats_production", None, params.min_relative_improvement, "skipped",
+                    f"production's {EVAL_SCORES} is in an older tailor's format; its scores are not comparable")
+    if production.examples != candidate.examples or production.task != candidate.task:
         return Gate("beats_production", None, params.min_relative_improvement, "skipped",
                     "production was scored on other eval examples; its scores are not comparable")
-    scores = {"candidate": Scores(**candidate["approaches"]["finetuned"]), "production": Scores(**production["scores"])}
-    values = TaskMetrics(candidate["task"], scores, [e.get("response", "") for e in candidate["examples"]])
+    scores = {"candidate": candidate.approaches["finetuned"], "production": production.approaches["finetuned"]}
+    values = TaskMetrics(candidate.task, scores, candidate.references())
     metric = params.metric
     single, paired = paired_bootstrap(list(scores), {metric: values.functions()[metric]},
-                                      len(candidate["examples"]), samples, confidence, seed)
-    gain = improvement(metric, paired["candidate", "production"][metric])
+                                      len(candidate.examples), samples, confidence, seed)
+    gain = paired["candidate", "production"][metric].as_gain(lower_is_better(metric))
     return margin_gate("beats_production", metric, gain, single["production"][metric].value,
                        params.min_relative_improvement, "production")
 
@@ -128,19 +134,18 @@ def write_merged(base_dir: Path, adapter_dir: Path, dest: Path) -> None:
 
 @task(**TRANSIENT_RETRIES)
 def publish_production(candidate_dir: Path, base_dir: Path, out_dir: Path, lineage: dict[str, Any],
-                       gates: list[Gate], merge: bool, eval_scores: dict[str, Any]) -> Path:
+                       gates: list[Gate], merge: bool, eval_scores: ScoreFile) -> Path:
     """Write the candidate, its tokenizer, model card and lineage, then switch production to it in one step."""
 
     def write(staging: Path) -> None:
         shutil.copytree(candidate_dir, staging)
-        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            if (base_dir / name).is_file() and not (staging / name).exists():
-                shutil.copy2(base_dir / name, staging / name)
+        if not (staging / "tokenizer_config.json").exists():  # full fine-tuning saves its own tokenizer
+            AutoTokenizer.from_pretrained(base_dir).save_pretrained(staging)
         if merge and (candidate_dir / "adapter_config.json").is_file():
             write_merged(base_dir, candidate_dir, staging / "merged")
         (staging / "README.md").write_text(model_card(lineage, gates), encoding="utf-8")
         (staging / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
-        (staging / EVAL_SCORES).write_text(json.dumps(eval_scores, ensure_ascii=False) + "\n", encoding="utf-8")
+        eval_scores.write(staging / EVAL_SCORES)
 
     return write_dir_atomically(out_dir, write)
 

@@ -1,4 +1,5 @@
-"""Specialization without training: prompt engineering (fixed few-shot) and retrieval memory (nearest examples)."""
+"""Specialization without training: prompt engineering (fixed few-shot) and retrieval memory (nearest examples);
+for plain text, fixed or nearest training passages in context."""
 
 from __future__ import annotations
 
@@ -11,16 +12,22 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import TRANSIENT_RETRIES
+from tasks.retries import TRANSIENT_RETRIES
+from tasks.tokenization import Context
 
-Shots = list[tuple[str, str]]
 WORD = re.compile(r"\w+")
 
 
-def few_shot_examples(train: pd.DataFrame, k: int, seed: int) -> Shots:
-    """k training examples drawn once with a fixed seed; every question is shown the same ones."""
-    picked = train.sample(n=min(k, len(train)), random_state=seed)
-    return list(zip(picked["prompt"], picked["response"]))
+def few_shot_rows(train: pd.DataFrame, k: int, seed: int) -> list[int]:
+    """Positions of k training examples drawn once with a fixed seed; every question is shown the same ones."""
+    return list(train.reset_index(drop=True).sample(n=min(k, len(train)), random_state=seed).index)
+
+
+def contexts(train: pd.DataFrame, rows: list[list[int]], data_format: str) -> list[Context]:
+    """For each scored example, the training rows shown before it: (question, answer) turns, or passages."""
+    if data_format == "text":
+        return [[train["text"].iloc[j] for j in picked] for picked in rows]
+    return [[(train["prompt"].iloc[j], train["response"].iloc[j]) for j in picked] for picked in rows]
 
 
 def embedder():
@@ -33,7 +40,7 @@ def embedder():
 
 @task(**TRANSIENT_RETRIES)
 def build_index(prompts: list[str], retriever: str, out_dir: Path) -> Path:
-    """Index the training prompts: normalized MiniLM embeddings, or the word lists BM25 ranks."""
+    """Index the training prompts (or passages): normalized MiniLM embeddings, or the word lists BM25 ranks."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if retriever == "minilm":
         vectors = embedder().encode(prompts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tasks.params import LOWER_IS_BETTER  # noqa: E402
+from tasks.metrics import lower_is_better  # noqa: E402
 from tasks.statistics import Interval  # noqa: E402
 
-REGRESSIONS_SHOWN = 5
-
-
-def improvement(metric: str, difference: Interval) -> Interval:
-    """A difference a - b turned so that positive always means `a` is better."""
-    if metric in LOWER_IS_BETTER:
-        return Interval(-difference.value, -difference.high, -difference.low)
-    return difference
-
-
-def best(approaches: list[str], metric: str, single: dict[str, dict[str, Interval]]) -> str:
-    key = (lambda a: single[a][metric].value)
-    return min(approaches, key=key) if metric in LOWER_IS_BETTER else max(approaches, key=key)
+if TYPE_CHECKING:
+    from tasks.comparison import Comparison
 
 
 def verdict(gain: Interval) -> str:
     """'better' or 'worse' only when the interval of the difference excludes zero."""
-    if gain.low > 0:
+    if gain.better:
         return "better"
     if gain.high < 0:
         return "worse"
@@ -40,13 +29,13 @@ def recommendation(metric: str, single: dict[str, dict[str, Interval]],
                    paired: dict[tuple[str, str], dict[str, Interval]], costs: dict[str, dict[str, float]],
                    confidence: float) -> str:
     """One line: the winner on `metric`, its margin over the runner-up with the CI, and its cost."""
-    ranked = sorted(single, key=lambda a: single[a][metric].value, reverse=metric not in LOWER_IS_BETTER)
+    ranked = sorted(single, key=lambda a: single[a][metric].value, reverse=not lower_is_better(metric))
     winner, runner_up = ranked[0], ranked[1]
-    gain = improvement(metric, paired[winner, runner_up][metric])
+    gain = paired[winner, runner_up][metric].as_gain(lower_is_better(metric))
     cost = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in costs[winner].items())
     margin = (f"{metric} {single[winner][metric].value:.4g} vs {single[runner_up][metric].value:.4g} for "
               f"{runner_up} (improvement {gain.value:+.4g}, {confidence:.0%} CI [{gain.low:+.4g}, {gain.high:+.4g}])")
-    if gain.low > 0:
+    if gain.better:
         return f"Recommendation: **{winner}** is best for this data: {margin}; cost: {cost}."
     return (f"Recommendation: **{winner}** and **{runner_up}** are statistically tied ({margin}); "
             f"choose on cost: {trade_off(winner, runner_up, costs)}.")
@@ -62,11 +51,10 @@ def trade_off(a: str, b: str, costs: dict[str, dict[str, float]]) -> str:
     return "; ".join(parts)
 
 
-def render_report(metrics: list[str], single: dict[str, dict[str, Interval]],
-                  comparisons: dict[str, dict[str, Interval]], costs: dict[str, dict[str, float]],
-                  forgetting: dict[str, float], regressions: list[dict[str, Any]], headline: str,
-                  confidence: float, examples: int) -> str:
-    approaches = list(single)
+def render_report(comparison: Comparison, confidence: float, examples: int) -> str:
+    """reports/specialization.md: the table of every approach, the fine-tuned model against each baseline,
+    forgetting, the largest regressions, and the recommendation."""
+    metrics, single, costs = comparison.metrics, comparison.single, comparison.costs
     cost_names = sorted({k for c in costs.values() for k in c})
     header = "| approach | " + " | ".join(metrics) + " | " + " | ".join(n.replace("_", " ") for n in cost_names) + " |"
     lines = [
@@ -74,28 +62,33 @@ def render_report(metrics: list[str], single: dict[str, dict[str, Interval]],
         f"{examples} held-out examples, the same for every approach; {confidence:.0%} paired bootstrap intervals.",
         "", header, "|" + "---|" * (1 + len(metrics) + len(cost_names)),
     ]
-    for a in approaches:
+    for a in single:
         cells = [f"{single[a][m].value:.4g} [{single[a][m].low:.4g}, {single[a][m].high:.4g}]" for m in metrics]
         cells += [f"{costs[a][n]:g}" if n in costs[a] else "–" for n in cost_names]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += ["", "## Fine-tuned against each baseline", "",
               "Improvement (positive = fine-tuned is better) with its interval; \"better\" only when it excludes zero.",
               "", "| baseline | " + " | ".join(metrics) + " |", "|" + "---|" * (1 + len(metrics))]
-    for baseline, by_metric in comparisons.items():
+    for baseline, by_metric in comparison.gains.items():
         cells = [f"{g.value:+.4g} [{g.low:+.4g}, {g.high:+.4g}] {verdict(g)}" for g in by_metric.values()]
         lines.append(f"| {baseline} | " + " | ".join(cells) + " |")
+    forgetting = comparison.forgetting
     lines += ["", "## Forgetting", "",
               f"Perplexity on the general-domain text: base {forgetting['base_perplexity']:.4g}, fine-tuned "
               f"{forgetting['finetuned_perplexity']:.4g} (relative increase {forgetting['relative_increase']:+.2%}).",
               "", "## Largest regressions of the fine-tuned model against the best baseline", ""]
-    for r in regressions:
-        lines += [f"- **{r['prompt']}** (reference: {r['reference']})",
+    for r in comparison.regressions:
+        if r["finetuned"] is None:  # plain text: the score is the mean log-likelihood per token of the passage
+            lines += [f"- **{r['example']}…** mean log-likelihood per token: fine-tuned {r['finetuned_score']:.3f}, "
+                      f"{r['baseline']} {r['baseline_score']:.3f}"]
+            continue
+        lines += [f"- **{r['example']}** (reference: {r['reference']})",
                   f"  - fine-tuned ({r['finetuned_score']:.3f}): {r['finetuned']}",
                   f"  - {r['baseline']} ({r['baseline_score']:.3f}): {r['baseline_output']}"]
-    if not regressions:
+    if not comparison.regressions:
         lines.append("None found: the fine-tuned model is not worse than the best baseline on any example "
                      "(or the promotion metric has no per-example score, as for BLEU and macro-F1).")
-    lines += ["", headline, ""]
+    lines += ["", comparison.recommendation, ""]
     return "\n".join(lines)
 
 
@@ -110,7 +103,7 @@ def plot_chart(metrics: list[str], single: dict[str, dict[str, Interval]], path:
         errors = [[v - single[a][metric].low for a, v in zip(approaches, values)],
                   [single[a][metric].high - v for a, v in zip(approaches, values)]]
         axis.bar(approaches, values, yerr=errors, capsize=5, color=colors[: len(approaches)])
-        axis.set_title(f"{metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
+        axis.set_title(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)")
         axis.tick_params(axis="x", rotation=20)
         axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()

@@ -17,8 +17,14 @@ class Interval:
     low: float
     high: float
 
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
+    @property
+    def better(self) -> bool:
+        """For a gain (positive = better): significantly better, the whole interval above zero."""
+        return self.low > 0
+
+    def as_gain(self, lower_is_better: bool) -> Interval:
+        """This difference a - b, turned so that positive always means `a` is better."""
+        return Interval(-self.value, -self.high, -self.low) if lower_is_better else self
 
     def as_dict(self) -> dict[str, float]:
         return {"value": round(self.value, 5), "ci_low": round(self.low, 5), "ci_high": round(self.high, 5)}

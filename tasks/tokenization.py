@@ -1,4 +1,5 @@
-"""Tokenization: the base model's chat template, loss on response tokens only, no padding."""
+"""Tokenization: the base model's chat template, loss on response tokens only (all tokens of plain text), no
+padding."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from transformers import PreTrainedTokenizerBase
 from tasks.errors import UserError
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens are context, not targets
+# What the in-context baselines show before an example: (question, answer) turns, or plain-text passages.
+Context = Sequence[tuple[str, str]] | Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -51,30 +54,43 @@ def tokenize_instruction(tokenizer: PreTrainedTokenizerBase, prompt: str, respon
                      len(full_ids) > max_length)
 
 
-def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> list[Tokenized]:
-    """Plain text for domain adaptation: every token is a target; long texts become max_length chunks."""
+def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int,
+                  context: Sequence[str] = ()) -> list[Tokenized]:
+    """Plain text for domain adaptation: every token is a target; long texts become max_length chunks.
+
+    `context` passages (fixed or retrieved training passages, for the in-context baselines) go before each chunk,
+    each cut to max_length tokens, as unscored tokens. The chunk's first token is then left unscored too: without
+    context it has nothing before it to be predicted from, and every approach must be scored on the same tokens.
+    """
     ids = list(tokenizer(text)["input_ids"]) + [tokenizer.eos_token_id]
-    return [Tokenized(ids[i:i + max_length], ids[i:i + max_length], 0, False) for i in range(0, len(ids), max_length)]
+    separator = list(tokenizer("\n\n")["input_ids"])
+    prefix = [t for passage in context for t in list(tokenizer(passage)["input_ids"])[:max_length] + separator]
+    pieces = []
+    for start in range(0, len(ids), max_length):
+        chunk = ids[start:start + max_length]
+        labels = [IGNORE_INDEX] * (len(prefix) + 1) + chunk[1:] if prefix else chunk
+        pieces.append(Tokenized(prefix + chunk, labels, len(prefix), False))
+    return pieces
 
 
 @task(cache_policy=NO_CACHE)
 def tokenize_split(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, data_format: str,
-                   system_prompt: str | None, max_length: int,
-                   examples: Sequence[Sequence[tuple[str, str]]] | None = None) -> Dataset:
+                   system_prompt: str | None, max_length: int, contexts: Sequence[Context] | None = None) -> Dataset:
     """Tokenize one split; instruction rows keep their prompt and reference answer for evaluation.
 
-    `examples[i]`, when given, are the (question, answer) turns shown before row i (few-shot or retrieved).
+    `contexts[i]`, when given, is what the in-context baselines show before row i: (question, answer) turns for
+    instruction data, passages for plain text.
     """
     rows: dict[str, list] = {"input_ids": [], "labels": [], "prompt_length": [], "truncated": [],
                              "prompt": [], "response": []}
     for i, record in enumerate(frame.to_dict("records")):
+        context = contexts[i] if contexts is not None else ()
         if data_format == "instruction":
-            shots = examples[i] if examples is not None else ()
             pieces = [tokenize_instruction(tokenizer, record["prompt"], record["response"], system_prompt,
-                                           max_length, shots)]
+                                           max_length, context)]
             prompt, response = record["prompt"], record["response"]
         else:
-            pieces = tokenize_text(tokenizer, record["text"], max_length)
+            pieces = tokenize_text(tokenizer, record["text"], max_length, context)
             prompt, response = "", ""
         for piece in pieces:
             rows["input_ids"].append(piece.input_ids)

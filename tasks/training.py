@@ -87,7 +87,9 @@ def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel
         r=params.lora.r,
         lora_alpha=params.lora.alpha,
         lora_dropout=params.lora.dropout,
-        target_modules=list(params.lora.target_modules),
+        # PEFT takes "all-linear" as a string (every linear layer but the head), or a list of module names.
+        target_modules=params.lora.target_modules if isinstance(params.lora.target_modules, str)
+        else list(params.lora.target_modules),
     )
     return get_peft_model(model, config)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stage_runner import prefect_server
+from benchmarks.harness import prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"

@@ -1,13 +1,18 @@
-"""dvc.yaml lists, for every stage, exactly the code its command runs: otherwise a code change would not
-re-run the stage (a missing file) or would re-run it for nothing (an extra one)."""
+"""dvc.yaml is the one declaration of each stage: the code its command runs (a missing file would not re-run the
+stage on a change, an extra one would re-run it for nothing) and the paths it reads and writes (given on its
+command line, parsed by the flow, and each one a dep or an out)."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
+
+from flows.stage import stage_paths
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -26,8 +31,29 @@ def code_files(module: str, found: set[str] | None = None) -> set[str]:
     return found
 
 
+def command(stage: str) -> tuple[str, list[str]]:
+    """The stage's module and its command-line arguments."""
+    words = shlex.split(STAGES[stage]["cmd"])
+    assert words[:2] == ["python", "-m"], words
+    return words[2], words[3:]
+
+
+def declared(stage: str, *kinds: str) -> set[str]:
+    return {e if isinstance(e, str) else next(iter(e)) for kind in kinds for e in STAGES[stage].get(kind, [])}
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_list_exactly_its_code(stage: str) -> None:
-    module = STAGES[stage]["cmd"].split()[-1]
-    deps = {d if isinstance(d, str) else next(iter(d)) for d in STAGES[stage]["deps"]}
-    assert {d for d in deps if d.endswith(".py")} == code_files(module)
+    module, _ = command(stage)
+    assert {d for d in declared(stage, "deps") if d.endswith(".py")} == code_files(module)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_paths_are_its_deps_and_outs_and_the_flow_reads_them_all(stage: str) -> None:
+    module, args = command(stage)
+    paths = stage_paths(importlib.import_module(module).Paths, args)  # every field given, no unknown one
+    given = {str(value) for value in vars(paths).values()}
+    data_deps = {d for d in declared(stage, "deps") if not d.endswith(".py") and not d.startswith("${")}
+    outs = declared(stage, "outs", "metrics", "plots")
+    assert given <= data_deps | outs, given - data_deps - outs
+    assert data_deps | outs <= given, (data_deps | outs) - given  # nothing declared that the flow does not use

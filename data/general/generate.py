@@ -11,11 +11,10 @@ perplexity means the specialization forgot general ability.
 from __future__ import annotations
 
 import json
+import pydoc_data.topics
 import re
 import sys
 from pathlib import Path
-
-import pydoc_data.topics
 
 PARAGRAPHS = 300
 MIN_CHARS = 200

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from stage_runner import SECRET, new_tiny_project, run, tiny_project
 
 ADAPTER = "models/adapter/adapter_model.safetensors"

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from stage_runner import run, set_params
 
 pytestmark = pytest.mark.slow

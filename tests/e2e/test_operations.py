@@ -18,8 +18,9 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from stage_runner import new_tiny_project, run
 
-from stage_runner import environment, new_tiny_project, run, stop
+from benchmarks.harness import environment, stop
 
 pytestmark = pytest.mark.slow
 ADAPTER = "models/adapter/adapter_model.safetensors"

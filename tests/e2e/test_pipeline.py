@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from stage_runner import SECRET, run
 
-from stage_runner import SECRET, environment, run, stages_run
+from benchmarks.harness import environment, stages_run
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/validated", "data/tokenized", "models/adapter", "models/production", "reports/metrics.json"]

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from stage_runner import run, set_params
 
-from stage_runner import environment, run, set_params
+from benchmarks.harness import environment
 
 pytestmark = pytest.mark.slow
 ADAPTER = "models/adapter/adapter_model.safetensors"

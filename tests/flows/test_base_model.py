@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from stage_runner import run
 
-from stage_runner import copy_repository, run
+from benchmarks.harness import copy_repository
 
 pytestmark = pytest.mark.slow
 

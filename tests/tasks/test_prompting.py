@@ -7,17 +7,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.prompting import build_index, few_shot_examples, retrieve
+from tasks.prompting import build_index, contexts, few_shot_rows, retrieve
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 TRAIN = pd.read_json(DEMO / "train.jsonl", lines=True).head(300)
 
 
-def test_few_shot_examples_are_fixed_by_the_seed() -> None:
-    first = few_shot_examples(TRAIN, 3, seed=0)
-    assert len(first) == 3 and first == few_shot_examples(TRAIN, 3, seed=0)
-    assert first != few_shot_examples(TRAIN, 3, seed=1)
-    assert all((TRAIN["prompt"] == q).any() for q, _ in first)
+def test_few_shot_rows_are_fixed_by_the_seed_and_become_turns_or_passages() -> None:
+    first = few_shot_rows(TRAIN, 3, seed=0)
+    assert len(first) == 3 and first == few_shot_rows(TRAIN, 3, seed=0)
+    assert first != few_shot_rows(TRAIN, 3, seed=1)
+    [turns] = contexts(TRAIN, [first], "instruction")
+    assert turns == [(TRAIN["prompt"][j], TRAIN["response"][j]) for j in first]
+    [passages] = contexts(TRAIN.rename(columns={"response": "text"}), [first], "text")
+    assert passages == [TRAIN["response"][j] for j in first]
 
 
 @pytest.mark.parametrize("retriever", ["minilm", "bm25"])

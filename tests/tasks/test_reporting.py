@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.reporting import improvement, plot_chart, recommendation, verdict
+from tasks.reporting import plot_chart, recommendation, verdict
 from tasks.statistics import Interval
 
 COSTS = {"retrieval": {"prompt_tokens_per_example": 184.5},
@@ -34,7 +34,7 @@ def test_a_tie_is_called_a_tie_with_the_trade_off() -> None:
 
 
 def test_lower_is_better_metrics_flip_the_sign() -> None:
-    gain = improvement("perplexity", Interval(-3.0, -4.0, -2.0))  # candidate perplexity 3 lower
+    gain = Interval(-3.0, -4.0, -2.0).as_gain(lower_is_better=True)  # candidate perplexity 3 lower
     assert (gain.value, gain.low, gain.high) == (3.0, 2.0, 4.0) and verdict(gain) == "better"
     assert verdict(Interval(0.1, -0.1, 0.3)) == "no significant difference"
 

@@ -12,9 +12,9 @@ from prefect.logging import disable_run_logger
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
+from tasks.errors import UserError
 from tasks.params import FinetuneParams, LoraParams
 from tasks.tokenization import tokenize_split
-from tasks.errors import UserError
 from tasks.training import (
     COMPLETE_MARKER,
     StopOnNonFiniteLoss,

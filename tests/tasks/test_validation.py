@@ -11,7 +11,8 @@ import pytest
 
 from tasks.errors import UserError
 from tasks.params import Columns, DataParams, ValidateParams
-from tasks.validation import read_table, required_columns, run_suites
+from tasks.tables import read_table
+from tasks.validation import required_columns, run_suites
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 LIMITS = ValidateParams(min_chars=1, max_chars=400, min_examples=5)

@@ -1,26 +1,28 @@
-"""Evaluation: loss and perplexity on reference answers, and task metrics over batched greedy generations."""
+"""Inference on the held-out examples: loss on the references, batched greedy generation, and the scores file.
+
+No metric is computed here (tasks/scoring.py does that), so editing a metric never re-runs the baselines'
+generation, which depends on this module only.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import sacrebleu
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from peft import PeftModel
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from rouge_score.rouge_scorer import RougeScorer
-from sklearn.metrics import f1_score
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.params import TASK_METRICS
 from tasks.tokenization import IGNORE_INDEX
 
 
@@ -43,54 +45,43 @@ class Scores:
         return result
 
 
-def normalize_label(text: str) -> str:
-    return " ".join(text.lower().strip().strip(".!").split())
+@dataclass
+class ScoreFile:
+    """Every approach's per-example scores on the same examples: reports/baselines.json, reports/scores.json and
+    the production model's eval_scores.json are this one record, written and read here."""
+
+    task: str
+    examples: list[dict[str, str]]  # what each score is about: prompt and response, or the text scored
+    approaches: dict[str, Scores]
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": self.task, "examples": self.examples,
+                                    "approaches": {a: asdict(s) for a, s in self.approaches.items()}},
+                                   ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> ScoreFile:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return cls(raw["task"], raw["examples"], {a: Scores(**s) for a, s in raw["approaches"].items()})
+
+    def references(self) -> list[str]:
+        return [e.get("response", "") for e in self.examples]
 
 
-class TaskMetrics:
-    """The metrics of one task type, computable on any resample of the examples (for the bootstrap)."""
+def held_out(eval_file: Path, max_examples: int) -> pd.DataFrame:
+    """The examples every approach is scored on, in both evaluation stages: the first max_examples rows of the
+    validated eval split."""
+    return pd.read_parquet(eval_file).head(max_examples)
 
-    def __init__(self, task: str, scores: dict[str, Scores], references: list[str]) -> None:
-        self.names = TASK_METRICS[task]
-        self.scores = scores
-        self.references = references
-        self.nll = {a: np.asarray(s.nll) for a, s in scores.items()}
-        self.tokens = {a: np.asarray(s.target_tokens) for a, s in scores.items()}
-        # Per-example metrics are computed once; the bootstrap only averages them over resamples.
-        self.per_example: dict[tuple[str, str], np.ndarray] = {}
-        for approach, s in scores.items():
-            if "rouge_l" in self.names:
-                self.per_example[approach, "rouge_l"] = np.asarray(rouge_l(s.predictions, references))
-            if "exact_match" in self.names:
-                self.per_example[approach, "exact_match"] = np.asarray(
-                    [p.strip() == r.strip() for p, r in zip(s.predictions, references)], dtype=float)
-                self.per_example[approach, "accuracy"] = np.asarray(
-                    [normalize_label(p) == normalize_label(r) for p, r in zip(s.predictions, references)], dtype=float)
 
-    def value(self, name: str, approach: str, index: np.ndarray) -> float:
-        if name in ("loss", "perplexity"):
-            loss = float(self.nll[approach][index].sum() / max(self.tokens[approach][index].sum(), 1))
-            return loss if name == "loss" else math.exp(loss)
-        if (approach, name) in self.per_example:
-            return float(self.per_example[approach, name][index].mean())
-        predictions = [self.scores[approach].predictions[i] for i in index]
-        references = [self.references[i] for i in index]
-        if name == "chrf":
-            return float(sacrebleu.corpus_chrf(predictions, [references]).score)
-        if name == "bleu":
-            return float(sacrebleu.corpus_bleu(predictions, [references]).score)
-        assert name == "macro_f1"
-        return float(f1_score([normalize_label(r) for r in references], [normalize_label(p) for p in predictions],
-                              average="macro", zero_division=0))
-
-    def per_example_score(self, approach: str, name: str) -> np.ndarray | None:
-        """Each example's score on `name`, higher is better; None for corpus-level metrics (BLEU, macro-F1)."""
-        if name in ("loss", "perplexity"):
-            return -self.nll[approach] / np.maximum(self.tokens[approach], 1)  # mean log-likelihood per token
-        return self.per_example.get((approach, name))
-
-    def functions(self) -> dict[str, Callable[[str, np.ndarray], float]]:
-        return {name: (lambda a, i, name=name: self.value(name, a, i)) for name in self.names}
+def example_records(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data_format: str) -> list[dict[str, str]]:
+    """One record per scored example: the question and reference answer, or the plain-text chunk itself (a long
+    document is scored as several max_length chunks, each its own example)."""
+    if data_format == "text":
+        return [{"text": tokenizer.decode(ids[length:], skip_special_tokens=True)}
+                for ids, length in zip(dataset["input_ids"], dataset["prompt_length"])]
+    return [{"prompt": p, "response": r} for p, r in zip(dataset["prompt"], dataset["response"])]
 
 
 def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -128,6 +119,12 @@ def reference_nll(model: PreTrainedModel, dataset: Dataset, batch_size: int, pad
     return nll, counts
 
 
+def general_perplexity(model: PreTrainedModel, dataset: Dataset, pad_id: int, batch_size: int) -> float:
+    """Token-weighted perplexity on general-domain text (the forgetting measure)."""
+    nll, tokens = reference_nll(model, dataset, batch_size, pad_id)
+    return math.exp(sum(nll) / max(sum(tokens), 1))
+
+
 @torch.no_grad()
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
                      batch_size: int, max_new_tokens: int) -> tuple[list[str], int, float]:
@@ -152,16 +149,10 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return answers, generated, time.perf_counter() - started
 
 
-def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
-    """ROUGE-L F1 per example (Google's rouge-score, stemmed)."""
-    scorer = RougeScorer(["rougeL"], use_stemmer=True)
-    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-
-
 @task(cache_policy=NO_CACHE)
 def score_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
                 max_new_tokens: int, generate: bool) -> Scores:
-    """Loss/perplexity on the references and, for instruction data, ROUGE-L of greedy answers."""
+    """Log-likelihood of every example's reference tokens and, when `generate`, greedy answers to its prompt."""
     pad_id = padding_id(tokenizer)
     scores = Scores()
     scores.nll, scores.target_tokens = reference_nll(model, dataset, batch_size, pad_id)
@@ -172,7 +163,7 @@ def score_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
     return scores
 
 
-def attach_candidate(model: PreTrainedModel, candidate_dir: Path) -> PreTrainedModel:
+def attach_candidate(model: PreTrainedModel, candidate_dir: Path) -> Any:
     """The fine-tuned model: LoRA merged into the loaded base in place (no second copy), or full weights."""
     if (candidate_dir / "adapter_config.json").is_file():
         # Merged weights give the same outputs as the adapter and generate at the base model's speed.

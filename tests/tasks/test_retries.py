@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from prefect import flow, task
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tasks.errors import TRANSIENT_RETRIES, UserError
+from tasks.errors import UserError
+from tasks.retries import TRANSIENT_RETRIES
 
 
 def attempts_until_done(error: Exception) -> int:
@@ -23,10 +26,8 @@ def attempts_until_done(error: Exception) -> int:
     def run() -> None:
         flaky()
 
-    try:
+    with contextlib.suppress(Exception):
         run()
-    except Exception:
-        pass
     return len(calls)
 
 

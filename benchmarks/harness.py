@@ -1,0 +1,90 @@
+"""Running the real pipeline commands in a temporary copy of the repository, against a local Prefect server on
+127.0.0.1: shared by the benchmarks and the tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def copy_repository(dest: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files (no venv, no outputs) in a new git repo."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@localhost",
+                                                 "commit", "-qm", "copy"]):
+        subprocess.run(["git", *args], cwd=dest, check=True)
+    return dest
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This interpreter's environment first on PATH (so `python` and `dvc` are ours), plus `extra`."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+def stages_run(output: str) -> list[str]:
+    """Stage names in the order `dvc repro` / `dvc exp run` ran them."""
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (released just before the server binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop(process: subprocess.Popen[Any], grace_seconds: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within grace_seconds: a Prefect server or worker shutting
+    down gracefully sometimes waits on the API far longer than a test can."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1, its SQLite database and log under home; yields its API URL, stops it
+    on exit. Raises RuntimeError, with the end of its log, if it does not answer within 90 s."""
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "server.log"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**env, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false",
+             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"},
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Prefect server did not start:\n{log.read_text()[-2000:]}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        stop(server)

@@ -1,0 +1,21 @@
+"""dvc.yaml read from outside a stage (the deployment flow, the benchmarks): where a stage's files are.
+
+Stages themselves get their paths on their command line; this reads the same command lines, so nothing outside
+dvc.yaml repeats a path.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import yaml
+
+DVC_FILE = Path("dvc.yaml")
+
+
+def declared_paths(stage: str, dvc_file: Path = DVC_FILE) -> dict[str, Path]:
+    """The `--name path` arguments of the stage's command in dvc.yaml, by name (dashes as underscores)."""
+    words = shlex.split(yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"][stage]["cmd"])
+    options = words[3:]  # after `python -m flows.<stage>`
+    return {name.removeprefix("--").replace("-", "_"): Path(value) for name, value in zip(options[::2], options[1::2])}

@@ -1,0 +1,38 @@
+"""The deployment flow checks `-S` settings with DVC's own override grammar before it starts an experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import check_settings
+from tasks.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def in_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+
+
+def test_valid_settings_pass() -> None:
+    check_settings.fn(["finetune.learning_rate=0.001", "finetune.lora.target_modules=all-linear",
+                       "validate.allowed_responses=[positive,negative]"])
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ("finetune.learning_rate=-1", "finetune.learning_rate: Input should be greater than 0"),
+    ("finetune.learnig_rate=0.1", "not valid `dvc exp run -S` overrides"),  # DVC refuses a new key without +
+    ("+finetune.learnig_rate=0.1", "finetune.learnig_rate: unknown key"),
+    ("seed.value=3", "not valid `dvc exp run -S` overrides"),  # a key under a scalar: DVC refuses it too
+    ("finetune.learning_rate", "not valid `dvc exp run -S` overrides"),
+    # What DVC writes for yes/no is YAML's booleans: the labels would silently become True/False.
+    ("validate.allowed_responses=[yes,no]", "validate.allowed_responses.0: Input should be a valid string"),
+])
+def test_bad_settings_are_named_before_anything_runs(setting: str, named: str) -> None:
+    with pytest.raises(UserError) as error:
+        check_settings.fn([setting])
+    assert named in str(error.value), str(error.value)
+    assert "params.yaml with " in str(error.value) or "overrides" in str(error.value)
