@@ -42,7 +42,7 @@ ui: install
 	echo "Other shells: export PREFECT_API_URL=$$PREFECT_API_URL  (stage runs then show in the UI and start faster)"; \
 	prefect worker start --pool tailor
 
-# P1 training, P3 generation, P2 orchestration side by side (about 35 min on 2 cores); not part of `make test`.
+# P1 training, P3 generation, P2 orchestration side by side (about 17 min on 2 cores); not part of `make test`.
 BENCH_ARGS ?= --prefect server
 bench: install
 	python -m benchmarks.run_all $(BENCH_ARGS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.stage import log_run_labels, run_stage
+from flows.stage import run_stage, start_stage_run
 from tasks.models import materialize_base_model
 from tasks.params import BaseModelParams, Params
 
@@ -18,7 +18,7 @@ class Paths:
     out: Path  # the model directory every later stage loads
 
 
-@flow(name="base_model", on_running=[log_run_labels])
+@flow(name="base_model", on_running=[start_stage_run])
 def base_model_flow(base_model: BaseModelParams, paths: Paths) -> Path:
     """Fetch/convert the base model once; every later stage loads it with plain from_pretrained."""
     paths.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stage import log_run_labels, run_stage
+from flows.stage import run_stage, start_stage_run
 from tasks.comparison import compare, forgetting_record
 from tasks.errors import UserError
 from tasks.inference import (
@@ -42,7 +42,7 @@ class Paths:
     chart: Path  # each metric per approach with error bars (PNG)
 
 
-@flow(name="evaluate", on_running=[log_run_labels])
+@flow(name="evaluate", on_running=[start_stage_run])
 def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     """Score the candidate on the baselines' examples, then compare all approaches with paired intervals."""
     settings = params.evaluate

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 
-from flows.stage import log_run_labels, run_stage
+from flows.stage import run_stage, start_stage_run
 from tasks.inference import ScoreFile, example_records, held_out, score_model
 from tasks.models import load_model, pick_device
 from tasks.params import Params
@@ -32,7 +32,7 @@ class Paths:
     scores: Path  # every baseline's per-example scores
 
 
-@flow(name="evaluate_baselines", on_running=[log_run_labels])
+@flow(name="evaluate_baselines", on_running=[start_stage_run])
 def evaluate_baselines_flow(params: Params, paths: Paths) -> dict[str, dict[str, float]]:
     baselines, tokenize, evaluate, data_format = params.baselines, params.tokenize, params.evaluate, params.data.format
     model, tokenizer = load_model(paths.base, pick_device("auto"))

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch.distributed
@@ -22,8 +24,16 @@ from datasets import load_from_disk
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.stage import log_run_labels, run_stage
+from flows.stage import run_stage, start_stage_run
 from tasks.errors import UserError
+from tasks.interrupts import (
+    SIGNALS,
+    STOP_REQUESTED,
+    Interrupted,
+    exit_interrupted,
+    exit_when_interrupted,
+    stop_at_step_boundary,
+)
 from tasks.models import pick_device
 from tasks.params import FinetuneParams, Params
 from tasks.training import (
@@ -50,8 +60,9 @@ Step = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def as_prefect_task(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a training step as a Prefect task (shown in the UI); DVC, not Prefect, caches stage results."""
-    return task(fn, cache_policy=NO_CACHE)
+    """Run a training step as a Prefect task (shown in the UI); DVC, not Prefect, caches stage results. A stop
+    on SIGINT/SIGTERM ends the stage from inside the task (see tasks/interrupts.py)."""
+    return task(exit_when_interrupted(fn), cache_policy=NO_CACHE)
 
 
 def finetune(params: FinetuneParams, seed: int, paths: Paths, step: Step) -> dict[str, Any]:
@@ -71,21 +82,38 @@ def finetune(params: FinetuneParams, seed: int, paths: Paths, step: Step) -> dic
 
 
 @task(cache_policy=NO_CACHE)
-def launch_training_processes(processes: int) -> None:
+def launch_training_processes(processes: int, checkpoints: Path) -> None:
     """Run this module under torchrun with one process per device, with this stage's paths; any process failing
-    fails the stage."""
+    fails the stage.
+
+    torchrun runs in a session of its own and gets each SIGINT/SIGTERM from here, exactly once: it passes the
+    signal to every training process, which all stop at the same step boundary, and this process waits for them.
+    """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "flows.finetune", *sys.argv[1:]]
-    if subprocess.run(command, check=False).returncode != 0:
+    launcher = subprocess.Popen(command, start_new_session=True)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        STOP_REQUESTED.set()
+        launcher.send_signal(signum)
+
+    for signum in SIGNALS:
+        signal.signal(signum, forward)
+    code = launcher.wait()
+    if code != 0 and STOP_REQUESTED.is_set():
+        exit_interrupted(f"interrupted; `dvc repro` resumes from the last complete checkpoint in {checkpoints} "
+                         "(the training processes' last lines above name it)")
+    if code != 0:
         raise UserError(f"the {processes} training processes did not finish; their errors are in the log above")
 
 
-@flow(name="finetune", on_running=[log_run_labels])
+@flow(name="finetune", on_running=[start_stage_run])
 def finetune_flow(params: FinetuneParams, seed: int, paths: Paths) -> dict[str, Any]:
     """One process trains here; several are started with torchrun and the summary rank 0 wrote is read back."""
+    stop_at_step_boundary()
     if params.processes == 1:
         return finetune(params, seed, paths, as_prefect_task)
-    launch_training_processes(params.processes)
+    launch_training_processes(params.processes, paths.checkpoints)
     return json.loads(paths.summary.read_text(encoding="utf-8"))
 
 
@@ -95,13 +123,22 @@ def main(params: Params, paths: Paths) -> None:
 
 def training_process(params: Params, paths: Paths) -> None:
     """One of the torchrun processes: the same steps, as plain functions, logging with the rank."""
+    stop_at_step_boundary()
     logging.basicConfig(level=logging.INFO, format=f"rank {os.environ['RANK']}: %(message)s", force=True)
     logging.getLogger("tailor.training").info("training process %s of %s started", os.environ["RANK"],
                                               os.environ["WORLD_SIZE"])
-    finetune(params.finetune, params.seed, paths, lambda fn: fn)
-    # Leave together and close the process group before exiting: a process that exits with gloo's threads
-    # still alive can abort during interpreter shutdown (SIGABRT, "terminate called without an active
-    # exception"), and torchrun then fails the whole stage although training finished.
+    try:
+        finetune(params.finetune, params.seed, paths, lambda fn: fn)
+    except Interrupted:
+        leave_together()  # every process stopped at the same step
+        raise
+    leave_together()
+
+
+def leave_together() -> None:
+    """Leave together and close the process group before exiting: a process that exits with gloo's threads still
+    alive can abort during interpreter shutdown (SIGABRT, "terminate called without an active exception"), and
+    torchrun then fails the whole stage although training finished."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stage import git_revision, log_run_labels, run_stage
+from flows.stage import git_revision, run_stage, start_stage_run
 from tasks.atomic_dir import restore_interrupted
 from tasks.inference import ScoreFile
 from tasks.lineage import build_lineage
@@ -35,7 +35,7 @@ class Paths:
     decision: Path  # every gate with its value, threshold and status (a DVC metrics file)
 
 
-@flow(name="promote", on_running=[log_run_labels])
+@flow(name="promote", on_running=[start_stage_run])
 def promote_flow(params: Params, paths: Paths) -> dict[str, Any]:
     """Decide, record the decision with every gate, and publish only a candidate that passes them all."""
     restore_interrupted(paths.production)

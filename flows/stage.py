@@ -21,6 +21,7 @@ from prefect import tags
 from prefect.logging.loggers import flow_run_logger
 
 from tasks.errors import UserError
+from tasks.interrupts import EXIT_CODE, Interrupted, stop_at_once
 from tasks.params import Params, load_params
 
 P = TypeVar("P")
@@ -57,8 +58,12 @@ def run_labels() -> list[str]:
     return [f"stage:{stage}", f"experiment:{os.environ.get('DVC_EXP_NAME', 'workspace')}", f"git:{git_revision()}"]
 
 
-def log_run_labels(flow: Any, flow_run: Any, state: Any) -> None:
-    """on_running hook: the first log line of every stage run says which stage, experiment and revision it is."""
+def start_stage_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_running hook of every stage flow: the first log line says which stage, experiment and revision it is;
+    and SIGINT/SIGTERM stop the stage at once from here on. Prefect installs its own SIGTERM handler as the run
+    starts, which would report the end of the run to an API that a Ctrl-C may already have killed (a hang of
+    minutes); this hook runs in the main thread after it, and replaces it (tasks/interrupts.py)."""
+    stop_at_once()
     labels = dict(tag.split(":", 1) for tag in flow_run.tags if ":" in tag)
     flow_run_logger(flow_run, flow).info("stage %s, DVC experiment %s, git revision %s", labels.get("stage"),
                                          labels.get("experiment"), labels.get("git"))
@@ -80,6 +85,7 @@ def run_stage(stage: Callable[[Params, P], object], paths_type: type[P]) -> None
     """Read the paths, validate params.yaml, run the stage's flow; exit 2 with a one-line-per-problem message on
     user error."""
     paths = stage_paths(paths_type)
+    stop_at_once()  # SIGTERM like Ctrl-C; training replaces this with a stop at the next step boundary
     # Prefect's console handler sits on the root logger; its run loggers propagate to it.
     for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         handler.addFilter(HideUserErrorTracebacks())
@@ -90,3 +96,6 @@ def run_stage(stage: Callable[[Params, P], object], paths_type: type[P]) -> None
     except UserError as exc:
         print(f"\ntailor: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as exc:  # a torchrun training process (no Prefect run of its own)
+        print(f"\ntailor: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CODE)

@@ -11,7 +11,7 @@ import pandas as pd
 from prefect import flow
 from transformers import AutoTokenizer
 
-from flows.stage import log_run_labels, run_stage
+from flows.stage import run_stage, start_stage_run
 from tasks.params import DataParams, Params, TokenizeParams
 from tasks.tokenization import save_dataset, token_stats, tokenize_split
 
@@ -24,7 +24,7 @@ class Paths:
     stats: Path  # token statistics (a DVC metrics file)
 
 
-@flow(name="tokenize", on_running=[log_run_labels])
+@flow(name="tokenize", on_running=[start_stage_run])
 def tokenize_flow(data: DataParams, tokenize: TokenizeParams, paths: Paths) -> dict[str, dict[str, float]]:
     """Tokenize train and eval; write Arrow datasets and their token statistics."""
     tokenizer = AutoTokenizer.from_pretrained(paths.base)

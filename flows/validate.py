@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stage import log_run_labels, run_stage
+from flows.stage import run_stage, start_stage_run
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
 from tasks.params import DataParams, Params, ValidateParams
@@ -24,7 +24,7 @@ class Paths:
     report: Path  # the validation result as JSON
 
 
-@flow(name="validate", on_running=[log_run_labels])
+@flow(name="validate", on_running=[start_stage_run])
 def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Path:
     """Validate train and eval splits; on any failed expectation stop with a summary and write no data."""
     columns = required_columns(data)

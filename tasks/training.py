@@ -34,6 +34,7 @@ from transformers.integrations import DVCLiveCallback
 from tasks.atomic_dir import staging_dir, write_dir_atomically
 from tasks.errors import UserError
 from tasks.flops import mfu, peak_flops, training_flops_per_token
+from tasks.interrupts import STOP_REQUESTED, Interrupted
 from tasks.models import load_model
 from tasks.params import FinetuneParams
 
@@ -65,6 +66,27 @@ class MarkCompleteCheckpoints(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
+
+
+class StopWhenAsked(TrainerCallback):
+    """After SIGINT/SIGTERM (tasks/interrupts.py), stop at the end of the current step, before any checkpoint is
+    begun. Every process stops at the same step: the flags are combined across processes, because a process that
+    stopped alone would leave the others waiting in their next all-reduce."""
+
+    def __init__(self) -> None:
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        asked = STOP_REQUESTED.is_set()
+        if torch.distributed.is_initialized():
+            flag = torch.tensor([int(asked)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            asked = bool(flag.item())
+        if asked:
+            control.should_training_stop = True
+            control.should_save = False
+            self.stopped_at = state.global_step
 
 
 class StopOnNonFiniteLoss(TrainerCallback):
@@ -227,7 +249,8 @@ def run_trainer(model: PreTrainedModel, train_set: Dataset, args: TrainingArgume
     # Without a KV cache the model reads position_ids resets as sequence boundaries, which is what
     # keeps packed examples from attending to each other.
     model.config.use_cache = False
-    callbacks: list[TrainerCallback] = [MarkCompleteCheckpoints(), StopOnNonFiniteLoss()]
+    stop = StopWhenAsked()
+    callbacks: list[TrainerCallback] = [MarkCompleteCheckpoints(), StopOnNonFiniteLoss(), stop]
     if is_main_process():
         live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=resume_from is not None)
         callbacks.append(DVCLiveCallback(live=live))
@@ -243,6 +266,10 @@ def run_trainer(model: PreTrainedModel, train_set: Dataset, args: TrainingArgume
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
+    if stop.stopped_at is not None:
+        kept = latest_complete_checkpoint(Path(args.output_dir), params.max_steps)
+        raise Interrupted(f"interrupted at step {stop.stopped_at} of {params.max_steps}; `dvc repro` resumes "
+                          + (f"from {kept}" if kept else "from the start (no checkpoint was complete yet)"))
     tokens = trainer.state.num_input_tokens_seen - tokens_before  # summed over all processes
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     tokens_per_second = tokens / seconds

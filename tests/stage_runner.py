@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ def set_params(root: Path, section: str, **settings: Any) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params[section].update(settings)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stage_command(root: Path, stage: str) -> list[str]:
+    """The stage's command as root's dvc.yaml declares it (with its paths), to run one stage by hand."""
+    return shlex.split(yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["cmd"])
 
 
 def run(root: Path, *command: str, timeout: int = 900, **extra_env: str) -> subprocess.CompletedProcess[str]:

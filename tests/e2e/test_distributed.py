@@ -3,18 +3,26 @@ effective batch, only rank 0 writes the adapter, the curves and the checkpoints,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runner import run, set_params
+from stage_runner import run, set_params, stage_command
+
+from benchmarks.harness import environment
 
 pytestmark = pytest.mark.slow
 STEPS = 12
@@ -29,7 +37,7 @@ def project(tokenized_project: Path) -> Path:
 def finetune(root: Path, **settings: Any) -> tuple[dict[str, Any], list[float], str]:
     """Run the finetune stage's command with these finetune params; its summary, loss curve and log."""
     set_params(root, "finetune", max_steps=STEPS, save_steps=6, logging_steps=1, learning_rate=0.02, **settings)
-    result = run(root, "python", "-m", "flows.finetune")
+    result = run(root, *stage_command(root, "finetune"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     losses = pd.read_csv(root / "reports/training/plots/metrics/loss.tsv", sep="\t")["loss"].tolist()
     return json.loads((root / "reports/training.json").read_text()), losses, result.stdout + result.stderr
@@ -100,5 +108,43 @@ def test_an_fsdp_run_resumes_from_its_last_complete_checkpoint(project: Path, tw
     assert resumed["steps"] == STEPS
     assert uninterrupted.log.count("{'loss': ") == STEPS and log.count("{'loss': ") == STEPS - 6  # 7 to 12 only
     # Each process restores its own RNG state, place in the data and optimizer shard, so the weights match.
+    for name, tensor in load_file(project / ADAPTER).items():
+        torch.testing.assert_close(tensor, uninterrupted.adapter[name], rtol=0, atol=1e-5)
+
+
+def training_processes(project: Path) -> list[psutil.Process]:
+    """Processes still running the finetune stage in this project (the stage, torchrun, its workers)."""
+    alive = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            if process.info["cwd"] == str(project) and "flows.finetune" in " ".join(process.info["cmdline"] or []):
+                alive.append(process)
+    return alive
+
+
+def test_ctrl_c_stops_both_processes_at_the_same_step_and_the_rerun_resumes(project: Path, two_process_run) -> None:
+    """Ctrl-C reaches the stage; it passes the signal once to torchrun (in a session of its own), which passes it
+    to both workers; they agree on the step to stop at, leave no half-written checkpoint and no process."""
+    uninterrupted = two_process_run("ddp")
+    set_params(project, "finetune", max_steps=STEPS, save_steps=6, logging_steps=1, learning_rate=0.02,
+               processes=2, batch_size=4, strategy="ddp")
+    shutil.rmtree(project / "models/checkpoints", ignore_errors=True)
+    stage = subprocess.Popen(stage_command(project, "finetune"), cwd=project, env=environment(),
+                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (project / "models/checkpoints/checkpoint-6/tailor-complete").exists():
+        assert time.monotonic() < deadline and stage.poll() is None, "training never reached checkpoint 6"
+        time.sleep(0.05)
+    sent = time.monotonic()
+    os.killpg(stage.pid, signal.SIGINT)
+    log, _ = stage.communicate(timeout=120)
+    assert stage.returncode == 130, log[-3000:]
+    assert time.monotonic() - sent < 30
+    assert log.count("interrupted at step") == 2 and "Traceback" not in log, log[-3000:]
+    assert "`dvc repro` resumes from the last complete checkpoint in models/checkpoints" in log
+    assert training_processes(project) == []
+    assert not (project / "models/checkpoints/checkpoint-12").exists()
+    resumed, _, log = finetune(project, processes=2, batch_size=4, strategy="ddp")
+    assert log.count("resuming from models/checkpoints/checkpoint-6") == 2 and resumed["steps"] == STEPS
     for name, tensor in load_file(project / ADAPTER).items():
         torch.testing.assert_close(tensor, uninterrupted.adapter[name], rtol=0, atol=1e-5)

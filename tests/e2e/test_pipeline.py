@@ -106,6 +106,18 @@ def test_second_repro_runs_nothing(project: Path) -> None:
     assert "up to date" in result.stdout
 
 
+def test_code_edits_rerun_only_the_stages_they_affect(project: Path) -> None:
+    """A metric's code feeds evaluate and promote only (not the baselines' generation); an expectation's code
+    re-runs validate, and since the validated data do not change, nothing that reads them (tokenize, the
+    baselines, training, evaluation) runs for it."""
+    for module in ("tasks/scoring.py", "tasks/validation.py"):
+        with (project / module).open("a", encoding="utf-8") as code:
+            code.write("# an edit\n")
+    result = run(project, "dvc", "repro")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stages_run(result.stdout) in (["validate", "evaluate", "promote"], ["evaluate", "validate", "promote"])
+
+
 def cached_outputs(root: Path) -> list[str]:
     """Every output dvc.lock records (each one cached, so `dvc push` carries it)."""
     stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()

@@ -97,3 +97,41 @@ def test_killed_while_writing_a_checkpoint_resumes_from_a_complete_one(project: 
     else:
         assert "removing models/checkpoints/checkpoint-40: it was not completely written" in log
         assert "resuming from models/checkpoints/checkpoint-20, the last complete checkpoint" in log
+
+
+def session_processes(session: int) -> list[str]:
+    """The processes still alive in a session (dvc, the stage, its Prefect server, torchrun and its workers)."""
+    table = subprocess.run(["ps", "-eo", "sid=,pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [line for line in table.splitlines() if line.split()[0] == str(session)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_dvc_repro_stops_training_within_seconds_and_the_rerun_resumes(
+        project: Path, uninterrupted, signum: int) -> None:
+    """What Ctrl-C in a terminal (SIGINT to the foreground process group) and `kill` of the group do. The Ctrl-C
+    case runs without a Prefect server, as a plain `make run` does: the stage's temporary server gets the signal
+    too and dies at once, and the stage must not wait on it."""
+    env = environment()
+    if signum == signal.SIGINT:
+        env.pop("PREFECT_API_URL", None)
+    shutil.rmtree(project / "models" / "checkpoints", ignore_errors=True)
+    training = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "--no-run-cache", "finetune"],
+                                cwd=project, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    wait_for(project / "models/checkpoints/checkpoint-20/tailor-complete")
+    sent = time.monotonic()
+    os.killpg(training.pid, signum)
+    _, stderr = training.communicate(timeout=120)
+    stopped = time.monotonic() - sent
+    assert training.returncode != 0
+    assert stopped < 20, f"took {stopped:.1f} s to stop"
+    assert "tailor: interrupted at step" in stderr and "`dvc repro` resumes from models/checkpoints/checkpoint-" \
+        in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    deadline = time.monotonic() + 10  # the session's last processes are reaped within moments of dvc's exit
+    while session_processes(training.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(training.pid) == []
+    checkpoints = list((project / "models/checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "tailor-complete").is_file() for c in checkpoints)  # none half-written
+    resume_and_compare(project, uninterrupted)

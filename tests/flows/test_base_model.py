@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from stage_runner import run
+from stage_runner import run, stage_command
 
 from benchmarks.harness import copy_repository
 
@@ -25,7 +25,7 @@ ASK = (
 
 def test_embedded_generalist_is_converted_and_answers(tmp_path: Path, prefect_api: str) -> None:
     root = copy_repository(tmp_path)
-    stage = run(root, "python", "-m", "flows.base_model")
+    stage = run(root, *stage_command(root, "base_model"))
     assert stage.returncode == 0, stage.stderr[-3000:]
     assert (root / "models/base/model.safetensors").is_file()
     answer = run(root, "python", "-c", ASK)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from stage_runner import run
+from stage_runner import run, stage_command
 
 from benchmarks.harness import copy_repository
 
@@ -35,12 +35,14 @@ def digest(root):
     return h.hexdigest()
 
 results = {}
-for name, params in json.loads(Path(sys.argv[1]).read_text()).items():
+cases, outcomes, stage_args = sys.argv[1], sys.argv[2], sys.argv[3:]
+for name, params in json.loads(Path(cases).read_text()).items():
     Path("params.yaml").write_text(params)
     before = digest("data/validated")
     with tempfile.TemporaryFile() as captured:
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
+        sys.argv = ["flows.validate", *stage_args]  # the stage's paths, as dvc.yaml gives them
         try:
             runpy.run_module("flows.validate", run_name="__main__")
             code = 0
@@ -52,7 +54,7 @@ for name, params in json.loads(Path(sys.argv[1]).read_text()).items():
         captured.seek(0)
         stderr = captured.read().decode(errors="replace")
     results[name] = {"code": code, "stderr": stderr, "unchanged": digest("data/validated") == before}
-Path(sys.argv[2]).write_text(json.dumps(results))
+Path(outcomes).write_text(json.dumps(results))
 """
 
 
@@ -73,7 +75,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict
     """Each case's exit code, stderr and whether data/validated stayed as the good run left it."""
     root = copy_repository(tmp_path_factory.mktemp("corpus"))
     shutil.copytree(CORPUS, root / "bad")
-    good = run(root, "python", "-m", "flows.validate")
+    good = run(root, *stage_command(root, "validate"))
     assert good.returncode == 0, good.stderr[-3000:]
     cases = {name: params_for(root, name, case.get("eval", "eval.jsonl"), case.get("validate"), case.get("data"))
              for name, case in CASES.items()}
@@ -81,7 +83,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict
     cases["text_good"] = params_for(root, "text_good.jsonl", "text_eval.jsonl",
                                     data={"format": "text", "columns": {"text": "body"}})
     (root / "cases.json").write_text(json.dumps(cases))
-    done = run(root, "python", "-c", RUN_EACH, "cases.json", "outcomes.json")
+    done = run(root, "python", "-c", RUN_EACH, "cases.json", "outcomes.json", *stage_command(root, "validate")[3:])
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((root / "outcomes.json").read_text())
 

@@ -1,0 +1,65 @@
+"""Every data format the README offers runs end to end through `dvc repro` on data written here, under the user's
+own column names. The instruction format is test_pipeline's project; this module runs plain text (continued
+pretraining on a domain's documents): every stage, the in-context baselines, forgetting and a promotion decision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from stage_runner import TINY_PARAMS, run, tiny_project
+
+from benchmarks.harness import stages_run
+
+pytestmark = pytest.mark.slow
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
+
+
+def documents(split: str, rows: int) -> str:
+    """Short documents in a `body` column: each demo question with its answer, as one paragraph."""
+    lines = (DEMO / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
+    return "".join(json.dumps({"body": f"{r['prompt']} {r['response']}"}) + "\n" for r in map(json.loads, lines))
+
+
+@pytest.fixture(scope="module")
+def text_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
+    root = tiny_project(tmp_path_factory.mktemp("text"), tiny_model_dir, 0, 0,
+                        **{**TINY_PARAMS, "tokenize": {"max_length": 48}})
+    raw = root / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "docs_train.jsonl").write_text(documents("train", 200), encoding="utf-8")
+    (raw / "docs_eval.jsonl").write_text(documents("eval", 12), encoding="utf-8")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"] = {"format": "text", "train": "data/raw/docs_train.jsonl", "eval": "data/raw/docs_eval.jsonl",
+                      "columns": {"text": "body"}}
+    params["promote"]["metric"] = "perplexity"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def test_plain_text_runs_every_stage_and_compares_every_approach(text_project: Path) -> None:
+    result = run(text_project, "dvc", "repro")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(stages_run(result.stdout)) == sorted(yaml.safe_load((text_project / "dvc.yaml").read_text())["stages"])
+    metrics = json.loads((text_project / "reports/metrics.json").read_text())
+    for approach in ("generalist", "prompted", "retrieval", "finetuned"):
+        assert metrics[approach]["perplexity_ci_low"] <= metrics[approach]["perplexity"] <= \
+            metrics[approach]["perplexity_ci_high"]
+        assert "rouge_l" not in metrics[approach]  # nothing is generated from plain text
+    # The in-context baselines pay for their passages in prompt tokens; the others read none.
+    assert metrics["retrieval"]["prompt_tokens_per_example"] > 0 == metrics["generalist"]["prompt_tokens_per_example"]
+    assert metrics["finetuned"]["perplexity"] < metrics["generalist"]["perplexity"]
+    assert set(metrics["forgetting"]) == {"base_perplexity", "finetuned_perplexity", "relative_increase"}
+    scores = json.loads((text_project / "reports/scores.json").read_text())
+    assert scores["task"] == "text" and all(e["text"] for e in scores["examples"])  # each scored chunk, named
+    assert all(len(s["nll"]) == len(scores["examples"]) for s in scores["approaches"].values())
+    report = (text_project / "reports/specialization.md").read_text()
+    assert "not generated" not in report and "(reference: " not in report
+    assert report.rstrip().splitlines()[-1].startswith("Recommendation: ")
+    decision = json.loads((text_project / "reports/promotion.json").read_text())
+    assert decision["metric"] == "perplexity" and {g["name"] for g in decision["gates"]} >= {"beats_best_baseline",
+                                                                                             "forgetting"}
+    production = text_project / "models/production"
+    assert (production / "lineage.json").is_file() == decision["promoted"]
