@@ -29,10 +29,12 @@ test: install
 	python -m pytest -q
 
 # A local Prefect server (127.0.0.1, SQLite under ~/.prefect), the deployments of prefect.yaml, and a process
-# worker that runs them; Ctrl-C stops all of it.
+# worker that runs them; Ctrl-C stops all of it. The UI is told its API's address: without PREFECT_UI_API_URL it
+# would call 127.0.0.1:4200 whatever PREFECT_PORT is.
 PREFECT_PORT ?= 4200
 ui: install
 	@trap 'kill 0' EXIT; \
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
 	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > prefect-server.log 2>&1 & \
 	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
 	python -c "import time, urllib.request as u; exec('while True:\n try: u.urlopen(\'$$PREFECT_API_URL/health\'); break\n except OSError: time.sleep(1)')"; \

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tasks.dag import declared_paths
 from tasks.errors import UserError
 from tasks.lineage import show_lineage
 from tasks.params import PARAMS_FILE, load_params
@@ -24,10 +25,12 @@ def main() -> None:
     checking = commands.add_parser("check", help="validate params.yaml against the schema; runs nothing")
     checking.add_argument("params", nargs="?", type=Path, default=PARAMS_FILE)
     lineage = commands.add_parser("lineage", help="print a promoted model's lineage and check it against dvc.lock")
-    lineage.add_argument("model_dir", nargs="?", type=Path, default=Path("models/production"))
+    lineage.add_argument("model_dir", nargs="?", type=Path, help="default: the promote stage's production directory")
     args = parser.parse_args()
     try:
-        sys.exit(check(args.params) if args.command == "check" else show_lineage(args.model_dir))
+        if args.command == "check":
+            sys.exit(check(args.params))
+        sys.exit(show_lineage(args.model_dir or declared_paths("promote")["production"]))
     except UserError as exc:
         print(f"tailor: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -4,6 +4,7 @@ from-scratch build gives the same metrics and adapter bytes as another from-scra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelling
 from stage_runner import new_tiny_project, run
 
 from benchmarks.harness import environment, stop
@@ -115,3 +118,40 @@ def test_scheduled_run_with_nothing_changed_finishes_quickly(deployed: Path) -> 
     log = flow_run_log(flow_run.id)
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-3000:]}"
     assert "nothing changed since the last run" in log and "dvc exp run" not in log
+
+
+def pipeline_processes(root: Path) -> list[str]:
+    """dvc and stage processes still running in root."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(process.info["cmdline"] or [])
+            if process.info["cwd"] == str(root) and ("dvc" in command or "flows." in command):
+                found.append(command)
+    return found
+
+
+def test_cancelling_a_run_from_the_ui_stops_every_process_and_leaves_it_resumable(deployed: Path) -> None:
+    """What the UI's Cancel does: the run is set to Cancelling; the worker ends its process, whose SIGTERM reaches
+    `dvc exp run` and the training stage, which stops at a step boundary."""
+    flow_run = run_deployment("specialize/weekly", parameters={"max_steps": 400, "force": True, "push": False},
+                              timeout=0)
+    checkpoints = deployed / "models/checkpoints"
+    deadline = time.monotonic() + 600
+    while not any(checkpoints.glob("checkpoint-*/tailor-complete")) or not \
+            (deployed / "reports/training/plots/metrics/loss.tsv").is_file():
+        assert time.monotonic() < deadline, "the run never reached its first checkpoint"
+        time.sleep(0.5)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        while not client.read_flow_run(flow_run.id).state.is_final():
+            assert time.monotonic() < deadline + 120, "the run did not end after cancelling"
+            time.sleep(1)
+        assert client.read_flow_run(flow_run.id).state.is_cancelled()
+    stop_deadline = time.monotonic() + 30
+    while pipeline_processes(deployed) and time.monotonic() < stop_deadline:
+        time.sleep(0.5)
+    assert pipeline_processes(deployed) == []
+    assert all((c / "tailor-complete").is_file() for c in checkpoints.glob("checkpoint-*"))  # none half-written
+    status = run(deployed, "dvc", "status", "--json")  # DVC's lock was released: the workspace can run again
+    assert status.returncode == 0, status.stderr

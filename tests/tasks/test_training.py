@@ -160,3 +160,13 @@ def test_non_finite_loss_stops_training() -> None:
     with pytest.raises(UserError, match="training loss became nan by step 12; lower finetune.learning_rate"):
         StopOnNonFiniteLoss().on_log(None, State(), None, logs={"loss": float("nan")})
     StopOnNonFiniteLoss().on_log(None, State(), None, logs={"loss": 2.5})
+
+
+def test_all_linear_targets_every_linear_layer_of_any_architecture(tiny_model_dir: Path) -> None:
+    """PEFT's "all-linear" (for models whose module names differ from Llama's): every linear layer but the head."""
+    from tasks.training import with_lora
+
+    model = with_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                      FinetuneParams(lora=LoraParams(target_modules="all-linear")))
+    adapted = {name.split(".")[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
