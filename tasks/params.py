@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import UserError
 from tasks.metrics import METRICS, task_metrics
@@ -100,9 +100,28 @@ class ValidateParams(Section):
         return self
 
 
+# The named chat templates of tasks/chat_templates.py (a test checks they agree; this module stays free of its
+# imports, since every stage depends on this one).
+CHAT_TEMPLATES = ("chatml", "llama3", "mistral", "gemma")
+
+
 class TokenizeParams(Section):
     max_length: int = Field(256, ge=16, le=131072)
     system_prompt: str | None = Field(None, description="None keeps the chat template's own default")
+    chat_template: str = Field(
+        "auto", description="auto: the base model's own; a named one; or a .jinja file (the base_model stage sets it)")
+
+    @field_validator("chat_template")
+    @classmethod
+    def known_chat_template(cls, choice: str) -> str:
+        if choice == "auto" or choice in CHAT_TEMPLATES:
+            return choice
+        if "/" in choice or choice.endswith(".jinja"):  # a file of your own
+            if not Path(choice).is_file():
+                raise ValueError("chat template file not found")
+            return choice
+        raise ValueError(f"unknown chat template; choose auto (the base model's own), {', '.join(CHAT_TEMPLATES)}, "
+                         "or a .jinja file of your own")
 
 
 class LoraParams(Section):

@@ -111,12 +111,20 @@ def model_card(lineage: dict[str, Any], gates: list[Gate]) -> str:
     front = yaml.safe_dump({"library_name": "peft", "base_model": "models/base", "pipeline_tag": "text-generation",
                             "tags": ["tailor", "lora"]}, sort_keys=False)
     gate_lines = "\n".join(f"- {g.status.upper()} {g.name}: {g.detail}" for g in gates)
+    template = lineage.get("params", {}).get("tokenize", {}).get("chat_template", "auto")
+    chat = "" if template == "auto" else (  # chosen in params for a base model (tasks/chat_templates.py)
+        f"## Chat template\n\n`{template}` (params: `tokenize.chat_template`), set on `models/base` by the base_model "
+        "stage and saved with this tokenizer; its end-of-turn token is the eos token, where generation stops. The "
+        "special tokens it writes (`tailor_chat_token_ids` in `models/base/config.json`) that the base tokenizer "
+        "lacked were added there with new embedding rows; the embedding and output rows of all of them were trained "
+        "with the adapter and are saved in it (PEFT trainable tokens), so load it on `models/base`, not on the "
+        "original checkpoint.\n\n")
     return (
         f"---\n{front}---\n\n# Specialized model (tailor)\n\n"
         f"Fine-tuned from `models/base` by the tailor pipeline at git revision `{lineage['git_revision']}`.\n\n"
         f"## Evaluation on the held-out split\n\n| metric | {' | '.join(approaches)} |\n"
         f"|---|{'---|' * len(approaches)}\n{rows}\n\n{metrics.get('recommendation', '')}\n\n"
-        f"## Promotion gates\n\n{gate_lines}\n\n"
+        f"## Promotion gates\n\n{gate_lines}\n\n{chat}"
         "## Use\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nfrom peft import PeftModel\n\n"
         "base = AutoModelForCausalLM.from_pretrained(\"models/base\")\n"
         "model = PeftModel.from_pretrained(base, \"models/production\")\n"

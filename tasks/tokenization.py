@@ -1,14 +1,26 @@
 """Tokenization: the base model's chat template, loss on response tokens only (all tokens of plain text), no
-padding."""
+padding.
+
+A split on disk is tokenized by `datasets` in batches, in one process per core, each writing Arrow as it goes
+(`tokenize_file`), so memory holds a batch per process however large the split; the in-context baselines tokenize
+their few held-out rows in memory (`tokenize_split`). Both go through `tokenize_rows`, so they agree token for token.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import signal
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from datasets import Dataset
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetInfo, Features, List, Value
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import PreTrainedTokenizerBase
@@ -18,6 +30,13 @@ from tasks.errors import UserError
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens are context, not targets
 # What the in-context baselines show before an example: (question, answer) turns, or plain-text passages.
 Context = Sequence[tuple[str, str]] | Sequence[str]
+# The tokenized datasets' columns and types (input_ids as int32, as `datasets` stores a column of that name).
+FEATURES = Features({"input_ids": List(Value("int32")), "labels": List(Value("int64")),
+                     "prompt_length": Value("int64"), "truncated": Value("bool"),
+                     "prompt": Value("string"), "response": Value("string")})
+BATCH_ROWS = 1000  # rows per map batch: the template rendering dominates, so larger batches gain nothing
+ROWS_PER_PROCESS = 20_000  # below this many rows per core, starting more processes costs more than it saves
+STAGE_PID = os.getpid()
 
 
 @dataclass(frozen=True)
@@ -37,21 +56,34 @@ def chat_messages(prompt: str, system_prompt: str | None,
     return system + shots + [{"role": "user", "content": prompt}]
 
 
+def tokenize_instructions(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str],
+                          system_prompt: str | None, max_length: int,
+                          examples: Sequence[Sequence[tuple[str, str]]] | None = None) -> list[Tokenized]:
+    """Format examples with the chat template, `examples[i]` (few-shot turns) before row i; only the assistant's
+    answer carries labels. Each template call renders the whole batch and tokenizes it in one call."""
+    conversations = [chat_messages(prompt, system_prompt, examples[i] if examples is not None else ())
+                     for i, prompt in enumerate(prompts)]
+    prompt_ids = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(
+        [messages + [{"role": "assistant", "content": response}] for messages, response in zip(conversations, responses)],
+        tokenize=True, return_dict=True)["input_ids"]
+    pieces = []
+    for prompt, full in zip(prompt_ids, full_ids):
+        if full[: len(prompt)] != prompt:
+            raise UserError("the base model's chat template renders the prompt differently once an answer follows; "
+                            "response-only loss needs a template where the prompt is a prefix (e.g. ChatML)")
+        labels = [IGNORE_INDEX] * len(prompt) + full[len(prompt):]
+        pieces.append(Tokenized(full[:max_length], labels[:max_length], min(len(prompt), max_length),
+                                len(full) > max_length))
+    return pieces
+
+
 def tokenize_instruction(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str,
                          system_prompt: str | None, max_length: int,
                          examples: Sequence[tuple[str, str]] = ()) -> Tokenized:
     """Format one example with the chat template; only the assistant's answer carries labels."""
-    messages = chat_messages(prompt, system_prompt, examples)
-    prompt_ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True)["input_ids"])
-    full_ids = list(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
-                                                  tokenize=True, return_dict=True)["input_ids"])
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise UserError("the base model's chat template renders the prompt differently once an answer follows; "
-                        "response-only loss needs a template where the prompt is a prefix (e.g. ChatML)")
-    labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids):]
-    return Tokenized(full_ids[:max_length], labels[:max_length], min(len(prompt_ids), max_length),
-                     len(full_ids) > max_length)
+    return tokenize_instructions(tokenizer, [prompt], [response], system_prompt, max_length, [examples])[0]
 
 
 def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int,
@@ -73,52 +105,117 @@ def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int
     return pieces
 
 
-@task(cache_policy=NO_CACHE)
-def tokenize_split(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, data_format: str,
-                   system_prompt: str | None, max_length: int, contexts: Sequence[Context] | None = None) -> Dataset:
-    """Tokenize one split; instruction rows keep their prompt and reference answer for evaluation.
+def tokenize_rows(rows: dict[str, list], tokenizer: PreTrainedTokenizerBase, data_format: str,
+                  system_prompt: str | None, max_length: int,
+                  contexts: Sequence[Context] | None = None) -> dict[str, list]:
+    """Tokenize a batch of rows given as columns (prompt and response, or text) into the columns of FEATURES;
+    instruction rows keep their prompt and reference answer for evaluation, a long text gives several rows.
 
     `contexts[i]`, when given, is what the in-context baselines show before row i: (question, answer) turns for
     instruction data, passages for plain text.
     """
-    rows: dict[str, list] = {"input_ids": [], "labels": [], "prompt_length": [], "truncated": [],
-                             "prompt": [], "response": []}
-    for i, record in enumerate(frame.to_dict("records")):
-        context = contexts[i] if contexts is not None else ()
-        if data_format == "instruction":
-            pieces = [tokenize_instruction(tokenizer, record["prompt"], record["response"], system_prompt,
-                                           max_length, context)]
-            prompt, response = record["prompt"], record["response"]
-        else:
-            pieces = tokenize_text(tokenizer, record["text"], max_length, context)
-            prompt, response = "", ""
-        for piece in pieces:
-            rows["input_ids"].append(piece.input_ids)
-            rows["labels"].append(piece.labels)
-            rows["prompt_length"].append(piece.prompt_length)
-            rows["truncated"].append(piece.truncated)
-            rows["prompt"].append(prompt)
-            rows["response"].append(response)
-    return Dataset.from_dict(rows)
+    if os.getpid() != STAGE_PID:
+        # A `datasets` worker forked from the stage inherits its SIGINT/SIGTERM handler (print, report, exit):
+        # the stage itself does that once and stops its workers, which just end.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+    out: dict[str, list] = {name: [] for name in FEATURES}
+    if data_format == "instruction":
+        pieces = tokenize_instructions(tokenizer, rows["prompt"], rows["response"], system_prompt, max_length,
+                                       contexts)  # type: ignore[arg-type]
+        sources = list(zip(rows["prompt"], rows["response"]))
+    else:
+        pieces, sources = [], []
+        for i, text in enumerate(rows["text"]):
+            chunks = tokenize_text(tokenizer, text, max_length, contexts[i] if contexts is not None else ())
+            pieces += chunks
+            sources += [("", "")] * len(chunks)
+    for piece, (prompt, response) in zip(pieces, sources):
+        out["input_ids"].append(piece.input_ids)
+        out["labels"].append(piece.labels)
+        out["prompt_length"].append(piece.prompt_length)
+        out["truncated"].append(piece.truncated)
+        out["prompt"].append(prompt)
+        out["response"].append(response)
+    return out
+
+
+@task(cache_policy=NO_CACHE)
+def tokenize_split(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, data_format: str,
+                   system_prompt: str | None, max_length: int, contexts: Sequence[Context] | None = None) -> Dataset:
+    """Tokenize a split held in memory (the held-out rows the baselines score) into an in-memory dataset."""
+    rows = {column: list(frame[column]) for column in frame.columns}
+    return Dataset.from_dict(tokenize_rows(rows, tokenizer, data_format, system_prompt, max_length, contexts),
+                             features=FEATURES)
+
+
+def processes_for(rows: int) -> int:
+    """One process per core this stage may use (`taskset` limits them), but none with fewer than
+    ROWS_PER_PROCESS rows to do; 1 means no worker processes at all."""
+    return max(1, min(len(os.sched_getaffinity(0)), rows // ROWS_PER_PROCESS))
+
+
+def fingerprint(*inputs: Any) -> str:
+    """A `datasets` fingerprint derived from what the output depends on, so that the same inputs give the same
+    bytes (DVC then sees an unchanged output) rather than a fingerprint of temporary files."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@task(cache_policy=NO_CACHE)
+def tokenize_file(tokenizer: PreTrainedTokenizerBase, parquet: Path, out_dir: Path, data_format: str,
+                  system_prompt: str | None, max_length: int) -> dict[str, float]:
+    """Tokenize a Parquet split into an Arrow dataset at out_dir, batch by batch; returns its token statistics.
+
+    `datasets` reads the Parquet file into a memory-mapped Arrow file and `map` writes each batch's output to
+    Arrow as it goes (one file per process), so memory holds a few batches, never the split; the work files
+    live beside out_dir and are removed at the end.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as work:
+        rows = Dataset.from_parquet(str(parquet), cache_dir=work, keep_in_memory=False)
+        tokenizer_state = (tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else tokenizer.name_or_path,
+                           tokenizer.chat_template)
+        processes = processes_for(len(rows))
+        tag = fingerprint(file_digest(parquet), tokenizer_state, data_format, system_prompt, max_length)
+        tokenized = rows.map(
+            tokenize_rows, batched=True, batch_size=BATCH_ROWS, num_proc=processes if processes > 1 else None,
+            fn_kwargs={"tokenizer": tokenizer, "data_format": data_format, "system_prompt": system_prompt,
+                       "max_length": max_length},
+            remove_columns=rows.column_names, features=FEATURES, cache_file_name=str(Path(work) / "tokens.arrow"),
+            load_from_cache_file=False, new_fingerprint=tag, desc=f"tokenize {parquet.stem}")
+        # A plain dataset over the same Arrow data: no record of the temporary files in the saved info.
+        Dataset(tokenized.data, info=DatasetInfo(features=FEATURES), fingerprint=tag).save_to_disk(str(out_dir))
+        return token_stats(tokenized, max_length)
 
 
 def token_stats(dataset: Dataset, max_length: int) -> dict[str, float]:
-    """What the split costs to train on; padding is zero because batches are packed, not padded."""
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    targets = sum(sum(1 for label in labels if label != IGNORE_INDEX) for labels in dataset["labels"])
-    tokens = sum(lengths)
+    """What the split costs to train on; padding is zero because batches are packed, not padded.
+
+    Counted with Arrow compute over batches of the dataset, so no Python list of all its tokens is ever built."""
+    examples = tokens = targets = truncated = longest = 0
+    for batch in dataset.with_format("arrow").iter(batch_size=10 * BATCH_ROWS):
+        lengths = pc.list_value_length(batch["input_ids"])
+        examples += batch.num_rows
+        tokens += pc.sum(lengths).as_py() or 0
+        longest = max(longest, pc.max(lengths).as_py() or 0)
+        targets += pc.sum(pc.not_equal(pc.list_flatten(batch["labels"]), IGNORE_INDEX).cast("int64")).as_py() or 0
+        truncated += pc.sum(batch["truncated"].cast("int64")).as_py() or 0
     return {
-        "examples": len(lengths),
+        "examples": examples,
         "tokens": tokens,
         "target_tokens": targets,
-        "mean_length": round(tokens / max(len(lengths), 1), 2),
-        "max_length": max(lengths, default=0),
-        "truncated_pct": round(100 * sum(dataset["truncated"]) / max(len(lengths), 1), 3),
+        "mean_length": round(tokens / max(examples, 1), 2),
+        "max_length": longest,
+        "truncated_pct": round(100 * truncated / max(examples, 1), 3),
         "padding_pct": 0.0,
         # What a recipe that pads every example to max_length would spend on padding instead.
-        "padding_pct_if_padded_to_max_length": round(100 * (1 - tokens / max(len(lengths) * max_length, 1)), 2),
+        "padding_pct_if_padded_to_max_length": round(100 * (1 - tokens / max(examples * max_length, 1)), 2),
     }
-
-
-def save_dataset(dataset: Dataset, out_dir: Path) -> None:
-    dataset.save_to_disk(str(out_dir))

@@ -35,7 +35,7 @@ from tasks.atomic_dir import staging_dir, write_dir_atomically
 from tasks.errors import UserError
 from tasks.flops import mfu, peak_flops, training_flops_per_token
 from tasks.interrupts import STOP_REQUESTED, Interrupted
-from tasks.models import load_model
+from tasks.models import chat_token_ids, load_model
 from tasks.params import FinetuneParams
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -104,6 +104,15 @@ def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel
     """Wrap the model with LoRA adapters (or leave it whole for full fine-tuning)."""
     if params.method == "full":
         return model
+    # The special tokens of a chat template chosen for a base model (tokenize.chat_template) have untrained rows:
+    # added by the base_model stage (<|im_end|> on a model without it) or never trained in pretraining (Llama 3
+    # base's <|eot_id|>), and a model that cannot write its end-of-turn token never stops. Their input and output
+    # rows train with the adapter and are saved in it (PEFT trainable tokens: those rows only, not whole matrices),
+    # so the adapter works on models/base. With tied weights PEFT trains the shared rows once.
+    chat_tokens = chat_token_ids(model)
+    names = {module: name for name, module in model.named_modules()}
+    embeddings = [layer for layer in (model.get_input_embeddings(), model.get_output_embeddings()) if layer is not None]
+    embedding_rows = {names[layer]: chat_tokens for layer in embeddings}
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=params.lora.r,
@@ -112,6 +121,7 @@ def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel
         # PEFT takes "all-linear" as a string (every linear layer but the head), or a list of module names.
         target_modules=params.lora.target_modules if isinstance(params.lora.target_modules, str)
         else list(params.lora.target_modules),
+        trainable_token_indices=embedding_rows if chat_tokens else None,
     )
     return get_peft_model(model, config)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,13 +14,29 @@ from typing import Any
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.data_context.types.resource_identifiers import (
+    ExpectationSuiteIdentifier,
+    ValidationResultIdentifier,
+)
+from great_expectations.validator.validation_statistics import calc_validation_statistics
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.params import DataParams, ValidateParams
+from tasks.tables import CHUNK_ROWS, table_chunks
 
 EXAMPLE_ROWS = 3  # offending rows shown per failed expectation
+# Expectations about the whole split rather than each row: they run once, on a table of per-value digests that
+# holds every row in a few bytes (see digest), while all the others run chunk by chunk on the data itself.
+WHOLE_SPLIT = {"expect_table_row_count_to_be_between", "expect_compound_columns_to_be_unique",
+               "expect_column_values_to_be_unique"}
+MAX_LISTED = 1000  # unexpected values and row numbers kept per expectation in the report (the counts stay exact)
+RESULT_FORMAT = {"result_format": "COMPLETE"}
+Chunks = Callable[[], Iterator[pd.DataFrame]]  # a fresh pass over a split, chunk by chunk, indexed by row number
 # Personal data a training set should not carry; deliberately simple patterns, tuned to miss code and versions.
 PII_PATTERNS = [
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z0-9.-]*[A-Za-z]{2,}",  # email address
@@ -92,18 +112,45 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
     return suite
 
 
-def describe_failures(split: str, result: Any, frame: pd.DataFrame) -> list[Failure]:
+def digest(value: Any) -> Any:
+    """A text value as its 128-bit BLAKE2b digest in hex: two different texts share one with a probability near
+    n²/2¹²⁹ among n rows (10⁻²⁷ for a million). Anything else (null, a number, a list) stays as it is, so that GX
+    treats it exactly as it treats the original value."""
+    if not isinstance(value, str):
+        return value
+    return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def chunked(split: pd.DataFrame | Path, rows: int) -> Chunks:
+    """A split given as a table in memory or as a file, as repeatable passes of `rows` rows at a time."""
+    if isinstance(split, pd.DataFrame):
+        return lambda: (split.iloc[start:start + rows] for start in range(0, max(len(split), 1), rows))
+    return lambda: table_chunks(split, rows)
+
+
+def rows_at(chunks: Chunks, indices: set[int]) -> dict[int, dict[str, Any]]:
+    """The rows at these positions (to show as examples of a failure), reading no further than the last one."""
+    found: dict[int, dict[str, Any]] = {}
+    for chunk in chunks():
+        for index in indices.intersection(chunk.index):
+            found[index] = chunk.loc[index].to_dict()
+        if len(found) == len(indices):
+            break
+    return found
+
+
+def describe_failures(split: str, result: Any, chunks: Chunks) -> list[Failure]:
     """Turn a GX validation result into short lines with a few offending rows each."""
+    failed = [outcome for outcome in result.results if not outcome.success]
+    shown = [[int(i) for i in ((outcome.result or {}).get("unexpected_index_list") or [])[:EXAMPLE_ROWS]]
+             for outcome in failed]
+    wanted = {index for indices in shown for index in indices}
+    rows = rows_at(chunks, wanted) if wanted else {}
     failures = []
-    for outcome in result.results:
-        if outcome.success:
-            continue
+    for outcome, indices in zip(failed, shown):
         config = outcome.expectation_config
-        indices = (outcome.result or {}).get("unexpected_index_list") or []
-        examples = []
-        for index in indices[:EXAMPLE_ROWS]:
-            row = frame.loc[index].to_dict()
-            examples.append(f"row {int(index) + 1} {json.dumps(row, ensure_ascii=False, default=str)[:160]}")
+        examples = [f"row {index + 1} {json.dumps(rows[index], ensure_ascii=False, default=str)[:160]}"
+                    for index in indices]
         column = config.kwargs.get("column") or ",".join(config.kwargs.get("column_list") or [])
         failures.append(Failure(
             split=split,
@@ -115,49 +162,184 @@ def describe_failures(split: str, result: Any, frame: pd.DataFrame) -> list[Fail
     return failures
 
 
-@task(cache_policy=NO_CACHE)
-def run_suites(train: pd.DataFrame, evaluation: pd.DataFrame, columns: list[str], limits: ValidateParams,
-               docs_dir: Path) -> tuple[dict[str, Any], list[Failure]]:
-    """Validate both splits in an ephemeral GX context and render Data Docs into docs_dir.
+def percent(part: int, whole: int) -> float | None:
+    return part / whole * 100 if whole > 0 else None
 
-    Train needs limits.min_examples rows; eval needs one, and none of its first column's values
-    (the prompt, or the text) may appear in train.
+
+def merge_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row-wise expectation's results on consecutive chunks, as GX reports them on the whole split: counts
+    added, percentages recomputed from them, value and row-number lists joined (capped at MAX_LISTED)."""
+    merged = dict(parts[0])
+    if "element_count" not in merged:  # not a per-row expectation (a column's existence): the same on every chunk
+        return merged
+    for key in ("element_count", "unexpected_count", "missing_count"):
+        if key in merged:
+            merged[key] = sum(part.get(key) or 0 for part in parts)
+    for key, cap in (("partial_unexpected_list", 20), ("partial_unexpected_index_list", 20),
+                     ("unexpected_list", MAX_LISTED), ("unexpected_index_list", MAX_LISTED)):
+        if key in merged:
+            merged[key] = [value for part in parts for value in part.get(key) or []][:cap]
+    if "unexpected_index_query" in merged:
+        merged["unexpected_index_query"] = f"df.filter(items={merged.get('unexpected_index_list', [])}, axis=0)"
+    if "partial_unexpected_counts" in merged:
+        try:  # as GX counts them: the 20 most frequent unexpected values, most frequent first
+            counts = Counter(merged.get("unexpected_list") or []).most_common(20)
+            merged["partial_unexpected_counts"] = [{"value": value, "count": count} for value, count in
+                                                   sorted(counts, key=lambda item: (-item[1], item[0]))]
+        except TypeError:
+            pass
+    elements, unexpected = merged["element_count"], merged.get("unexpected_count") or 0
+    nonmissing = elements - merged.get("missing_count", 0)
+    if "missing_count" in merged:
+        merged["missing_percent"] = percent(merged["missing_count"], elements)
+        merged["unexpected_percent_total"] = percent(unexpected, elements)
+        merged["unexpected_percent_nonmissing"] = percent(unexpected, nonmissing)
+    merged["unexpected_percent"] = percent(unexpected, nonmissing)
+    return merged
+
+
+def merge_results(chunk_results: list[Any], whole_split: Any) -> Any:
+    """The suite's result on the whole split, in the order GX reports it: the per-row expectations merged over
+    the chunks, and the whole-split ones (row count, duplicates) taken from their run on the digests."""
+    merged = chunk_results[0]
+    whole = {outcome.expectation_config.type: outcome for outcome in whole_split.results}
+    results = []
+    for position, outcome in enumerate(merged.results):
+        if outcome.expectation_config.type in WHOLE_SPLIT:
+            outcome = whole[outcome.expectation_config.type]
+        else:
+            parts = [result.results[position] for result in chunk_results]
+            outcome.success = all(part.success for part in parts)
+            outcome.result = merge_counts([part.result or {} for part in parts])
+            raised = [part.exception_info for part in parts if (part.exception_info or {}).get("raised_exception")]
+            outcome.exception_info = raised[0] if raised else outcome.exception_info
+        results.append(outcome)
+    statistics = calc_validation_statistics(results)
+    merged.results = results
+    merged.success = statistics.success
+    merged.statistics = {"evaluated_expectations": statistics.evaluated_expectations,
+                         "successful_expectations": statistics.successful_expectations,
+                         "unsuccessful_expectations": statistics.unsuccessful_expectations,
+                         "success_percent": statistics.success_percent}
+    return merged
+
+
+def quiet_context() -> Any:
+    """An ephemeral GX context without its progress bars (one bar per metric floods the log)."""
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def validate_split(context: Any, split: str, suite: Callable[[], gx.ExpectationSuite], chunks: Chunks,
+                   columns: list[str]) -> tuple[Any, pd.DataFrame]:
+    """Run the split's suite on each chunk, and its whole-split expectations once on the digests of every row.
+
+    Returns the merged result and the digests of the required columns (the leakage check reads train's). The
+    whole-split expectations also run on each chunk, where they cost little; merging replaces their results.
     """
-    context = gx.get_context(mode="ephemeral")  # suites can only be built once a context exists
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one bar per metric floods the log
-    key = columns[0]
-    seen_in_train = sorted({v for v in train[key] if isinstance(v, str)}) if key in train else []
-    suites = {
-        "train": build_suite("train", columns, limits, limits.min_examples, {}, set(train.columns)),
-        "eval": build_suite("eval", columns, limits, 1, {key: seen_in_train} if seen_in_train else {},
-                            set(evaluation.columns)),
-    }
-    frames = {"train": train, "eval": evaluation}
+    whole_suite = suite()
+    whole_suite.name = f"{split}_whole"
+    for expectation in list(whole_suite.expectations):
+        if expectation.expectation_type not in WHOLE_SPLIT:
+            whole_suite.delete_expectation(expectation)
+    by_chunk, whole = (context.validation_definitions.add(gx.ValidationDefinition(
+        name=part.name, suite=context.suites.add(part),
+        data=context.data_sources.get(source).add_dataframe_asset(split).add_batch_definition_whole_dataframe("all")))
+        for part, source in ((suite(), "raw"), (whole_suite, "digests")))
+    # One run id for all chunks: each chunk's result replaces the previous one in GX's store.
+    run_id = RunIdentifier(run_time=datetime.datetime.now(datetime.timezone.utc))
+    results, digested = [], []
+    for chunk in chunks():
+        results.append(by_chunk.run(batch_parameters={"dataframe": chunk}, result_format=RESULT_FORMAT,
+                                    run_id=run_id))
+        digested.append(chunk[[c for c in columns if c in chunk]].map(digest))
+    digests = pd.concat(digested)
+    whole_result = whole.run(batch_parameters={"dataframe": digests}, result_format=RESULT_FORMAT, run_id=run_id)
+    return merge_results(results, whole_result), digests
+
+
+def leaked_values(chunks: Chunks, column: str, train_digests: set[str]) -> list[str]:
+    """The eval split's values of `column` that also occur in train, found by their digests."""
+    leaked = {value for chunk in chunks() if column in chunk for value in chunk[column]
+              if isinstance(value, str) and digest(value) in train_digests}
+    return sorted(leaked)
+
+
+def render_data_docs(results: dict[str, Any], suites: dict[str, gx.ExpectationSuite], docs_dir: Path) -> None:
+    """Data Docs with one validation result per split, as if GX had validated each split whole."""
+    context = quiet_context()
     context.add_data_docs_site(site_name="tailor", site_config={
         "class_name": "SiteBuilder",
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
-    source = context.data_sources.add_pandas("raw")
-    report: dict[str, Any] = {"success": True, "splits": {}}
+    for split, result in results.items():
+        suite_id = ExpectationSuiteIdentifier(name=context.suites.add(suites[split]).name)
+        key = ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=result.meta["run_id"],
+                                         batch_identifier=result.batch_id)
+        context.validation_results_store.store_validation_results(result, key, suite_id)
+    context.build_data_docs(site_names=["tailor"])
+
+
+@task(cache_policy=NO_CACHE)
+def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, columns: list[str],
+               limits: ValidateParams, docs_dir: Path, chunk_rows: int = CHUNK_ROWS
+               ) -> tuple[dict[str, Any], list[Failure]]:
+    """Validate both splits (tables, or files read `chunk_rows` rows at a time) and render Data Docs into docs_dir.
+
+    Train needs limits.min_examples rows; eval needs one, and none of its first column's values (the prompt, or
+    the text) may appear in train. Memory holds one chunk plus a 16-byte digest per value of every row: the
+    per-row expectations run on each chunk and are merged; the row count and the duplicate check run once on the
+    digests; leakage is checked by GX against the eval values whose digest is among train's.
+    """
+    context = quiet_context()  # suites can only be built once a context exists
+    for source in ("raw", "digests"):
+        context.data_sources.add_pandas(source)
+    key = columns[0]
+    sources = {"train": chunked(train, chunk_rows), "eval": chunked(evaluation, chunk_rows)}
+    present = {split: set(next(chunks()).columns) for split, chunks in sources.items()}
+    forbidden: dict[str, list[str]] = {}
+    suites = {"train": lambda: build_suite("train", columns, limits, limits.min_examples, {}, present["train"]),
+              "eval": lambda: build_suite("eval", columns, limits, 1, forbidden, present["eval"])}
+    results = {}
+    results["train"], digests = validate_split(context, "train", suites["train"], sources["train"], columns)
+    seen_in_train = {d for d in digests[key] if isinstance(d, str)} if key in digests else set()
+    del digests
+    if seen_in_train:
+        forbidden[key] = leaked_values(sources["eval"], key, seen_in_train)
+    results["eval"], _ = validate_split(context, "eval", suites["eval"], sources["eval"], columns)
+
+    render_data_docs(results, {split: make() for split, make in suites.items()}, docs_dir)
+    report: dict[str, Any] = {"success": all(r.success for r in results.values()), "splits": {}}
     failures: list[Failure] = []
-    for split, frame in frames.items():
-        batch = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe("all")
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=split, data=batch, suite=context.suites.add(suites[split])))
-        checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"validate_{split}", validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-            result_format={"result_format": "COMPLETE"},
-        ))
-        run = checkpoint.run(batch_parameters={"dataframe": frame})
-        result = next(iter(run.run_results.values()))
+    for split, result in results.items():
         report["splits"][split] = result.describe_dict()
-        report["success"] &= bool(result.success)
-        failures += describe_failures(split, result, frame)
+        failures += describe_failures(split, result, sources[split])
     return report, failures
 
 
 def normalize(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     """Keep only the pipeline's columns, under the pipeline's names."""
     return frame[list(columns.values())].rename(columns={v: k for k, v in columns.items()}).reset_index(drop=True)
+
+
+def write_clean_splits(splits: dict[str, Path], columns: dict[str, str], out_dir: Path) -> None:
+    """Each validated file as out_dir/<split>.parquet in the pipeline's column names, read and written a chunk
+    at a time."""
+    out_dir.mkdir(parents=True)
+    for split, path in splits.items():
+        write_parquet((normalize(chunk, columns) for chunk in table_chunks(path)), out_dir / f"{split}.parquet")
+
+
+def write_parquet(frames: Iterator[pd.DataFrame], path: Path) -> None:
+    """Write tables one after another into one Parquet file (a row group each), as pandas' to_parquet writes one."""
+    writer = None
+    try:
+        for frame in frames:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            writer = writer or pq.ParquetWriter(path, table.schema, compression="snappy")
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()

@@ -1,0 +1,64 @@
+"""Tokenizing a split on disk in batches (one process or several) gives the rows, ids, labels and statistics of
+tokenizing it in memory, and the same bytes on a second run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from datasets import Dataset, load_from_disk
+from transformers import AutoTokenizer
+
+import tasks.tokenization as tokenization
+from tasks.tables import read_table
+from tasks.tokenization import token_stats, tokenize_file, tokenize_split
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_file_in_batches_matches_the_split_in_memory(tmp_path: Path, tokenizer, monkeypatch, processes: int) -> None:
+    frame = read_table.fn(DEMO / "train.jsonl").head(300)[["prompt", "response"]].reset_index(drop=True)
+    frame.to_parquet(tmp_path / "train.parquet", index=False)
+    monkeypatch.setattr(tokenization, "BATCH_ROWS", 64)  # several batches, and a short last one
+    monkeypatch.setattr(tokenization, "ROWS_PER_PROCESS", 300 // processes)
+    monkeypatch.setattr(tokenization.os, "sched_getaffinity", lambda pid: set(range(processes)))
+    stats = tokenize_file.fn(tokenizer, tmp_path / "train.parquet", tmp_path / "out", "instruction", None, 96)
+    expected = tokenize_split.fn(tokenizer, frame, "instruction", None, 96)
+    saved = load_from_disk(str(tmp_path / "out"))
+    assert saved.features == expected.features
+    assert saved.to_dict() == expected.to_dict()
+    assert stats == token_stats(expected, 96) and 0 < stats["truncated_pct"] < 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.parquet"]  # no work files left
+    first = files(tmp_path / "out")
+    tokenize_file.fn(tokenizer, tmp_path / "train.parquet", tmp_path / "out", "instruction", None, 96)
+    assert files(tmp_path / "out") == first  # same inputs, same bytes: DVC sees an unchanged output
+
+
+def test_long_texts_become_several_rows(tmp_path: Path, tokenizer, monkeypatch) -> None:
+    texts = read_table.fn(DEMO.parent / "general" / "reference.jsonl").head(40)[["text"]].reset_index(drop=True)
+    texts.to_parquet(tmp_path / "text.parquet", index=False)
+    monkeypatch.setattr(tokenization, "BATCH_ROWS", 16)
+    stats = tokenize_file.fn(tokenizer, tmp_path / "text.parquet", tmp_path / "out", "text", None, 32)
+    expected = tokenize_split.fn(tokenizer, texts, "text", None, 32)
+    assert len(expected) > len(texts)
+    assert load_from_disk(str(tmp_path / "out")).to_dict() == expected.to_dict()
+    assert stats["examples"] == len(expected)
+
+
+def test_token_stats_count_in_batches() -> None:
+    frame = pd.DataFrame({"input_ids": [[1, 2, 3], [4, 5], [6]] * 5000,
+                          "labels": [[-100, 2, 3], [-100, -100], [6]] * 5000, "truncated": [False, True, False] * 5000})
+    stats = token_stats(Dataset.from_pandas(frame), 4)
+    assert stats["examples"] == 15000 and stats["tokens"] == 30000 and stats["target_tokens"] == 15000
+    assert stats["max_length"] == 3 and stats["truncated_pct"] == pytest.approx(33.333)
