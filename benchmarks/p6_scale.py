@@ -11,8 +11,8 @@ workers share pages), of the largest single process, and of their summed PSS (sh
 and its anonymous part (what is not page cache of files: the memory the work itself holds).
 
     python -m benchmarks.p6_scale                      # 10k and 100k rows; the index at 10k (MiniLM is slow on CPU)
-    python -m benchmarks.p6_scale --max-rows 1000000   # adds the 1M point (about half an hour on 2 cores)
-    python -m benchmarks.p6_scale --rows 300 --index-max-rows 300   # a quick check (the test runs this)
+    python -m benchmarks.p6_scale --max-rows 1000000   # adds the 1M point (15-20 min more on 2 cores)
+    python -m benchmarks.p6_scale --rows 60 --index-max-rows 60     # a quick check of the script
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def proportional_set_size(pid: int) -> tuple[int, int]:
 
 
 def measure(stage: str, data: Path, model: Path) -> dict[str, Any]:
-    """Run one stage's work in a child process; its time and the peak RSS of it and its children."""
+    """Run one stage's work in a child process; its time, and the peak memory of it and its children."""
     log = data / f"{stage}.log"
     started = time.perf_counter()
     with log.open("w") as output:  # a file, not a pipe: progress bars would fill a pipe nobody reads yet
@@ -137,10 +137,10 @@ def measure(stage: str, data: Path, model: Path) -> dict[str, Any]:
             tree = [root, *root.children(recursive=True)]
             rss = [p.memory_info().rss for p in tree]
             pss = [proportional_set_size(p.pid) for p in tree]
-        except (psutil.Error, OSError):  # a process ended between listing and reading it
-            continue
-        peak_sum, peak_single = max(peak_sum, sum(rss)), max(peak_single, max(rss))
-        peak_pss, peak_anon = max(peak_pss, sum(p[0] for p in pss)), max(peak_anon, sum(p[1] for p in pss))
+            peak_sum, peak_single = max(peak_sum, sum(rss)), max(peak_single, max(rss))
+            peak_pss, peak_anon = max(peak_pss, sum(p[0] for p in pss)), max(peak_anon, sum(p[1] for p in pss))
+        except (psutil.Error, OSError):  # a process ended between listing and reading it: the next sample counts
+            pass
         time.sleep(SAMPLE_SECONDS)
     output = log.read_text(errors="replace")
     if child.returncode != 0:

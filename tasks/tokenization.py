@@ -13,7 +13,9 @@ import json
 import os
 import signal
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,6 @@ FEATURES = Features({"input_ids": List(Value("int32")), "labels": List(Value("in
                      "prompt": Value("string"), "response": Value("string")})
 BATCH_ROWS = 1000  # rows per map batch: the template rendering dominates, so larger batches gain nothing
 ROWS_PER_PROCESS = 20_000  # below this many rows per core, starting more processes costs more than it saves
-STAGE_PID = os.getpid()
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int
     pieces = []
     for start in range(0, len(ids), max_length):
         chunk = ids[start:start + max_length]
+        if len(chunk) < 2:  # a lone last token (often just the eos) has nothing before it to be predicted from
+            continue
         labels = [IGNORE_INDEX] * (len(prefix) + 1) + chunk[1:] if prefix else chunk
         pieces.append(Tokenized(prefix + chunk, labels, len(prefix), False))
     return pieces
@@ -114,11 +117,6 @@ def tokenize_rows(rows: dict[str, list], tokenizer: PreTrainedTokenizerBase, dat
     `contexts[i]`, when given, is what the in-context baselines show before row i: (question, answer) turns for
     instruction data, passages for plain text.
     """
-    if os.getpid() != STAGE_PID:
-        # A `datasets` worker forked from the stage inherits its SIGINT/SIGTERM handler (print, report, exit):
-        # the stage itself does that once and stops its workers, which just end.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
     out: dict[str, list] = {name: [] for name in FEATURES}
     if data_format == "instruction":
         pieces = tokenize_instructions(tokenizer, rows["prompt"], rows["response"], system_prompt, max_length,
@@ -147,6 +145,33 @@ def tokenize_split(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, data
     rows = {column: list(frame[column]) for column in frame.columns}
     return Dataset.from_dict(tokenize_rows(rows, tokenizer, data_format, system_prompt, max_length, contexts),
                              features=FEATURES)
+
+
+@contextmanager
+def forked_processes_end_quietly() -> Iterator[None]:
+    """While it lasts, a process forked from this one ends at once, silently, on SIGINT or SIGTERM, while this
+    one keeps its own handling. `datasets` forks its workers and a manager process, and a fork inherits the
+    stage's handler (print one line, report to Prefect, stop the children, exit): the stage must do that once."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set from there
+        yield
+        return
+    parent = os.getpid()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(signum: int, frame: Any) -> None:
+        if os.getpid() == parent and callable(previous[signum]):
+            previous[signum](signum, frame)
+        elif os.getpid() != parent or previous[signum] != signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for signum in previous:
+        signal.signal(signum, handle)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def processes_for(rows: int) -> int:
@@ -185,12 +210,13 @@ def tokenize_file(tokenizer: PreTrainedTokenizerBase, parquet: Path, out_dir: Pa
                            tokenizer.chat_template)
         processes = processes_for(len(rows))
         tag = fingerprint(file_digest(parquet), tokenizer_state, data_format, system_prompt, max_length)
-        tokenized = rows.map(
-            tokenize_rows, batched=True, batch_size=BATCH_ROWS, num_proc=processes if processes > 1 else None,
-            fn_kwargs={"tokenizer": tokenizer, "data_format": data_format, "system_prompt": system_prompt,
-                       "max_length": max_length},
-            remove_columns=rows.column_names, features=FEATURES, cache_file_name=str(Path(work) / "tokens.arrow"),
-            load_from_cache_file=False, new_fingerprint=tag, desc=f"tokenize {parquet.stem}")
+        with forked_processes_end_quietly():
+            tokenized = rows.map(
+                tokenize_rows, batched=True, batch_size=BATCH_ROWS, num_proc=processes if processes > 1 else None,
+                fn_kwargs={"tokenizer": tokenizer, "data_format": data_format, "system_prompt": system_prompt,
+                           "max_length": max_length},
+                remove_columns=rows.column_names, features=FEATURES, cache_file_name=str(Path(work) / "tokens.arrow"),
+                load_from_cache_file=False, new_fingerprint=tag, desc=f"tokenize {parquet.stem}")
         # A plain dataset over the same Arrow data: no record of the temporary files in the saved info.
         Dataset(tokenized.data, info=DatasetInfo(features=FEATURES), fingerprint=tag).save_to_disk(str(out_dir))
         return token_stats(tokenized, max_length)
