@@ -16,14 +16,6 @@ from tasks.tokenization import tokenize_split
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir: Path):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    frame = pd.read_json(DEMO / "eval.jsonl", lines=True).head(7)
-    return model, tokenizer, tokenize_split.fn(tokenizer, frame, "instruction", None, 512)
-
-
 def test_batched_nll_matches_a_plain_loop(setup) -> None:
     model, tokenizer, dataset = setup
     nll, counts = reference_nll(model, dataset, batch_size=3, pad_id=tokenizer.pad_token_id)

@@ -6,15 +6,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.inference import Scores, score_model
 from tasks.metrics import METRICS
 from tasks.scoring import CORPUS, LIKELIHOOD, PER_EXAMPLE, TaskMetrics, rouge_l
-from tasks.tokenization import tokenize_split
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
@@ -22,14 +19,6 @@ DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 def test_every_registered_metric_has_exactly_one_computation() -> None:
     computed = [*PER_EXAMPLE, *CORPUS, *LIKELIHOOD]
     assert sorted(computed) == sorted(METRICS)
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir: Path):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    frame = pd.read_json(DEMO / "eval.jsonl", lines=True).head(7)
-    return model, tokenizer, tokenize_split.fn(tokenizer, frame, "instruction", None, 512)
 
 
 def test_rouge_l_from_the_library() -> None:
