@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil
 import torch.distributed
 from datasets import load_from_disk
 from prefect import flow, task
@@ -86,8 +87,10 @@ def launch_training_processes(processes: int, checkpoints: Path) -> None:
     """Run this module under torchrun with one process per device, with this stage's paths; any process failing
     fails the stage.
 
-    torchrun runs in a session of its own and gets each SIGINT/SIGTERM from here, exactly once: it passes the
-    signal to every training process, which all stop at the same step boundary, and this process waits for them.
+    torchrun runs in a session of its own, so a terminal's Ctrl-C reaches this process only. Each SIGINT/SIGTERM
+    is passed from here to the training processes, exactly once: they all stop at the same step boundary and
+    exit 0, so torchrun ends quietly (a signal to torchrun itself would end it with its own traceback), and this
+    process reports the stop.
     """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "flows.finetune", *sys.argv[1:]]
@@ -95,12 +98,14 @@ def launch_training_processes(processes: int, checkpoints: Path) -> None:
 
     def forward(signum: int, frame: FrameType | None) -> None:
         STOP_REQUESTED.set()
-        launcher.send_signal(signum)
+        workers = psutil.Process(launcher.pid).children()
+        for process in workers or [launcher]:  # before torchrun has started them, torchrun itself stops
+            process.send_signal(signum)
 
     for signum in SIGNALS:
         signal.signal(signum, forward)
     code = launcher.wait()
-    if code != 0 and STOP_REQUESTED.is_set():
+    if STOP_REQUESTED.is_set():
         exit_interrupted(f"interrupted; `dvc repro` resumes from the last complete checkpoint in {checkpoints} "
                          "(the training processes' last lines above name it)")
     if code != 0:
@@ -129,9 +134,12 @@ def training_process(params: Params, paths: Paths) -> None:
                                               os.environ["WORLD_SIZE"])
     try:
         finetune(params.finetune, params.seed, paths, lambda fn: fn)
-    except Interrupted:
+    except Interrupted as exc:
         leave_together()  # every process stopped at the same step
-        raise
+        # Exit 0: the launching stage asked for this stop and reports it; a failure code would make torchrun
+        # print its own error report (a traceback) after the one line.
+        print(f"\ntailor: {exc}", file=sys.stderr, flush=True)
+        sys.exit(0)
     leave_together()
 
 

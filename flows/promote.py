@@ -48,7 +48,7 @@ def promote_flow(params: Params, paths: Paths) -> dict[str, Any]:
     if decision["promoted"]:
         validation_passed = json.loads(paths.validation.read_text(encoding="utf-8"))["success"]
         lineage = build_lineage(params.model_dump(mode="json", by_alias=True), metrics, validation_passed,
-                                git_revision(), own_outputs=[paths.production, paths.decision])
+                                git_revision(), models=[paths.adapter, paths.base])
         production_scores = ScoreFile(scores.task, scores.examples, {"finetuned": scores.approaches["finetuned"]})
         publish_production(paths.adapter, paths.base, paths.production, lineage, gates, params.promote.merge,
                            production_scores)

@@ -21,7 +21,7 @@ from prefect import tags
 from prefect.logging.loggers import flow_run_logger
 
 from tasks.errors import UserError
-from tasks.interrupts import EXIT_CODE, Interrupted, stop_at_once
+from tasks.interrupts import stop_at_once
 from tasks.params import Params, load_params
 
 P = TypeVar("P")
@@ -96,6 +96,3 @@ def run_stage(stage: Callable[[Params, P], object], paths_type: type[P]) -> None
     except UserError as exc:
         print(f"\ntailor: {exc}", file=sys.stderr)
         sys.exit(2)
-    except Interrupted as exc:  # a torchrun training process (no Prefect run of its own)
-        print(f"\ntailor: {exc}", file=sys.stderr)
-        sys.exit(EXIT_CODE)

@@ -41,16 +41,39 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+def model_inputs(models: Collection[Path], lock_file: Path = LOCK_FILE) -> dict[str, str]:
+    """Path -> hash, from dvc.lock, of everything the model's weights were built from: the model directories and,
+    stage by stage back through the DAG, the outputs they came from and those stages' data inputs. Reports written
+    beside them (evaluation scores with their timings, data docs) do not make the model and are left out, so a
+    re-run evaluation does not make an unchanged model look different. Code is pinned by the git revision."""
+    if not lock_file.is_file():
+        return {}
+    stages = list((yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {}).values())
+    inputs: dict[str, str] = {}
+    pending, seen = [str(path) for path in models], set()
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for stage in stages:
+            for out in stage.get("outs", []):
+                if path == out["path"] or path.startswith(out["path"] + "/"):
+                    inputs[out["path"]] = out.get("md5", "")  # the producing stage's record wins over a consumer's
+                    for dep in stage.get("deps", []):
+                        if not dep["path"].endswith(".py"):
+                            inputs.setdefault(dep["path"], dep.get("md5", ""))
+                            pending.append(dep["path"])
+    return dict(sorted(inputs.items()))
+
+
 def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_passed: bool, revision: str,
-                  own_outputs: Collection[Path]) -> dict[str, Any]:
-    """Everything needed to rebuild or audit the production model: the hash of every data file, model and report
-    dvc.lock records (its code is pinned by the git revision), except the promote stage's own outputs, which its
-    previous run recorded."""
-    excluded = {str(path) for path in own_outputs}
+                  models: Collection[Path]) -> dict[str, Any]:
+    """Everything needed to rebuild or audit the production model made from `models` (the candidate and its
+    base): what they were built from, params, git revision, libraries, and the metrics that promoted them."""
     return {
         "git_revision": revision,
-        "inputs": {path: digest for path, digest in sorted(locked_hashes().items())
-                   if not path.endswith(".py") and path not in excluded},
+        "inputs": model_inputs(models),
         "params": params,
         "validation_passed": validation_passed,
         "metrics": metrics,

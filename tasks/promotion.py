@@ -101,34 +101,35 @@ def promotion_gates(metrics: dict[str, Any], params: PromoteParams, production: 
     ]
 
 
-def model_card(lineage: dict[str, Any], gates: list[Gate]) -> str:
-    """A Hugging Face-style model card: YAML front matter, then how it was made and how it scores."""
+def model_card(lineage: dict[str, Any], gates: list[Gate], base_dir: Path, out_dir: Path) -> str:
+    """A Hugging Face-style model card for the model published at out_dir on base_dir: YAML front matter, then how
+    it was made and how it scores."""
     metrics = lineage["metrics"]
     approaches = [a for a in ("generalist", "prompted", "retrieval", "finetuned") if a in metrics]
     names = [m for m in metrics["finetuned"] if not m.endswith(("_ci_low", "_ci_high"))]
     rows = "\n".join(f"| {name} | " + " | ".join(str(metrics[a].get(name, "")) for a in approaches) + " |"
                      for name in names)
-    front = yaml.safe_dump({"library_name": "peft", "base_model": "models/base", "pipeline_tag": "text-generation",
+    front = yaml.safe_dump({"library_name": "peft", "base_model": str(base_dir), "pipeline_tag": "text-generation",
                             "tags": ["tailor", "lora"]}, sort_keys=False)
     gate_lines = "\n".join(f"- {g.status.upper()} {g.name}: {g.detail}" for g in gates)
     template = lineage.get("params", {}).get("tokenize", {}).get("chat_template", "auto")
     chat = "" if template == "auto" else (  # chosen in params for a base model (tasks/chat_templates.py)
-        f"## Chat template\n\n`{template}` (params: `tokenize.chat_template`), set on `models/base` by the base_model "
+        f"## Chat template\n\n`{template}` (params: `tokenize.chat_template`), set on `{base_dir}` by the base_model "
         "stage and saved with this tokenizer; its end-of-turn token is the eos token, where generation stops. The "
-        "special tokens it writes (`tailor_chat_token_ids` in `models/base/config.json`) that the base tokenizer "
+        f"special tokens it writes (`tailor_chat_token_ids` in `{base_dir / 'config.json'}`) that the base tokenizer "
         "lacked were added there with new embedding rows; the embedding and output rows of all of them were trained "
-        "with the adapter and are saved in it (PEFT trainable tokens), so load it on `models/base`, not on the "
+        f"with the adapter and are saved in it (PEFT trainable tokens), so load it on `{base_dir}`, not on the "
         "original checkpoint.\n\n")
     return (
         f"---\n{front}---\n\n# Specialized model (tailor)\n\n"
-        f"Fine-tuned from `models/base` by the tailor pipeline at git revision `{lineage['git_revision']}`.\n\n"
+        f"Fine-tuned from `{base_dir}` by the tailor pipeline at git revision `{lineage['git_revision']}`.\n\n"
         f"## Evaluation on the held-out split\n\n| metric | {' | '.join(approaches)} |\n"
         f"|---|{'---|' * len(approaches)}\n{rows}\n\n{metrics.get('recommendation', '')}\n\n"
         f"## Promotion gates\n\n{gate_lines}\n\n{chat}"
         "## Use\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nfrom peft import PeftModel\n\n"
-        "base = AutoModelForCausalLM.from_pretrained(\"models/base\")\n"
-        "model = PeftModel.from_pretrained(base, \"models/production\")\n"
-        "tokenizer = AutoTokenizer.from_pretrained(\"models/production\")\n```\n\n"
+        f"base = AutoModelForCausalLM.from_pretrained(\"{base_dir}\")\n"
+        f"model = PeftModel.from_pretrained(base, \"{out_dir}\")\n"
+        f"tokenizer = AutoTokenizer.from_pretrained(\"{out_dir}\")\n```\n\n"
         "Data, tokenized set and base model hashes, params and library versions: `lineage.json`.\n"
     )
 
@@ -151,7 +152,7 @@ def publish_production(candidate_dir: Path, base_dir: Path, out_dir: Path, linea
             AutoTokenizer.from_pretrained(base_dir).save_pretrained(staging)
         if merge and (candidate_dir / "adapter_config.json").is_file():
             write_merged(base_dir, candidate_dir, staging / "merged")
-        (staging / "README.md").write_text(model_card(lineage, gates), encoding="utf-8")
+        (staging / "README.md").write_text(model_card(lineage, gates, base_dir, out_dir), encoding="utf-8")
         (staging / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
         eval_scores.write(staging / EVAL_SCORES)
 

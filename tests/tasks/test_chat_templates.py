@@ -212,6 +212,8 @@ def test_template_choices_in_params() -> None:
 
 def test_model_card_says_how_the_template_came_and_where_the_adapter_loads() -> None:
     lineage = {"git_revision": "abc", "metrics": {"finetuned": {"loss": 1.0}}, "params": {}}
-    assert "Chat template" not in model_card(lineage, [])
-    card = model_card({**lineage, "params": {"tokenize": {"chat_template": "chatml"}}}, [])
-    assert "## Chat template\n\n`chatml`" in card and "load it on `models/base`" in card
+    assert "Chat template" not in model_card(lineage, [], Path("models/base"), Path("models/production"))
+    card = model_card({**lineage, "params": {"tokenize": {"chat_template": "chatml"}}}, [], Path("bases/b"),
+                      Path("prod/p"))
+    assert "## Chat template\n\n`chatml`" in card and "load it on `bases/b`" in card
+    assert 'PeftModel.from_pretrained(base, "prod/p")' in card and "models/" not in card
