@@ -1,22 +1,61 @@
 """The `tailor` command: `tailor check` validates params.yaml without running anything; `tailor lineage` prints a
-promoted model's lineage and checks it against dvc.lock. No stage imports this module."""
+promoted model's lineage and checks it against dvc.lock; `tailor serve` serves the promoted model over an
+OpenAI-compatible API. No stage imports this module."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
+
+import psutil
 
 from tasks.dag import declared_paths
 from tasks.errors import UserError
 from tasks.lineage import show_lineage
 from tasks.params import PARAMS_FILE, load_params
 
+SERVER_PID = os.getpid()  # the HTTP process LitServe forks inherits the handler below; only this one reports
+
 
 def check(path: Path) -> int:
     load_params(path)
     print(f"{path} is valid")
     return 0
+
+
+def stop_serving(signum: int, frame: FrameType | None) -> None:
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        child.kill()
+    psutil.wait_procs(children, timeout=5)
+    if os.getpid() == SERVER_PID:
+        print("\ntailor: server stopped", file=sys.stderr, flush=True)
+    os._exit(0)
+
+
+def serve(host: str, port: int, extra: list[str], max_batch_size: int) -> None:
+    """The promote stage's production model as `production` and its base model as `base`, plus any --model."""
+    from tasks.serving import ServedModel, build_server  # torch and the server load only for this command
+
+    paths = declared_paths("promote")
+    models = [ServedModel("production", paths["production"]), ServedModel("base", paths["base"])]
+    for entry in extra:
+        name, _, path = entry.partition("=")
+        if not name or not path or name in {m.name for m in models}:
+            raise UserError(f"--model {entry}: give NAME=PATH with a name not served already")
+        models.append(ServedModel(name, Path(path)))
+    server = build_server(models, paths["base"], host, max_batch_size)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or kill: one line, no process left (workers included)
+        signal.signal(signum, stop_serving)
+    print(f"tailor: serving {', '.join(m.name for m in models)} at http://{host}:{port}/v1 (OpenAI-compatible; "
+          "Ctrl-C stops)", file=sys.stderr, flush=True)
+    server.run(host=host, port=port, generate_client_file=False,
+                                                  log_level="warning", num_api_servers=1)
+    sys.exit(0)
 
 
 def main() -> None:
@@ -26,10 +65,20 @@ def main() -> None:
     checking.add_argument("params", nargs="?", type=Path, default=PARAMS_FILE)
     lineage = commands.add_parser("lineage", help="print a promoted model's lineage and check it against dvc.lock")
     lineage.add_argument("model_dir", nargs="?", type=Path, help="default: the promote stage's production directory")
+    serving = commands.add_parser("serve", help="serve the promoted model and the base model over an "
+                                                "OpenAI-compatible API (127.0.0.1 unless --host says otherwise)")
+    serving.add_argument("--host", default="127.0.0.1", help="a non-loopback address needs TAILOR_API_KEY set")
+    serving.add_argument("--port", type=int, default=8000)
+    serving.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                         help="also serve this LoRA adapter or model directory, as NAME (repeatable)")
+    serving.add_argument("--max-batch-size", type=int, default=8, choices=range(2, 257), metavar="2..256",
+                         help="requests generated together in one batch (default 8)")
     args = parser.parse_args()
     try:
         if args.command == "check":
             sys.exit(check(args.params))
+        if args.command == "serve":
+            serve(args.host, args.port, args.model, args.max_batch_size)
         sys.exit(show_lineage(args.model_dir or declared_paths("promote")["production"]))
     except UserError as exc:
         print(f"tailor: {exc}", file=sys.stderr)

@@ -1,0 +1,402 @@
+"""`tailor serve`: an OpenAI-compatible HTTP server for the promoted model(s), built on LitServe.
+
+LitServe owns the HTTP side (FastAPI/uvicorn), the queue, dynamic batching and streaming; this module supplies
+the model work (`SpecialistAPI`) and the OpenAI behaviour a client relies on (`SpecialistSpec`): requests are
+checked before they are queued, so one bad request gets its own 4xx and never fails the batch it would have joined.
+
+All LoRA specialists share one copy of the base weights: each is a named adapter on one PEFT model, and a batch
+that mixes specialists (and the base model) runs in one `generate` call with a per-row adapter (PEFT's mixed
+adapter batches). A promotion swaps the production directory in one atomic step (tasks/atomic_dir.py); before
+each batch the worker compares each served directory's identity (its inode) with the one it loaded and loads
+the new version beside the old, so no request sees a half-written model and none waits for a restart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import queue
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+import torch
+from fastapi import BackgroundTasks, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from litserve.specs.openai import ChatCompletionRequest, OpenAISpec
+from peft import PeftModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
+
+from tasks.errors import UserError
+from tasks.models import load_model, pick_device
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+DEFAULT_MAX_TOKENS = 256
+ROLES = {"system", "user", "assistant"}
+API_KEY_ENV = "TAILOR_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A name clients put in `model`, and the directory it is served from (a LoRA adapter or a full model)."""
+
+    name: str
+    path: Path
+
+    def kind(self) -> str | None:
+        """"adapter", "full", or None while the directory holds no model (nothing promoted yet)."""
+        if (self.path / "adapter_config.json").is_file():
+            return "adapter"
+        if (self.path / "config.json").is_file():
+            return "full"
+        return None
+
+    def identity(self) -> int | None:
+        """Changes when a promotion swaps the directory (a new inode); None while it is missing."""
+        try:
+            return self.path.stat().st_ino
+        except FileNotFoundError:
+            return None
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    kind = {401: "authentication_error", 404: "invalid_request_error"}.get(status, "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status)
+
+
+class RequestProblem(HTTPException):
+    """A request the server refuses, with OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(status, message)
+        self.param, self.code = param, code
+
+
+def message_text(content: Any, index: int) -> str:
+    """A message's text: a string, or a list of text parts (images and audio are not served)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(getattr(part, "type", None) == "text" for part in content):
+        return "".join(part.text for part in content)
+    raise RequestProblem(400, f"messages[{index}].content must be text", f"messages[{index}].content")
+
+
+def conversation(request: ChatCompletionRequest) -> list[dict[str, str]]:
+    if not request.messages:
+        raise RequestProblem(400, "messages must hold at least one message", "messages")
+    turns = []
+    for index, message in enumerate(request.messages):
+        if message.role not in ROLES:
+            raise RequestProblem(400, f"messages[{index}].role is {message.role!r}; use one of {sorted(ROLES)}",
+                                 f"messages[{index}].role")
+        turns.append({"role": message.role, "content": message_text(message.content, index)})
+    return turns
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]]) -> list[int]:
+    """The conversation through the model's chat template, ready for the assistant's turn (as in training)."""
+    return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+
+
+def max_tokens(request: ChatCompletionRequest) -> int:
+    return request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
+
+
+def check_request(request: ChatCompletionRequest, available: Sequence[str], tokenizer: PreTrainedTokenizerBase,
+                  context_length: int) -> None:
+    """Everything about a request that can be refused before it is queued, as OpenAI's API refuses it."""
+    if not request.model:
+        raise RequestProblem(400, f"model is required; served: {', '.join(available)}", "model")
+    if request.model not in available:
+        raise RequestProblem(404, f"The model `{request.model}` does not exist; served: {', '.join(available)}",
+                             "model", "model_not_found")
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = getattr(request, field)
+        if value is not None and not 1 <= value <= context_length:
+            raise RequestProblem(400, f"{field} must be between 1 and {context_length}, got {value}", field)
+    if request.temperature is not None and not 0 <= request.temperature <= 2:
+        raise RequestProblem(400, f"temperature must be between 0 and 2, got {request.temperature}", "temperature")
+    if request.top_p is not None and not 0 < request.top_p <= 1:
+        raise RequestProblem(400, f"top_p must be in (0, 1], got {request.top_p}", "top_p")
+    if request.n is not None and not 1 <= request.n <= 8:
+        raise RequestProblem(400, f"n must be between 1 and 8, got {request.n}", "n")
+    if request.tools or request.response_format:
+        raise RequestProblem(400, "tools and response_format are not supported by this server", "tools")
+    length = len(prompt_ids(tokenizer, conversation(request)))
+    if length + max_tokens(request) > context_length:
+        raise RequestProblem(400, f"This model's maximum context length is {context_length} tokens; the messages "
+                             f"take {length} and max_tokens asks for {max_tokens(request)} more", "messages",
+                             "context_length_exceeded")
+
+
+class SpecialistSpec(OpenAISpec):
+    """LitServe's OpenAI spec, with requests checked in the HTTP process before they reach the model worker."""
+
+    def __init__(self, models: Sequence[ServedModel], base: Path) -> None:
+        super().__init__()
+        self.models, self.base = list(models), base
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._context_length = 0
+
+    def available(self) -> list[str]:
+        return [model.name for model in self.models if model.kind() is not None]
+
+    def tokenizer(self) -> tuple[PreTrainedTokenizerBase, int]:
+        if self._tokenizer is None:  # loaded in the HTTP process on first use (it is not pickled across)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.base)
+            config = json.loads((self.base / "config.json").read_text(encoding="utf-8"))
+            self._context_length = int(config.get("max_position_embeddings", 2048))
+        return self._tokenizer, self._context_length
+
+    async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks) -> Any:
+        check_request(request, self.available(), *self.tokenizer())
+        return await super().chat_completion(request, background_tasks)
+
+
+class StepStreamer(BaseStreamer):
+    """Receives each generation step's new token for every row (generate's first call passes the prompt)."""
+
+    def __init__(self) -> None:
+        self.steps: queue.Queue[list[int] | None] = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.steps.put(value.view(-1).tolist())
+
+    def end(self) -> None:
+        self.steps.put(None)
+
+
+class RowLimits(StoppingCriteria):
+    """Each row stops at its own max_tokens (generate runs to the largest)."""
+
+    def __init__(self, prompt_width: int, limits: list[int]) -> None:
+        self.prompt_width, self.limits = prompt_width, torch.tensor(limits)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.prompt_width >= self.limits).to(input_ids.device)
+
+
+@dataclass
+class RowText:
+    """One request's answer as it streams: tokens so far, text sent, and whether it has ended."""
+
+    tokens: list[int]
+    sent: str = ""
+    done: bool = False
+
+    def delta(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], final: bool = False) -> str:
+        """The text not sent yet; a trailing half of a multi-byte character waits for the next token unless
+        this is the last chunk."""
+        text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        for word in stop:
+            if word and word in text:
+                text, self.done = text[: text.index(word)], True
+        if text.endswith("\ufffd") and not (self.done or final):
+            return ""
+        new, self.sent = text[len(self.sent):], text
+        return new
+
+
+class SpecialistAPI(ls.LitAPI):
+    """The model worker: one base model, every LoRA specialist as an adapter on it, batches of chat requests."""
+
+    def __init__(self, models: Sequence[ServedModel], base: Path, max_batch_size: int) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=0.05,
+                         spec=SpecialistSpec(models, base))
+        self.models, self.base = list(models), base
+
+    def setup(self, device: str) -> None:
+        # A terminal's Ctrl-C reaches every process of the group; `tailor serve` stops this worker itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.device = pick_device("cuda" if device.startswith("cuda") else "cpu")
+        base, self.tokenizer = load_model(self.base, self.device)
+        self.peft: Any = base  # becomes a PeftModel with the first adapter
+        self.loaded: dict[str, tuple[int | None, str]] = {}  # name -> (identity, adapter name or "full")
+        self.full: dict[str, Any] = {}
+        self.generation_lock = threading.Lock()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Load every served model whose directory is new or was swapped by a promotion since last time."""
+        for model in self.models:
+            identity, kind = model.identity(), model.kind()
+            if model.path.resolve() == self.base.resolve():
+                continue  # the base model itself: rows for it run with the adapters off
+            if kind is None or self.loaded.get(model.name, (None, ""))[0] == identity:
+                continue
+            if kind == "full":
+                full = AutoModelForCausalLM.from_pretrained(model.path, dtype=next(self.peft.parameters()).dtype,
+                                                            use_safetensors=True).to(self.device).eval()
+                if model.identity() == identity:  # not swapped again while loading
+                    self.full[model.name], self.loaded[model.name] = full, (identity, "full")
+                continue
+            adapter = f"{model.name}_{identity}".replace(".", "_").replace("-", "_")
+            if isinstance(self.peft, PeftModel):
+                self.peft.load_adapter(model.path, adapter_name=adapter)
+            else:
+                self.peft = PeftModel.from_pretrained(self.peft, model.path, adapter_name=adapter)
+            self.peft.eval()
+            if model.identity() != identity:  # swapped while loading: next batch loads the new one
+                self.peft.delete_adapter(adapter)
+                continue
+            previous = self.loaded.get(model.name)
+            self.loaded[model.name] = (identity, adapter)
+            if previous and previous[1] != "full":
+                self.peft.delete_adapter(previous[1])
+
+    def decode_request(self, request: ChatCompletionRequest, context: dict[str, Any]) -> dict[str, Any]:
+        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        return {"model": request.model, "prompt": prompt_ids(self.tokenizer, conversation(request)),
+                "max_tokens": max_tokens(request), "temperature": request.temperature or 0.0,
+                "top_p": request.top_p or 1.0, "stop": stop}
+
+    def batch(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return inputs
+
+    def unbatch(self, output: Any) -> Any:
+        return output
+
+    def predict(self, requests: list[dict[str, Any]], context: Any = None) -> Iterator[list[dict[str, Any]]]:
+        """Yield, step by step, one chunk per request (empty once it has ended or while its group waits)."""
+        self.refresh()
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for row, request in enumerate(requests):
+            engine = "full:" + request["model"] if request["model"] in self.full else "peft"
+            groups.setdefault((engine, request["temperature"], request["top_p"]), []).append(row)
+        for (engine, temperature, top_p), rows in groups.items():
+            model = self.full[engine[5:]] if engine.startswith("full:") else self.peft
+            yield from self.generate(model, requests, rows, temperature, top_p)
+
+    def adapter_for(self, name: str) -> str:
+        loaded = self.loaded.get(name)
+        return loaded[1] if loaded and loaded[1] != "full" else BASE_ADAPTER
+
+    def generate(self, model: Any, requests: list[dict[str, Any]], rows: list[int], temperature: float,
+                 top_p: float) -> Iterator[list[dict[str, Any]]]:
+        """One batched generate for `rows` (left padding), streamed; the other rows get empty chunks meanwhile."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        prompts = [requests[row]["prompt"] for row in rows]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        limits = [requests[row]["max_tokens"] for row in rows]
+        streamer = StepStreamer()
+        options: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            options.update(temperature=temperature, top_p=top_p)
+        if isinstance(model, PeftModel):
+            options["adapter_names"] = [self.adapter_for(requests[row]["model"]) for row in rows]
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self.generation_lock, torch.inference_mode():
+                    model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(limits),
+                                   stopping_criteria=[RowLimits(width, limits)], streamer=streamer,
+                                   pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id, **options)
+            except BaseException as exc:  # handed to the consuming side, which raises it
+                errors.append(exc)
+                streamer.end()
+
+        threading.Thread(target=run, daemon=True).start()
+        texts = [RowText([]) for _ in rows]
+        eos = self.tokenizer.eos_token_id
+        while (step := streamer.steps.get()) is not None:
+            chunk = [{"role": "assistant", "content": ""} for _ in requests]
+            for i, token in enumerate(step):
+                text = texts[i]
+                if text.done:
+                    continue
+                if token == eos or len(text.tokens) >= limits[i]:
+                    text.done = True
+                    continue
+                text.tokens.append(token)
+                chunk[rows[i]]["content"] = text.delta(self.tokenizer, requests[rows[i]]["stop"])
+            yield chunk
+        if errors:
+            raise errors[0]
+        final = [{"role": "assistant", "content": ""} for _ in requests]
+        for i, row in enumerate(rows):
+            prompt, completion = len(requests[row]["prompt"]), len(texts[i].tokens)
+            final[row].update(content=texts[i].delta(self.tokenizer, requests[row]["stop"], final=True),
+                              prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        yield final
+
+    def encode_response(self, outputs: Iterator[list[dict[str, Any]]], context: Any = None
+                        ) -> Iterator[list[dict[str, Any]]]:
+        """The spec's per-message encoding (usage fields included), applied to each request of the batch."""
+        for chunk in outputs:
+            yield [self.spec._encode_response(message) for message in chunk]  # type: ignore[union-attr]
+
+
+class BearerAuth:
+    """Every route needs `Authorization: Bearer <key>` (OpenAI clients send their api_key that way)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != self.expected:
+            await openai_error(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`",
+                               code="invalid_api_key")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch_size: int = 8) -> ls.LitServer:
+    """The LitServer with OpenAI-style errors everywhere and `/v1/models`; refuses to listen beyond loopback
+    without an API key."""
+    if not (base / "config.json").is_file():
+        raise UserError(f"{base} holds no base model; run `dvc repro` (or `dvc pull`) first")
+    key = os.environ.get(API_KEY_ENV, "")
+    if not is_loopback(host) and not key:
+        raise UserError(f"--host {host} accepts connections from other machines; set {API_KEY_ENV} to the key "
+                        "clients must send (Authorization: Bearer), or keep the default 127.0.0.1")
+    api = SpecialistAPI(models, base, max_batch_size)
+    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    server = ls.LitServer(api, accelerator=accelerator, devices=1, timeout=600,
+                          middlewares=[(BearerAuth, {"key": key})] if key else [])
+    spec: SpecialistSpec = api.spec  # type: ignore[assignment]
+
+    async def problem(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError):
+            first = exc.errors()[0] if exc.errors() else {}
+            if first.get("type") == "json_invalid":
+                return openai_error(400, "the request body is not valid JSON")
+            where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+            return openai_error(400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed JSON')}",
+                                where or None)
+        assert isinstance(exc, StarletteHTTPException)
+        return openai_error(exc.status_code, str(exc.detail), getattr(exc, "param", None), getattr(exc, "code", None))
+
+    server.app.add_exception_handler(RequestValidationError, problem)
+    server.app.add_exception_handler(StarletteHTTPException, problem)  # routing's 404/405 too
+
+    def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "tailor"}
+                                           for name in spec.available()]}
+
+    server.app.add_api_route("/v1/models", list_models, methods=["GET"])
+    return server

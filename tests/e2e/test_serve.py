@@ -1,0 +1,186 @@
+"""`tailor serve` on the tiny project's promoted model, called with the official `openai` client on loopback:
+answers equal a one-at-a-time transformers generation, under concurrency too, for two LoRA specialists and the
+base model; bad requests get OpenAI-style 4xx while the server stays up; a promotion is picked up without a
+restart; Ctrl-C leaves no process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from benchmarks.harness import environment, free_port
+from tasks.atomic_dir import write_dir_atomically
+
+KEY = "test-key"
+PROMPTS = ["What does `len(obj)` do?", "What does `os.path.join(a, *p)` do?", "What does `shlex.quote(s)` do?"]
+MAX_TOKENS = 12
+
+
+@dataclass
+class Server:
+    root: Path
+    url: str
+    process: subprocess.Popen[str]
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=KEY, max_retries=0, timeout=120)
+
+
+def reference_answers(root: Path, adapter: str | None) -> list[str]:
+    """Greedy answers from plain transformers + PEFT, one prompt at a time, in this process."""
+    tokenizer = AutoTokenizer.from_pretrained(root / "models/base")
+    model = AutoModelForCausalLM.from_pretrained(root / "models/base")
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, root / adapter)
+    answers = []
+    for prompt in PROMPTS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=MAX_TOKENS, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return answers
+
+
+def second_specialist(production: Path, dest: Path) -> Path:
+    """Another LoRA adapter on the same base: production's, with large random B matrices, so that its greedy
+    answers differ from prompt to prompt (the tiny model's own are nearly constant) and ties are unlikely."""
+    shutil.copytree(production, dest)
+    weights = load_file(dest / "adapter_model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    save_file({name: torch.randn(t.shape, generator=generator) * 0.5 if "lora_B" in name else t
+               for name, t in weights.items()}, dest / "adapter_model.safetensors")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def server(first_build) -> Iterator[Server]:
+    """The server on the first build's project: production, base, and a second specialist as `candidate`."""
+    root = first_build.root
+    candidate = second_specialist(root / "models/production", root / "candidate")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    process = subprocess.Popen(["tailor", "serve", "--port", str(port), "--model", f"candidate={candidate.name}"],
+                               cwd=root, env=environment(TAILOR_API_KEY=KEY),
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.stdout else ""
+        try:
+            if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.5)
+    served = Server(root, url, process)
+    served.client().chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=1)  # waits for the model worker
+    yield served
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
+    log, _ = process.communicate(timeout=60)
+    assert "tailor: server stopped" in log and "Traceback" not in log, log[-3000:]
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # no process of the server's group is left
+
+
+def ask(client: openai.OpenAI, model: str, prompt: str, **options: object) -> str:
+    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                            max_tokens=MAX_TOKENS, temperature=0, **options)
+    return answer.choices[0].message.content or ""
+
+
+def test_openai_client_gets_each_models_answers_streaming_or_not_and_under_concurrency(server: Server) -> None:
+    client = server.client()
+    assert {m.id for m in client.models.list()} == {"production", "base", "candidate"}
+    expected = {"production": reference_answers(server.root, "models/production"),
+                "candidate": reference_answers(server.root, "candidate"),
+                "base": reference_answers(server.root, None)}
+    assert len(set(expected["candidate"])) == len(PROMPTS) and expected["candidate"] != expected["production"]
+    for model, answers in expected.items():
+        assert [ask(client, model, prompt) for prompt in PROMPTS] == answers, model
+
+    stream = client.chat.completions.create(model="production", messages=[{"role": "user", "content": PROMPTS[0]}],
+                                            max_tokens=MAX_TOKENS, temperature=0, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == expected["production"][0]
+
+    # Interleaved specialists and the base model, 8 at a time: batched and mixed, each answer as one at a time.
+    jobs = [(model, i) for _ in range(3) for model in expected for i in range(len(PROMPTS))]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda job: ask(client, job[0], PROMPTS[job[1]]), jobs))
+    assert answers == [expected[model][i] for model, i in jobs]
+
+
+@pytest.mark.parametrize(("body", "status", "named"), [
+    ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model_not_found"),
+    ({"model": "production"}, 400, "messages"),
+    ({"model": "production", "messages": "hi"}, 400, "messages"),
+    ({"model": "production", "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
+    ({"model": "production", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, 400, "max_tokens"),
+    ({"model": "production", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9}, 400,
+     "max_tokens"),
+    ({"model": "production", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400,
+     "temperature"),
+    ({"model": "production", "messages": [{"role": "user", "content": "word " * 2000}]}, 400,
+     "context_length_exceeded"),
+    ("{not json", 400, "not valid JSON"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_stays_up(server: Server, body: object, status: int,
+                                                                named: str) -> None:
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    content = body if isinstance(body, str) else None
+    response = httpx.post(f"{server.url}/chat/completions", headers=headers, content=content,
+                          json=None if content else body, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert named in str(error) and {"message", "type", "param", "code"} <= error.keys()
+    assert server.client().models.list().data
+
+
+def test_openai_client_sees_errors_as_its_own_exceptions(server: Server) -> None:
+    client = server.client()
+    with pytest.raises(openai.NotFoundError):
+        ask(client, "no-such-specialist", "hi")
+    with pytest.raises(openai.BadRequestError):
+        ask(client, "production", "hi", n=99)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url, api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(f"{server.url}/models").status_code == 401  # every route, not only completions
+
+
+def test_a_promotion_is_served_without_a_restart(server: Server) -> None:
+    """Swap production for the candidate as the promote stage does (one atomic exchange): the next request
+    answers as the candidate; swapping back restores the old answers."""
+    client = server.client()
+    production = server.root / "models/production"
+    kept = server.root / "kept-production"
+    shutil.copytree(production, kept)
+    try:
+        write_dir_atomically(production, lambda staging: shutil.copytree(server.root / "candidate", staging))
+        assert ask(client, "production", PROMPTS[1]) == ask(client, "candidate", PROMPTS[1])
+    finally:
+        write_dir_atomically(production, lambda staging: shutil.copytree(kept, staging))
+        shutil.rmtree(kept)
+    assert ask(client, "production", PROMPTS[1]) == reference_answers(server.root, "models/production")[1]
+
+
+def test_listening_beyond_loopback_needs_an_api_key(first_build) -> None:
+    env = {k: v for k, v in environment().items() if k != "TAILOR_API_KEY"}
+    result = subprocess.run(["tailor", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                            cwd=first_build.root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "TAILOR_API_KEY" in result.stderr and "Traceback" not in result.stderr
