@@ -24,9 +24,11 @@ run: install
 	@tail -n 1 reports/specialization.md
 	@grep -h '"reason"' reports/promotion.json
 
+# Two pytest workers, one per core, each test process on one thread (two 2-thread trainings at once would fight
+# for the cores); tests that share an expensive fixture (a tiny-project build) stay on one worker (xdist_group).
 test: install
 	ruff check .
-	python -m pytest -q
+	OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist loadgroup
 
 # A local Prefect server (127.0.0.1, SQLite under ~/.prefect), the deployments of prefect.yaml, and a process
 # worker that runs them; Ctrl-C stops all of it. The UI is told its API's address: without PREFECT_UI_API_URL it

@@ -24,7 +24,7 @@ from stage_runner import run, set_params, stage_command
 
 from benchmarks.harness import environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tokenized_project")]  # one worker: shared fixtures
 STEPS = 12
 ADAPTER = "models/adapter/adapter_model.safetensors"
 

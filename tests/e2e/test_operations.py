@@ -25,7 +25,7 @@ from stage_runner import new_tiny_project, run
 
 from benchmarks.harness import environment, stop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("first_build")]  # one worker: shared fixtures
 ADAPTER = "models/adapter/adapter_model.safetensors"
 # How fast a run was is not part of what it computed.
 TIMINGS = {"generated_tokens_per_second", "training_seconds"}
@@ -134,7 +134,7 @@ def pipeline_processes(root: Path) -> list[str]:
 def test_cancelling_a_run_from_the_ui_stops_every_process_and_leaves_it_resumable(deployed: Path) -> None:
     """What the UI's Cancel does: the run is set to Cancelling; the worker ends its process, whose SIGTERM reaches
     `dvc exp run` and the training stage, which stops at a step boundary."""
-    flow_run = run_deployment("specialize/weekly", parameters={"max_steps": 400, "force": True, "push": False},
+    flow_run = run_deployment("specialize/weekly", parameters={"max_steps": 400, "push": False},
                               timeout=0)
     checkpoints = deployed / "models/checkpoints"
     deadline = time.monotonic() + 600

@@ -18,13 +18,13 @@ from stage_runner import run, set_params
 
 from benchmarks.harness import environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tokenized_project")]  # one worker: shared fixtures
 ADAPTER = "models/adapter/adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
 def project(tokenized_project: Path) -> Path:
-    set_params(tokenized_project, "finetune", max_steps=60, save_steps=20, logging_steps=10, learning_rate=0.02,
+    set_params(tokenized_project, "finetune", max_steps=30, save_steps=10, logging_steps=5, learning_rate=0.02,
                processes=1, batch_size=8, strategy="ddp")
     return tokenized_project
 
@@ -60,8 +60,8 @@ def resume_and_compare(project: Path, uninterrupted: tuple[dict[str, torch.Tenso
     """Re-run the stage; it must reach max_steps with the uninterrupted run's weights and loss. Returns its log."""
     resumed = run(project, "dvc", "repro", "--no-run-cache", "finetune")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    state = json.loads((project / "models/checkpoints/checkpoint-60/trainer_state.json").read_text())
-    assert state["global_step"] == 60
+    state = json.loads((project / "models/checkpoints/checkpoint-30/trainer_state.json").read_text())
+    assert state["global_step"] == 30
     # Same weights and loss as the uninterrupted run, within float tolerance (CPU, same seed and data order).
     expected, expected_loss = uninterrupted
     got = load_file(project / ADAPTER)
@@ -72,31 +72,25 @@ def resume_and_compare(project: Path, uninterrupted: tuple[dict[str, torch.Tenso
     return resumed.stdout + resumed.stderr
 
 
-def test_killed_during_a_step_resumes_from_the_last_complete_checkpoint(project: Path, uninterrupted) -> None:
-    training = start_training(project)
-    wait_for(project / "models/checkpoints/checkpoint-20/tailor-complete")
-    kill(training)  # a few steps after checkpoint 20
-    assert not (project / "models/checkpoints/checkpoint-40").exists(), "the kill came too late to test a resume"
-    # What a kill while saving leaves behind: a newer checkpoint folder without its completion marker.
-    shutil.copytree(project / "models/checkpoints/checkpoint-20", project / "models/checkpoints/checkpoint-40")
-    (project / "models/checkpoints/checkpoint-40/tailor-complete").unlink()
-    log = resume_and_compare(project, uninterrupted)
-    assert "removing models/checkpoints/checkpoint-40: it was not completely written" in log
-    assert "resuming from models/checkpoints/checkpoint-20, the last complete checkpoint" in log
-
-
 def test_killed_while_writing_a_checkpoint_resumes_from_a_complete_one(project: Path, uninterrupted) -> None:
+    """SIGKILL as checkpoint 20 is being written; then, as a kill in the middle of saving would leave it, a newer
+    checkpoint folder without its completion marker. The re-run removes that one and resumes from a complete one,
+    ending with the uninterrupted run's weights."""
     training = start_training(project)
-    wait_for(project / "models/checkpoints/checkpoint-40")  # the Trainer has begun writing it
+    wait_for(project / "models/checkpoints/checkpoint-20")  # the Trainer has begun writing it
     kill(training)
-    complete = (project / "models/checkpoints/checkpoint-40/tailor-complete").exists()
+    complete = (project / "models/checkpoints/checkpoint-20/tailor-complete").exists()
+    shutil.rmtree(project / "models/checkpoints/checkpoint-25", ignore_errors=True)
+    shutil.copytree(project / "models/checkpoints/checkpoint-10", project / "models/checkpoints/checkpoint-25")
+    (project / "models/checkpoints/checkpoint-25/tailor-complete").unlink()
     log = resume_and_compare(project, uninterrupted)
-    # Whether the kill beat the last file of checkpoint 40 is a race; each outcome has one right answer.
+    assert "removing models/checkpoints/checkpoint-25: it was not completely written" in log
+    # Whether the kill beat the last file of checkpoint 20 is a race; each outcome has one right answer.
     if complete:
-        assert "resuming from models/checkpoints/checkpoint-40, the last complete checkpoint" in log
-    else:
-        assert "removing models/checkpoints/checkpoint-40: it was not completely written" in log
         assert "resuming from models/checkpoints/checkpoint-20, the last complete checkpoint" in log
+    else:
+        assert "removing models/checkpoints/checkpoint-20: it was not completely written" in log
+        assert "resuming from models/checkpoints/checkpoint-10, the last complete checkpoint" in log
 
 
 def session_processes(session: int) -> list[str]:
@@ -118,7 +112,7 @@ def test_a_signal_to_dvc_repro_stops_training_within_seconds_and_the_rerun_resum
     training = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "--no-run-cache", "finetune"],
                                 cwd=project, env=env, start_new_session=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-    wait_for(project / "models/checkpoints/checkpoint-20/tailor-complete")
+    wait_for(project / "models/checkpoints/checkpoint-10/tailor-complete")
     sent = time.monotonic()
     os.killpg(training.pid, signum)
     _, stderr = training.communicate(timeout=120)

@@ -1,15 +1,23 @@
-"""The real base_model stage: the embedded SmolLM2-135M-Instruct GGUF becomes a plain model that answers."""
+"""The real base_model stage: the embedded SmolLM2-135M-Instruct GGUF becomes a plain model that answers; and
+`tailor export` turns a LoRA specialist on it back into a GGUF that llama.cpp's converter wrote and that matches
+the merged model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
+from peft import LoraConfig, get_peft_model
 from stage_runner import run, stage_command
+from transformers import AutoModelForCausalLM
 
 from benchmarks.harness import copy_repository
+from tasks.export import export_production
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("real_base")]  # one worker: shared fixtures
 
 ASK = (
     "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -23,11 +31,40 @@ ASK = (
 )
 
 
-def test_embedded_generalist_is_converted_and_answers(tmp_path: Path, prefect_api: str) -> None:
-    root = copy_repository(tmp_path)
+@pytest.fixture(scope="module")
+def real_base(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
+    """A copy of the repository where the real base_model stage has run."""
+    root = copy_repository(tmp_path_factory.mktemp("real-base"))
     stage = run(root, *stage_command(root, "base_model"))
     assert stage.returncode == 0, stage.stderr[-3000:]
-    assert (root / "models/base/model.safetensors").is_file()
-    answer = run(root, "python", "-c", ASK)
+    return root
+
+
+def test_embedded_generalist_is_converted_and_answers(real_base: Path) -> None:
+    assert (real_base / "models/base/model.safetensors").is_file()
+    answer = run(real_base, "python", "-c", ASK)
     assert answer.returncode == 0, answer.stderr[-2000:]
     assert "Paris" in answer.stdout
+
+
+def test_gguf_export_matches_the_merged_model(real_base: Path) -> None:
+    """A LoRA specialist (random B, so that the merge changes every answer) exported to f16 GGUF by llama.cpp's
+    converter, loaded back: the same next token on every held-out prompt, logits within 0.1."""
+    base = real_base / "models/base"
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    production = real_base / "models/production"
+    model.save_pretrained(production)
+    prompts = [json.loads(line)["prompt"] for line in
+               (real_base / "data/demo/eval.jsonl").read_text(encoding="utf-8").splitlines()[:8]]
+    eval_file = real_base / "eval.parquet"
+    pd.DataFrame({"prompt": prompts}).to_parquet(eval_file)
+
+    report = export_production(production, base, eval_file, real_base / "models/export")
+    out = real_base / "models/export"
+    assert (out / "model.gguf").stat().st_size > 100_000_000 and (out / "merged/model.safetensors").is_file()
+    assert report["next_token_agreement"] == 1.0 and report["max_abs_logit_difference"] < 0.1, report
+    assert json.loads((out / "export.json").read_text())["prompts"] == 8
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
