@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test ui bench clean
+.PHONY: install run test ui serve bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,10 @@ run: install
 	@grep -h '"reason"' reports/promotion.json
 
 # Two pytest workers, one per core, each test process on one thread (two 2-thread trainings at once would fight
-# for the cores); tests that share an expensive fixture (a tiny-project build) stay on one worker (xdist_group).
+# for the cores); tests/conftest.py keeps each module, and the modules sharing a tiny-project build, on one worker.
 test: install
 	ruff check .
-	OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 python -m pytest -q -n 2
 
 # A local Prefect server (127.0.0.1, SQLite under ~/.prefect), the deployments of prefect.yaml, and a process
 # worker that runs them; Ctrl-C stops all of it. The UI is told its API's address: without PREFECT_UI_API_URL it
@@ -45,6 +45,10 @@ ui: install
 	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (deployment specialize/weekly; Ctrl-C stops the server and worker)"; \
 	echo "Other shells: export PREFECT_API_URL=$$PREFECT_API_URL  (stage runs then show in the UI and start faster)"; \
 	prefect worker start --pool tailor
+
+# The promoted model (and the base model) over an OpenAI-compatible API on 127.0.0.1:8000; see README.
+serve: install
+	tailor serve
 
 # P1 training, P3 generation, P6 data at scale (10k and 100k rows), P2 orchestration (about 23 min on 2 cores);
 # not part of `make test`. With P6's 1M point: make bench BENCH_ARGS="--prefect server --p6-max-rows 1000000"

@@ -14,6 +14,38 @@ from benchmarks.harness import prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
+# `make test` runs two pytest workers. Each module runs whole on one worker (its module fixtures are built once), and
+# the modules that share a session build run together on one worker, in file order, so it is built once too.
+SHARED_BUILDS = {
+    "tests/e2e/test_operations.py": "first_build", "tests/e2e/test_pipeline.py": "first_build",
+    "tests/e2e/test_serve.py": "first_build",
+    "tests/e2e/test_distributed.py": "tokenized_project", "tests/e2e/test_resume.py": "tokenized_project",
+}
+HEAVY_FIRST = ("first_build", "tokenized_project", "tests/e2e/", "tests/flows/")  # long work units start first
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedBuildScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_BUILDS.get(module, module)
+
+    return SharedBuildScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest work units first, so that both workers finish at about the same time (stable: each module
+    keeps its order)."""
+    def rank(item: pytest.Item) -> int:
+        unit = SHARED_BUILDS.get(item.nodeid.split("::", 1)[0], item.nodeid)
+        return next((i for i, prefix in enumerate(HEAVY_FIRST) if unit.startswith(prefix)), len(HEAVY_FIRST))
+
+    items.sort(key=rank)
+
+
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from benchmarks.harness import stages_run
 from tasks.chat_templates import NAMED_TEMPLATES
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chatml_project")]  # one worker: shared fixtures
+pytestmark = pytest.mark.slow
 MAX_NEW_TOKENS = 32
 
 

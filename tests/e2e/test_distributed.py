@@ -24,7 +24,7 @@ from stage_runner import run, set_params, stage_command
 
 from benchmarks.harness import environment
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tokenized_project")]  # one worker: shared fixtures
+pytestmark = pytest.mark.slow
 STEPS = 12
 ADAPTER = "models/adapter/adapter_model.safetensors"
 
@@ -97,21 +97,6 @@ def test_two_processes_train_like_one_with_the_same_effective_batch(project: Pat
     assert double.summary["train_loss"] == pytest.approx(single["train_loss"], rel=0.10)
 
 
-def test_an_fsdp_run_resumes_from_its_last_complete_checkpoint(project: Path, two_process_run) -> None:
-    uninterrupted = two_process_run("fsdp")  # the last run in this project: its checkpoints are on disk
-    # What a run killed after step 6 leaves behind: checkpoint-6 complete, nothing later.
-    shutil.rmtree(project / "models/checkpoints/checkpoint-12")
-
-    resumed, _, log = finetune(project, processes=2, batch_size=4, strategy="fsdp")
-
-    assert log.count("resuming from models/checkpoints/checkpoint-6") == 2  # both processes resume there
-    assert resumed["steps"] == STEPS
-    assert uninterrupted.log.count("{'loss': ") == STEPS and log.count("{'loss': ") == STEPS - 6  # 7 to 12 only
-    # Each process restores its own RNG state, place in the data and optimizer shard, so the weights match.
-    for name, tensor in load_file(project / ADAPTER).items():
-        torch.testing.assert_close(tensor, uninterrupted.adapter[name], rtol=0, atol=1e-5)
-
-
 def training_processes(project: Path) -> list[psutil.Process]:
     """Processes still running the finetune stage in this project (the stage, torchrun, its workers)."""
     alive = []
@@ -123,11 +108,13 @@ def training_processes(project: Path) -> list[psutil.Process]:
 
 
 def test_ctrl_c_stops_both_processes_at_the_same_step_and_the_rerun_resumes(project: Path, two_process_run) -> None:
-    """Ctrl-C reaches the stage; it passes the signal once to torchrun (in a session of its own), which passes it
-    to both workers; they agree on the step to stop at, leave no half-written checkpoint and no process."""
-    uninterrupted = two_process_run("ddp")
+    """FSDP, two processes. Ctrl-C reaches the stage (torchrun runs in a session of its own); it passes the signal
+    once to each training process; they agree on the step to stop at, leave no half-written checkpoint and no
+    process, and end torchrun quietly. The re-run resumes each process's RNG state, place in the data and optimizer
+    shard from the last complete checkpoint and ends with the uninterrupted run's weights."""
+    uninterrupted = two_process_run("fsdp")
     set_params(project, "finetune", max_steps=STEPS, save_steps=6, logging_steps=1, learning_rate=0.02,
-               processes=2, batch_size=4, strategy="ddp")
+               processes=2, batch_size=4, strategy="fsdp")
     shutil.rmtree(project / "models/checkpoints", ignore_errors=True)
     stage = subprocess.Popen(stage_command(project, "finetune"), cwd=project, env=environment(),
                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -144,7 +131,8 @@ def test_ctrl_c_stops_both_processes_at_the_same_step_and_the_rerun_resumes(proj
     assert "`dvc repro` resumes from the last complete checkpoint in models/checkpoints" in log
     assert training_processes(project) == []
     assert not (project / "models/checkpoints/checkpoint-12").exists()
-    resumed, _, log = finetune(project, processes=2, batch_size=4, strategy="ddp")
+    resumed, _, log = finetune(project, processes=2, batch_size=4, strategy="fsdp")
     assert log.count("resuming from models/checkpoints/checkpoint-6") == 2 and resumed["steps"] == STEPS
+    assert log.count("{'loss': ") == STEPS - 6  # steps 7 to 12 only
     for name, tensor in load_file(project / ADAPTER).items():
         torch.testing.assert_close(tensor, uninterrupted.adapter[name], rtol=0, atol=1e-5)

@@ -13,7 +13,7 @@ from stage_runner import TINY_PARAMS, run, tiny_project
 
 from benchmarks.harness import stages_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("text_project")]  # one worker: shared fixtures
+pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
 

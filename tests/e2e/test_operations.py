@@ -1,11 +1,12 @@
 """Operating the pipeline through Prefect: the deployment from prefect.yaml on a real server and a real process
-worker runs the pipeline as a DVC experiment with the UI's overrides, skips work when nothing changed, and a
-from-scratch build gives the same metrics and adapter bytes as another from-scratch build."""
+worker runs the pipeline as a DVC experiment with the UI's overrides (re-running only the stages they affect),
+pushes a promoted model, skips work when nothing changed, and stops every process when the run is cancelled."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -21,20 +22,22 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
-from stage_runner import new_tiny_project, run
+from stage_runner import run
 
-from benchmarks.harness import environment, stop
+from benchmarks.harness import environment, stages_run, stop
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("first_build")]  # one worker: shared fixtures
-ADAPTER = "models/adapter/adapter_model.safetensors"
-# How fast a run was is not part of what it computed.
-TIMINGS = {"generated_tokens_per_second", "training_seconds"}
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Iterator[Path]:
-    """The tiny project with learning rate 0.01 in params.yaml, deployed from its prefect.yaml, with a worker."""
-    root = new_tiny_project(tmp_path_factory.mktemp("deployed"), tiny_model_dir, finetune={"learning_rate": 0.01})
+def deployed(tmp_path_factory: pytest.TempPathFactory, first_build, prefect_api: str) -> Iterator[Path]:
+    """A copy of the first build, committed, without a production model yet, deployed from its prefect.yaml,
+    with a worker."""
+    root = tmp_path_factory.mktemp("deployed") / "repo"
+    shutil.copytree(first_build.root, root, symlinks=True)
+    shutil.rmtree(root / "models/production")  # so the first deployment run's candidate is promoted and pushed
+    committed = run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "built")
+    assert committed.returncode == 0, committed.stderr
     pool = run(root, "prefect", "work-pool", "create", "tailor", "--type", "process", "--overwrite")
     assert pool.returncode == 0, pool.stdout + pool.stderr
     deploy = run(root, "prefect", "--no-prompt", "deploy", "--all")
@@ -46,12 +49,6 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, pre
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         yield root
     stop(worker)
-
-
-def computed(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The metrics without the timings, which depend on how busy the machine was."""
-    return {key: {k: v for k, v in value.items() if k not in TIMINGS} if isinstance(value, dict) else value
-            for key, value in metrics.items() if key != "recommendation"}
 
 
 def flow_run_log(flow_run_id: object) -> str:
@@ -82,12 +79,14 @@ def test_deployment_and_schedule_are_registered(deployed: Path) -> None:
     assert "finetune.learning_rate" in form["learning_rate"]["description"]
 
 
-def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path, first_build) -> None:
+def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path) -> None:
     started = time.time()
-    flow_run = run_deployment("specialize/weekly", parameters={"learning_rate": 0.02}, timeout=900)
+    flow_run = run_deployment("specialize/weekly", parameters={"max_steps": 12}, timeout=900)
     log = flow_run_log(flow_run.id)
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-3000:]}"
-    assert "running the pipeline: finetune.learning_rate=0.02" in log
+    assert "running the pipeline: finetune.max_steps=12" in log
+    ran = stages_run(log)
+    assert ran[:2] == ["finetune", "evaluate"] and "tokenize" not in ran, log[-3000:]  # only what the knob affects
 
     experiment = f"prefect-{flow_run.name}"
     shown = run(deployed, "dvc", "exp", "show", "--json")
@@ -96,16 +95,11 @@ def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path, first_bui
             for e in e.get("revs", []) if e.get("name") == experiment]
     assert len(runs) == 1, shown.stdout[:3000]
     params = runs[0]["data"]["params"]["params.yaml"]["data"]
-    assert params["finetune"]["learning_rate"] == 0.02  # the UI override, recorded by DVC
+    assert params["finetune"]["max_steps"] == 12  # the UI override, recorded by DVC
 
     with get_client(sync_client=True) as client:
         artifacts = {a.key for a in client.read_artifacts() if a.created.timestamp() >= started - 1}
-    assert {"data-quality", "specialization-report", "promotion-decision", "specialize-run"} <= artifacts
-
-    # Determinism: with the override, this from-scratch build has exactly the first build's params, so it must
-    # give the same adapter bytes and the same metrics (timings aside).
-    assert (deployed / ADAPTER).read_bytes() == first_build.adapter
-    assert computed(json.loads((deployed / "reports/metrics.json").read_text())) == computed(first_build.metrics)
+    assert {"specialization-report", "promotion-decision", "specialize-run"} <= artifacts
 
     # Promoted, so the results were pushed: the default remote now holds the production model's files.
     assert json.loads((deployed / "reports/promotion.json").read_text())["promoted"] is True
@@ -117,7 +111,7 @@ def test_scheduled_run_with_nothing_changed_finishes_quickly(deployed: Path) -> 
     flow_run = run_deployment("specialize/weekly", timeout=300)
     log = flow_run_log(flow_run.id)
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-3000:]}"
-    assert "nothing changed since the last run" in log and "dvc exp run" not in log
+    assert "nothing changed since the last run" in log and "dvc exp run" not in log, log[-3000:]
 
 
 def pipeline_processes(root: Path) -> list[str]:

@@ -19,7 +19,7 @@ from stage_runner import SECRET, run, set_params
 
 from benchmarks.harness import environment, stages_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("first_build")]  # one worker: shared fixtures
+pytestmark = pytest.mark.slow
 OUTPUTS = ["data/validated", "data/tokenized", "models/adapter", "models/production", "reports/metrics.json"]
 
 

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from benchmarks.harness import environment, free_port
 from tasks.atomic_dir import write_dir_atomically
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("first_build")]  # one worker: shared fixtures
+pytestmark = pytest.mark.slow
 KEY = "test-key"
 PROMPTS = ["What does `len(obj)` do?", "What does `os.path.join(a, *p)` do?", "What does `shlex.quote(s)` do?"]
 MAX_TOKENS = 12

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from benchmarks.harness import copy_repository
 from tasks.export import export_production
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("real_base")]  # one worker: shared fixtures
+pytestmark = pytest.mark.slow
 
 ASK = (
     "from transformers import AutoModelForCausalLM, AutoTokenizer\n"

@@ -33,7 +33,7 @@ from stage_runner import SECRET, stage_command
 
 from benchmarks.harness import copy_repository, environment, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sources")]  # one worker: shared fixtures
+pytestmark = pytest.mark.slow
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TINY, FLAKY, PICKLE_ONLY = "tailor-test/tiny", "tailor-test/flaky", "tailor-test/pickle-only"

@@ -19,7 +19,7 @@ from stage_runner import run, stage_command
 
 from benchmarks.harness import copy_repository
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("corpus")]  # one worker: shared fixtures
+pytestmark = pytest.mark.slow
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_data"
 CASES = json.loads((CORPUS / "cases.json").read_text())
 SHIPPED = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
