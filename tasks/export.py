@@ -122,8 +122,8 @@ def round_trip(merged_dir: Path, gguf_file: Path, prompts: list[list[int]]) -> R
     return RoundTrip(len(prompts), worst, same_next / len(prompts), same_answer / len(prompts))
 
 
-def export_production(production: Path, base: Path, eval_file: Path, out: Path, outtype: str = "f16"
-                      ) -> dict[str, Any]:
+def export_production(production: Path, base: Path, eval_file: Path, out: Path, outtype: str = "f16",
+                      prompts: int = CHECK_PROMPTS) -> dict[str, Any]:
     """Write out/merged (safetensors), out/model.gguf, out/Modelfile and out/export.json (the round trip), swapped
     in whole; a GGUF whose greedy next tokens disagree with the merged model on a held-out prompt is not kept."""
     if not (production / "adapter_config.json").is_file() and not (production / "config.json").is_file():
@@ -140,7 +140,7 @@ def export_production(production: Path, base: Path, eval_file: Path, out: Path, 
         convert_to_gguf(merged, staging / GGUF_FILE, outtype)
         tokenizer = AutoTokenizer.from_pretrained(merged)
         (staging / "Modelfile").write_text(ollama_modelfile(tokenizer), encoding="utf-8")
-        check = round_trip(merged, staging / GGUF_FILE, check_prompts(eval_file, tokenizer, CHECK_PROMPTS))
+        check = round_trip(merged, staging / GGUF_FILE, check_prompts(eval_file, tokenizer, prompts))
         report.update(source=str(production), outtype=outtype, converter=CONVERTER_PACKAGE, **vars(check))
         if check.next_token_agreement < 1.0:
             raise UserError(f"the GGUF disagrees with the merged model on the next token for "
