@@ -51,7 +51,7 @@ def margin_gate(name: str, metric: str, gain: Interval, reference: float, min_re
     return Gate(name, round(relative, 5), min_relative, "pass" if passed else "fail",
                 f"{metric} vs {against}: improvement {gain.value:+.4g} ({relative:+.1%}, needs at least "
                 f"{min_relative:+.1%}), CI [{gain.low:+.4g}, {gain.high:+.4g}]"
-                + ("" if gain.better else " includes zero"))
+                + ("" if gain.better else " is below zero: worse" if gain.high < 0 else " includes zero"))
 
 
 def production_gate(candidate: ScoreFile, production_dir: Path, params: PromoteParams, samples: int,
