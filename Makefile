@@ -50,7 +50,7 @@ ui: install
 serve: install
 	tailor serve
 
-# P1 training, P3 generation, P6 data at scale (10k and 100k rows), P2 orchestration (about 23 min on 2 cores);
+# P1 training, P3 generation, P7 serving, P6 data at scale (10k and 100k rows), P2 orchestration (about 30 min);
 # not part of `make test`. With P6's 1M point: make bench BENCH_ARGS="--prefect server --p6-max-rows 1000000"
 BENCH_ARGS ?= --prefect server
 bench: install
