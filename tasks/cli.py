@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-import psutil
-
 from tasks.dag import declared_paths
 from tasks.errors import UserError
+from tasks.interrupts import stop_children
 from tasks.lineage import show_lineage
 from tasks.params import PARAMS_FILE, load_params
 
@@ -41,10 +40,7 @@ def export(out: Path, outtype: str) -> int:
 
 
 def stop_serving(signum: int, frame: FrameType | None) -> None:
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        child.kill()
-    psutil.wait_procs(children, timeout=5)
+    stop_children(grace_seconds=0)  # LitServe's processes hold nothing to save, and SIGTERM makes them print tracebacks
     if os.getpid() == SERVER_PID:
         print("\ntailor: server stopped", file=sys.stderr, flush=True)
     os._exit(0)
@@ -66,8 +62,7 @@ def serve(host: str, port: int, extra: list[str], max_batch_size: int) -> None:
         signal.signal(signum, stop_serving)
     print(f"tailor: serving {', '.join(m.name for m in models)} at http://{host}:{port}/v1 (OpenAI-compatible; "
           "Ctrl-C stops)", file=sys.stderr, flush=True)
-    server.run(host=host, port=port, generate_client_file=False,
-                                                  log_level="warning", num_api_servers=1)
+    server.run(host=host, port=port, generate_client_file=False, log_level="warning", num_api_servers=1)
     sys.exit(0)
 
 

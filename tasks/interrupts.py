@@ -65,13 +65,21 @@ def exit_interrupted(message: str) -> NoReturn:
     if not mark_run_cancelled(message):
         print("tailor: warning: the Prefect API did not answer; this stage's run may still show as running there",
               file=sys.stderr, flush=True)
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=5)
-    for child in alive:
-        child.kill()
+    stop_children()
     os._exit(EXIT_CODE)
+
+
+def stop_children(grace_seconds: float = 5) -> None:
+    """End every process this one started, and theirs: SIGTERM first, so they can clean up, then SIGKILL for any
+    still alive after the grace; a grace of 0 kills them at once."""
+    children = psutil.Process().children(recursive=True)
+    if grace_seconds > 0:
+        for child in children:
+            child.terminate()
+        _, children = psutil.wait_procs(children, timeout=grace_seconds)
+    for child in children:
+        child.kill()
+    psutil.wait_procs(children, timeout=5)
 
 
 def exit_when_interrupted(fn: Callable[..., Any]) -> Callable[..., Any]:
