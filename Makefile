@@ -9,11 +9,14 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install run test ui serve bench clean
 
+# torch goes through pip, so that pip's own configuration (a CUDA index, local wheels) picks the build; the rest
+# through uv, which resolves and installs the same versions as pip in about a minute instead of three. Bytecode is
+# compiled at install (as pip does): every stage is a fresh process, and without it each would compile its imports.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "uv>=0.9"
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,5 +1,6 @@
 """A base model (pretrained text only: no chat template, no chat tokens) specialized through `dvc repro` with a chat
-template chosen in params learns to answer in it and to end its turns; on plain text it needs no template at all."""
+template chosen in params learns to answer in it and to end its turns. (Plain text on a base model with no template
+at all: tests/e2e/test_formats.py.)"""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from bare_model import build_bare_model
 from peft import PeftModel
-from stage_runner import TINY_PARAMS, run, stage_command, tiny_project
+from stage_runner import TINY_PARAMS, run, tiny_project
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from benchmarks.harness import stages_run
@@ -65,13 +65,3 @@ def test_a_base_model_learns_the_chosen_template_and_ends_its_turns(chatml_proje
     # Measured: 0 of 24 before training, 24 of 24 after 20 steps (0 of 24 when the new rows were left untrained).
     assert before <= 2 and after >= 0.75 * len(prompts), (before, after)
 
-
-def test_plain_text_needs_no_chat_template(tmp_path: Path, base_model_dir: Path, prefect_api: str) -> None:
-    root = tiny_project(tmp_path, base_model_dir, 0, 0, **TINY_PARAMS)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["format"] = "text"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stage = run(root, *stage_command(root, "base_model"))
-    assert stage.returncode == 0, stage.stderr[-3000:]
-    tokenizer = AutoTokenizer.from_pretrained(root / "models/base")
-    assert tokenizer.chat_template is None and len(tokenizer) == 600 and tokenizer.eos_token == "<|endoftext|>"

@@ -1,6 +1,7 @@
 """Every data format the README offers runs end to end through `dvc repro` on data written here, under the user's
 own column names. The instruction format is test_pipeline's project; this module runs plain text (continued
-pretraining on a domain's documents): every stage, the in-context baselines, forgetting and a promotion decision."""
+pretraining on a domain's documents): every stage, the in-context baselines, forgetting and a promotion decision,
+on a base model whose tokenizer has no chat template (plain text needs none)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bare_model import build_bare_model
 from stage_runner import TINY_PARAMS, run, tiny_project
+from transformers import AutoTokenizer
 
 from benchmarks.harness import stages_run
 
@@ -24,8 +27,9 @@ def documents(split: str, rows: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def text_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
-    root = tiny_project(tmp_path_factory.mktemp("text"), tiny_model_dir, 0, 0,
+def text_project(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
+    base_model_dir = build_bare_model(tmp_path_factory.mktemp("base-llm"))
+    root = tiny_project(tmp_path_factory.mktemp("text"), base_model_dir, 0, 0,
                         **{**TINY_PARAMS, "tokenize": {"max_length": 48}})
     raw = root / "data" / "raw"
     raw.mkdir(parents=True)
@@ -43,6 +47,8 @@ def test_plain_text_runs_every_stage_and_compares_every_approach(text_project: P
     result = run(text_project, "dvc", "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(stages_run(result.stdout)) == sorted(yaml.safe_load((text_project / "dvc.yaml").read_text())["stages"])
+    tokenizer = AutoTokenizer.from_pretrained(text_project / "models/base")  # no template needed, none added
+    assert tokenizer.chat_template is None and len(tokenizer) == 600 and tokenizer.eos_token == "<|endoftext|>"
     metrics = json.loads((text_project / "reports/metrics.json").read_text())
     for approach in ("generalist", "prompted", "retrieval", "finetuned"):
         assert metrics[approach]["perplexity_ci_low"] <= metrics[approach]["perplexity"] <= \
