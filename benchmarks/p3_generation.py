@@ -57,7 +57,7 @@ def main() -> None:
     generate_one_by_one(model, tokenizer, dataset.select(range(1)), 2)
     # CPU time counts only this process's work: on a machine shared with other jobs it varies less than wall time.
     cpu_started = time.process_time()
-    batched, _, batched_seconds = generate_answers(model, tokenizer, dataset, batch_size, max_new_tokens)
+    batched, _, _, batched_seconds = generate_answers(model, tokenizer, dataset, batch_size, max_new_tokens)
     cpu_between = time.process_time()
     looped, looped_seconds = generate_one_by_one(model, tokenizer, dataset, max_new_tokens)
     batched_cpu, looped_cpu = cpu_between - cpu_started, time.process_time() - cpu_between

@@ -26,7 +26,7 @@ from tasks.models import load_model, pick_device
 from tasks.params import Params
 from tasks.reporting import plot_chart, render_report
 from tasks.tables import read_table
-from tasks.tokenization import tokenize_split
+from tasks.tokenization import last_turn_only, tokenize_split
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,19 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     base_general = general_perplexity(model, general_set, pad_id, settings.batch_size)
     candidate = attach_candidate(model, paths.adapter)
     finetuned = score_model(candidate, tokenizer, dataset, settings.batch_size, settings.max_new_tokens,
-                            params.data.format == "instruction")
+                            params.task() != "text")
     forgetting = forgetting_record(base_general, general_perplexity(candidate, general_set, pad_id,
                                                                     settings.batch_size))
-
+    without_history = None
+    if params.data.format == "chat":  # the context ablation: the same conversations, only their last user turn
+        last_turns = tokenize_split(tokenizer, last_turn_only(evaluation), "chat", params.tokenize.system_prompt,
+                                    params.tokenize.max_length)
+        without_history = score_model(candidate, tokenizer, last_turns, settings.batch_size, settings.max_new_tokens,
+                                      True)
     scores = ScoreFile(params.task(), examples, {**baselines.approaches, "finetuned": finetuned})
     training = json.loads(paths.training.read_text(encoding="utf-8"))
     comparison = compare(scores, training["train_seconds"], forgetting, params.promote.metric,
-                         settings.bootstrap_samples, settings.confidence, params.seed)
+                         settings.bootstrap_samples, settings.confidence, params.seed, without_history)
     result = comparison.record()
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)
     paths.metrics.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -2,7 +2,8 @@
 
 generalist: the base model zero-shot with its chat template (what the fine-tuned model is asked too);
 prompted: a system prompt and k fixed few-shot examples; retrieval: the k most similar training examples.
-For plain text, prompted and retrieval put k fixed or k most similar training passages before each scored one.
+For plain text, prompted and retrieval put k fixed or k most similar training passages before each scored one;
+for conversations, k fixed or k most similar training conversations go before the held-out one's turns.
 Depends only on the base model, the validated data and these params, so training changes never re-run it.
 """
 
@@ -18,7 +19,7 @@ from flows.stage import run_stage, start_stage_run
 from tasks.inference import ScoreFile, example_records, held_out, score_model
 from tasks.models import load_model, pick_device
 from tasks.params import Params
-from tasks.prompting import build_index, contexts, few_shot_rows, retrieve
+from tasks.prompting import build_index, contexts, few_shot_rows, retrieve, searched_texts
 from tasks.tokenization import tokenize_split
 
 NO_TRUNCATION = 1 << 20  # few-shot prompts are scored whole; truncating them would cut the answer
@@ -38,14 +39,13 @@ def evaluate_baselines_flow(params: Params, paths: Paths) -> dict[str, dict[str,
     model, tokenizer = load_model(paths.base, pick_device("auto"))
     train = pd.read_parquet(paths.validated / "train.parquet")
     evaluation = held_out(paths.validated / "eval.parquet", evaluate.max_examples)
-    key = "text" if data_format == "text" else "prompt"  # what is shown, and what retrieval searches by
-    build_index(list(train[key]), baselines.retriever, paths.index)
-    nearest = retrieve(paths.index, list(evaluation[key]), baselines.retrieval_k)
+    build_index(searched_texts(train, data_format), baselines.retriever, paths.index)
+    nearest = retrieve(paths.index, searched_texts(evaluation, data_format), baselines.retrieval_k)
     shots = few_shot_rows(train, baselines.few_shot_k, baselines.few_shot_seed)
     approaches = {"generalist": (tokenize.system_prompt, None),
                   "prompted": (baselines.system_prompt, contexts(train, [shots] * len(evaluation), data_format)),
                   "retrieval": (baselines.system_prompt, contexts(train, nearest, data_format))}
-    generate = data_format == "instruction"
+    generate = params.task() != "text"
     scores, examples = {}, []
     for approach, (system_prompt, context) in approaches.items():
         # The generalist sees exactly the fine-tuned model's inputs: same template, same truncation.

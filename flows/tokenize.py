@@ -11,6 +11,7 @@ from prefect import flow
 from transformers import AutoTokenizer
 
 from flows.stage import run_stage, start_stage_run
+from tasks.errors import UserError
 from tasks.params import DataParams, Params, TokenizeParams
 from tasks.tokenization import tokenize_file
 
@@ -32,9 +33,15 @@ def tokenize_flow(data: DataParams, tokenize: TokenizeParams, paths: Paths) -> d
     shutil.rmtree(paths.out, ignore_errors=True)
     for split in ("train", "eval"):
         stats[split] = tokenize_file(tokenizer, paths.validated / f"{split}.parquet", paths.out / split, data.format,
-                                     tokenize.system_prompt, tokenize.max_length)
+                                     tokenize.system_prompt, tokenize.max_length, tokenize.train_on)
     paths.stats.parent.mkdir(parents=True, exist_ok=True)
     paths.stats.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    for split, counts in stats.items():
+        if counts.get("dropped_pct", 0) > tokenize.max_dropped_pct:
+            raise UserError(f"{counts['dropped']} {split} conversations ({counts['dropped_pct']}%) have no assistant "
+                            f"token left to learn from within tokenize.max_length {tokenize.max_length} (even with "
+                            f"their oldest turns dropped); raise tokenize.max_length, shorten them, or raise "
+                            f"tokenize.max_dropped_pct ({tokenize.max_dropped_pct}) to train without them")
     return stats
 
 

@@ -13,7 +13,7 @@ from flows.stage import run_stage, start_stage_run
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
 from tasks.params import DataParams, Params, ValidateParams
-from tasks.validation import required_columns, run_suites, write_clean_splits
+from tasks.validation import message_fields, required_columns, run_suites, write_clean_splits
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,9 @@ def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Pat
     The files are read in chunks, twice: once to validate, once more to write the clean splits (only if all
     expectations pass), so memory holds a chunk at a time, never a whole split."""
     columns = required_columns(data)
-    report, failures = run_suites(data.train, data.eval, list(columns.values()), limits, paths.docs)
+    messages = message_fields(data)
+    report, failures = run_suites(data.train, data.eval, list(columns.values()), limits, paths.docs,
+                                  messages=messages)
     paths.report.parent.mkdir(parents=True, exist_ok=True)
     paths.report.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [failure.line() for failure in failures]
@@ -46,7 +48,7 @@ def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Pat
             + f"\nFix the data (or the limits under validate: in params.yaml); details in {paths.docs}/index.html"
         )
     return write_dir_atomically(paths.out, lambda staging: write_clean_splits(
-        {"train": data.train, "eval": data.eval}, columns, staging))
+        {"train": data.train, "eval": data.eval}, columns, staging, messages))
 
 
 def main(params: Params, paths: Paths) -> None:

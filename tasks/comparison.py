@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.inference import ScoreFile
+from tasks.inference import ScoreFile, Scores
 from tasks.metrics import lower_is_better
 from tasks.reporting import recommendation
 from tasks.scoring import TaskMetrics, best, regressions
@@ -23,6 +23,8 @@ class Comparison:
     best_baseline: str
     regressions: list[dict[str, Any]]
     recommendation: str
+    # Conversations: the fine-tuned model with and without the history before the last user turn, on `metric`.
+    context_ablation: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """reports/metrics.json: flat numbers per approach (what `dvc metrics diff` compares), then the rest."""
@@ -33,6 +35,8 @@ class Comparison:
         result["comparisons"] = {f"finetuned_vs_{b}": {m: {**g.as_dict(), "better": g.better} for m, g in c.items()}
                                  for b, c in self.gains.items()}
         result["best_baseline"] = self.best_baseline
+        if self.context_ablation is not None:
+            result["context_ablation"] = self.context_ablation
         result["recommendation"] = self.recommendation
         return result
 
@@ -49,10 +53,24 @@ def forgetting_record(base_perplexity: float, finetuned_perplexity: float) -> di
             "relative_increase": round(finetuned_perplexity / base_perplexity - 1, 5)}
 
 
+def context_ablation(scores: ScoreFile, without_history: Scores, metric: str, samples: int, confidence: float,
+                     seed: int) -> dict[str, Any]:
+    """The fine-tuned model's `metric` on each held-out conversation as it is and with only its last user turn,
+    and the paired difference (positive: the history helps), so that a specialist that ignores the conversation
+    shows."""
+    pair = {"with_history": scores.approaches["finetuned"], "without_history": without_history}
+    values = TaskMetrics(scores.task, pair, scores.references())
+    single, paired = paired_bootstrap(list(pair), {metric: values.functions()[metric]}, len(scores.examples),
+                                      samples, confidence, seed)
+    gain = paired["with_history", "without_history"][metric].as_gain(lower_is_better(metric))
+    return {"metric": metric, **{name: single[name][metric].as_dict() for name in pair},
+            "history_gain": {**gain.as_dict(), "better": gain.better}}
+
+
 def compare(scores: ScoreFile, training_seconds: float, forgetting: dict[str, float], metric: str, samples: int,
-            confidence: float, seed: int) -> Comparison:
+            confidence: float, seed: int, without_history: Scores | None = None) -> Comparison:
     """Every approach against every other with paired-bootstrap intervals; the fine-tuned model against each
-    baseline; the winner on `metric` (the promotion metric)."""
+    baseline; the winner on `metric` (the promotion metric); for conversations, the context ablation."""
     values = TaskMetrics(scores.task, scores.approaches, scores.references())
     single, paired = paired_bootstrap(list(scores.approaches), values.functions(), len(scores.examples), samples,
                                       confidence, seed)
@@ -66,4 +84,6 @@ def compare(scores: ScoreFile, training_seconds: float, forgetting: dict[str, fl
         costs=costs, forgetting=forgetting, best_baseline=best_baseline,
         regressions=regressions(values, metric, best_baseline, scores.examples),
         recommendation=recommendation(metric, single, paired, costs, confidence),
+        context_ablation=(None if without_history is None else
+                          context_ablation(scores, without_history, metric, samples, confidence, seed)),
     )

@@ -93,13 +93,15 @@ def ollama_modelfile(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def check_prompts(eval_file: Path, tokenizer: PreTrainedTokenizerBase, count: int) -> list[list[int]]:
-    """Held-out prompts as token ids: instruction prompts through the chat template, plain text as it is."""
+    """Held-out prompts as token ids: instruction prompts and conversations up to their last answer through the
+    chat template, plain text as it is."""
     frame = pd.read_parquet(eval_file).head(count)
-    if "prompt" in frame.columns:
-        return [tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                              tokenize=True, return_dict=True)["input_ids"]
-                for prompt in frame["prompt"]]
-    return [tokenizer(text[:400])["input_ids"] for text in frame["text"]]
+    if "text" in frame.columns:
+        return [tokenizer(text[:400])["input_ids"] for text in frame["text"]]
+    histories = ([json.loads(messages)[:-1] for messages in frame["messages"]] if "messages" in frame.columns else
+                 [[{"role": "user", "content": prompt}] for prompt in frame["prompt"]])
+    return [tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
+                                          return_dict=True)["input_ids"] for history in histories]
 
 
 def round_trip(merged_dir: Path, gguf_file: Path, prompts: list[list[int]]) -> RoundTrip:

@@ -34,14 +34,18 @@ class Scores:
     target_tokens: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)  # whether each answer wrote the end-of-turn token in time
     generated_tokens: int = 0
     generation_seconds: float = 0.0
 
     def cost(self) -> dict[str, float]:
-        """What the approach costs at inference time."""
+        """What the approach costs at inference time, and the share of its answers that ran away (reached
+        max_new_tokens without ending its turn: a model that never learned where its answers stop)."""
         result = {"prompt_tokens_per_example": round(float(np.mean(self.prompt_tokens)), 1)}
         if self.predictions:
             result["generated_tokens_per_second"] = round(self.generated_tokens / max(self.generation_seconds, 1e-9), 2)
+        if self.ended:
+            result["runaway_pct"] = round(100 * (1 - float(np.mean(self.ended))), 1)
         return result
 
 
@@ -127,12 +131,13 @@ def general_perplexity(model: PreTrainedModel, dataset: Dataset, pad_id: int, ba
 
 @torch.no_grad()
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                     batch_size: int, max_new_tokens: int) -> tuple[list[str], int, float]:
-    """Greedy answers to each example's prompt, batched with left padding and the KV cache."""
+                     batch_size: int, max_new_tokens: int) -> tuple[list[str], list[bool], int, float]:
+    """Greedy answers to each example's prompt, batched with left padding and the KV cache, and whether each
+    ended (wrote the end-of-turn token, after which generate pads the row) within max_new_tokens."""
     model.eval()
     device = next(model.parameters()).device
     pad_id = padding_id(tokenizer)
-    answers = [""] * len(dataset)
+    answers, ended = [""] * len(dataset), [False] * len(dataset)
     generated, started = 0, time.perf_counter()
     for batch in batches(longest_first(dataset["prompt_length"]), batch_size):
         prompts = [ids[:length] for ids, length in zip(dataset.select(batch)["input_ids"],
@@ -146,7 +151,8 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         generated += int((new_tokens != pad_id).sum())
         for row, index in enumerate(batch):
             answers[index] = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
-    return answers, generated, time.perf_counter() - started
+            ended[index] = bool(((new_tokens[row] == tokenizer.eos_token_id) | (new_tokens[row] == pad_id)).any())
+    return answers, ended, generated, time.perf_counter() - started
 
 
 @task(cache_policy=NO_CACHE)
@@ -158,7 +164,7 @@ def score_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
     scores.nll, scores.target_tokens = reference_nll(model, dataset, batch_size, pad_id)
     scores.prompt_tokens = list(dataset["prompt_length"])
     if generate:
-        scores.predictions, scores.generated_tokens, scores.generation_seconds = generate_answers(
+        scores.predictions, scores.ended, scores.generated_tokens, scores.generation_seconds = generate_answers(
             model, tokenizer, dataset, batch_size, max_new_tokens)
     return scores
 

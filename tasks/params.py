@@ -74,15 +74,27 @@ class Columns(Section):
     prompt: str = "prompt"
     response: str = "response"
     text: str = "text"
+    messages: str = "messages"
+
+
+class MessageFields(Section):
+    """How a conversation's messages are spelled in the file: OpenAI's role/content by default; ShareGPT files
+    set role: from, content: value and map their role names (human: user, gpt: assistant)."""
+
+    role: str = "role"
+    content: str = "content"
+    roles: dict[str, str] = Field(default_factory=dict, description="the file's role name -> system/user/assistant")
 
 
 class DataParams(Section):
-    format: Literal["instruction", "text"] = Field(
-        "instruction", description="instruction: prompt/response pairs; text: plain text for domain adaptation"
+    format: Literal["instruction", "text", "chat"] = Field(
+        "instruction", description="instruction: prompt/response pairs; text: plain text for domain adaptation; "
+                                   "chat: multi-turn conversations (a list of messages per row)"
     )
     train: Path
     eval: Path = Field(description="held-out examples, never trained on; dvc.yaml tracks both files")
     columns: Columns = Columns()
+    messages: MessageFields = MessageFields()
 
 
 class ValidateParams(Section):
@@ -110,6 +122,11 @@ class TokenizeParams(Section):
     system_prompt: str | None = Field(None, description="None keeps the chat template's own default")
     chat_template: str = Field(
         "auto", description="auto: the base model's own; a named one; or a .jinja file (the base_model stage sets it)")
+    train_on: Literal["all_turns", "last_turn"] = Field(
+        "all_turns", description="chat: the assistant turns that carry the loss")
+    max_dropped_pct: float = Field(
+        1.0, ge=0, le=100, description="chat: largest share of conversations (%) left with no assistant token to "
+                                       "learn from once fitted into max_length; more stops the stage")
 
     @field_validator("chat_template")
     @classmethod

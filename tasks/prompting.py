@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.retries import TRANSIENT_RETRIES
-from tasks.tokenization import Context
+from tasks.tokenization import Context, asked
 
 WORD = re.compile(r"\w+")
 EMBED_ROWS = 16_384  # texts embedded per call (the demo's 2,100 fit in one call: the same vectors as one call)
@@ -35,10 +35,23 @@ def few_shot_rows(train: pd.DataFrame, k: int, seed: int) -> list[int]:
 
 
 def contexts(train: pd.DataFrame, rows: list[list[int]], data_format: str) -> list[Context]:
-    """For each scored example, the training rows shown before it: (question, answer) turns, or passages."""
+    """For each scored example, the training rows shown before it: (question, answer) turns (every exchange of
+    a conversation), or passages."""
     if data_format == "text":
         return [[train["text"].iloc[j] for j in picked] for picked in rows]
+    if data_format == "chat":
+        def exchanges(j: int) -> list[tuple[str, str]]:
+            turns = [m["content"] for m in json.loads(train["messages"].iloc[j]) if m["role"] != "system"]
+            return list(zip(turns[::2], turns[1::2]))
+        return [[pair for j in picked for pair in exchanges(j)] for picked in rows]
     return [[(train["prompt"].iloc[j], train["response"].iloc[j]) for j in picked] for picked in rows]
+
+
+def searched_texts(frame: pd.DataFrame, data_format: str) -> list[str]:
+    """What retrieval compares: the text, the question, or what a conversation's user said."""
+    if data_format == "chat":
+        return [asked(json.loads(messages)) for messages in frame["messages"]]
+    return list(frame["text" if data_format == "text" else "prompt"])
 
 
 def embedder():

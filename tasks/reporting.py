@@ -88,6 +88,15 @@ def render_report(comparison: Comparison, confidence: float, examples: int) -> s
     if not comparison.regressions:
         lines.append("None found: the fine-tuned model is not worse than the best baseline on any example "
                      "(or the promotion metric has no per-example score, as for BLEU and macro-F1).")
+    if comparison.context_ablation is not None:
+        ablation = comparison.context_ablation
+        metric, gain = ablation["metric"], ablation["history_gain"]
+        lines += ["", "## Does the specialist use the conversation?", "",
+                  f"The fine-tuned model on the same conversations with only their last user turn: {metric} "
+                  f"{ablation['without_history']['value']:.4g} without the history, "
+                  f"{ablation['with_history']['value']:.4g} with it (difference {gain['value']:+.4g}, "
+                  f"{confidence:.0%} CI [{gain['ci_low']:+.4g}, {gain['ci_high']:+.4g}]): "
+                  + ("it uses the history." if gain["better"] else "no evidence that it uses the history.")]
     lines += ["", comparison.recommendation, ""]
     return "\n".join(lines)
 

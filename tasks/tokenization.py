@@ -1,5 +1,5 @@
-"""Tokenization: the base model's chat template, loss on response tokens only (all tokens of plain text), no
-padding.
+"""Tokenization: the base model's chat template, loss on response tokens only (assistant turns of a
+conversation; all tokens of plain text), no padding.
 
 A split on disk is tokenized by `datasets` in batches, in one process per core, each writing Arrow as it goes
 (`tokenize_file`), so memory holds a batch per process however large the split; the in-context baselines tokenize
@@ -48,13 +48,17 @@ class Tokenized:
     truncated: bool
 
 
+def example_turns(examples: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """(question, answer) examples as user and assistant turns."""
+    return [{"role": role, "content": text} for question, answer in examples
+            for role, text in (("user", question), ("assistant", answer))]
+
+
 def chat_messages(prompt: str, system_prompt: str | None,
                   examples: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
     """The conversation before the answer: optional system prompt, example turns (few-shot), the question."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    shots = [{"role": role, "content": text} for question, answer in examples
-             for role, text in (("user", question), ("assistant", answer))]
-    return system + shots + [{"role": "user", "content": prompt}]
+    return system + example_turns(examples) + [{"role": "user", "content": prompt}]
 
 
 def tokenize_instructions(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str],
@@ -87,6 +91,58 @@ def tokenize_instruction(tokenizer: PreTrainedTokenizerBase, prompt: str, respon
     return tokenize_instructions(tokenizer, [prompt], [response], system_prompt, max_length, [examples])[0]
 
 
+def with_examples(messages: list[dict[str, str]], system_prompt: str | None,
+                  examples: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """A conversation as the model sees it: its own system message (or system_prompt), then the example turns
+    (few-shot or retrieved, for the in-context baselines), then its turns."""
+    own = messages[:1] if messages[0]["role"] == "system" else []
+    system = own or ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    return system + example_turns(examples) + messages[len(own):]
+
+
+def render(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]],
+           generation_prompt: bool) -> list[list[int]]:
+    return tokenizer.apply_chat_template(conversations, add_generation_prompt=generation_prompt, tokenize=True,
+                                         return_dict=True)["input_ids"]
+
+
+def fit_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], fixed: int,
+                     max_length: int) -> tuple[list[dict[str, str]], bool]:
+    """Drop the oldest user/assistant pairs after the first `fixed` messages (system, examples) until the
+    conversation fits max_length tokens, keeping at least its last exchange; whether any was dropped."""
+    dropped = False
+    while len(messages) - fixed > 2 and len(render(tokenizer, [messages], False)[0]) > max_length:
+        messages = messages[:fixed] + messages[fixed + 2:]
+        dropped = True
+    return messages, dropped
+
+
+def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                          system_prompt: str | None, max_length: int, train_on: str,
+                          examples: Sequence[tuple[str, str]] = ()) -> Tokenized | None:
+    """A multi-turn conversation through the chat template, labels on its assistant turns (all, or only the
+    last); generation starts at the last one. None when nothing is left to learn once it fits max_length."""
+    full_messages = with_examples(messages, system_prompt, examples)
+    fixed = len(full_messages) - len(messages) + (messages[0]["role"] == "system")
+    full_messages, dropped = fit_conversation(tokenizer, full_messages, fixed, max_length)
+    assistant = [i for i, m in enumerate(full_messages) if m["role"] == "assistant" and i >= fixed]
+    targets = assistant if train_on == "all_turns" else assistant[-1:]
+    rendered = render(tokenizer, [full_messages[:i] for i in targets], True) + \
+        render(tokenizer, [full_messages[:i + 1] for i in targets] + [full_messages], False)
+    prefixes, turns, full = rendered[:len(targets)], rendered[len(targets):-1], rendered[-1]
+    labels = [IGNORE_INDEX] * len(full)
+    for prefix, turn in zip(prefixes, turns):
+        if turn[:len(prefix)] != prefix or full[:len(turn)] != turn:
+            raise UserError("the base model's chat template renders a conversation differently once later turns "
+                            "follow; assistant-only loss needs a template where each turn extends the one before "
+                            "(e.g. ChatML): set tokenize.chat_template")
+        labels[len(prefix):len(turn)] = turn[len(prefix):]
+    labels = labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return Tokenized(full[:max_length], labels, min(len(prefixes[-1]), max_length), dropped or len(full) > max_length)
+
+
 def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int,
                   context: Sequence[str] = ()) -> list[Tokenized]:
     """Plain text for domain adaptation: every token is a target; long texts become max_length chunks.
@@ -108,20 +164,43 @@ def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int
     return pieces
 
 
+def last_turn_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """Conversations cut to their system message (if any), last user turn and last answer."""
+    def cut(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [m for m in messages[:1] if m["role"] == "system"] + messages[-2:]
+
+    return pd.DataFrame({"messages": [json.dumps(cut(json.loads(m)), ensure_ascii=False) for m in frame["messages"]]})
+
+
+def asked(conversation: list[dict[str, str]]) -> str:
+    """What a conversation's user said, turn by turn: how reports name it and what retrieval searches by."""
+    return " / ".join(m["content"] for m in conversation if m["role"] == "user")
+
+
 def tokenize_rows(rows: dict[str, list], tokenizer: PreTrainedTokenizerBase, data_format: str,
                   system_prompt: str | None, max_length: int,
-                  contexts: Sequence[Context] | None = None) -> dict[str, list]:
-    """Tokenize a batch of rows given as columns (prompt and response, or text) into the columns of FEATURES;
-    instruction rows keep their prompt and reference answer for evaluation, a long text gives several rows.
+                  contexts: Sequence[Context] | None = None, train_on: str = "last_turn") -> dict[str, list]:
+    """Tokenize a batch of rows given as columns (prompt and response, text, or messages) into the columns of
+    FEATURES; instruction rows keep their prompt and reference answer for evaluation, a long text gives several
+    rows, a conversation keeps what its user asked and its last answer (the reference).
 
     `contexts[i]`, when given, is what the in-context baselines show before row i: (question, answer) turns for
-    instruction data, passages for plain text.
+    instruction data and conversations, passages for plain text. `train_on` says which assistant turns of a
+    conversation carry labels; the held-out ones are scored on their last.
     """
     out: dict[str, list] = {name: [] for name in FEATURES}
     if data_format == "instruction":
         pieces = tokenize_instructions(tokenizer, rows["prompt"], rows["response"], system_prompt, max_length,
                                        contexts)  # type: ignore[arg-type]
         sources = list(zip(rows["prompt"], rows["response"]))
+    elif data_format == "chat":  # a conversation left with nothing to learn gives no row (the stage counts them)
+        pieces, sources = [], []
+        for i, conversation in enumerate(map(json.loads, rows["messages"])):
+            piece = tokenize_conversation(tokenizer, conversation, system_prompt, max_length, train_on,
+                                          contexts[i] if contexts is not None else ())  # type: ignore[arg-type]
+            if piece is not None:
+                pieces.append(piece)
+                sources.append((asked(conversation), conversation[-1]["content"]))
     else:
         pieces, sources = [], []
         for i, text in enumerate(rows["text"]):
@@ -196,7 +275,7 @@ def file_digest(path: Path) -> str:
 
 @task(cache_policy=NO_CACHE)
 def tokenize_file(tokenizer: PreTrainedTokenizerBase, parquet: Path, out_dir: Path, data_format: str,
-                  system_prompt: str | None, max_length: int) -> dict[str, float]:
+                  system_prompt: str | None, max_length: int, train_on: str = "last_turn") -> dict[str, float]:
     """Tokenize a Parquet split into an Arrow dataset at out_dir, batch by batch; returns its token statistics.
 
     `datasets` reads the Parquet file into a memory-mapped Arrow file and `map` writes each batch's output to
@@ -209,17 +288,22 @@ def tokenize_file(tokenizer: PreTrainedTokenizerBase, parquet: Path, out_dir: Pa
         tokenizer_state = (tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else tokenizer.name_or_path,
                            tokenizer.chat_template)
         processes = processes_for(len(rows))
-        tag = fingerprint(file_digest(parquet), tokenizer_state, data_format, system_prompt, max_length)
+        tag = fingerprint(file_digest(parquet), tokenizer_state, data_format, system_prompt, max_length,
+                          *([train_on] if data_format == "chat" else []))
         with forked_processes_end_quietly():
             tokenized = rows.map(
                 tokenize_rows, batched=True, batch_size=BATCH_ROWS, num_proc=processes if processes > 1 else None,
                 fn_kwargs={"tokenizer": tokenizer, "data_format": data_format, "system_prompt": system_prompt,
-                           "max_length": max_length},
+                           "max_length": max_length, "train_on": train_on},
                 remove_columns=rows.column_names, features=FEATURES, cache_file_name=str(Path(work) / "tokens.arrow"),
                 load_from_cache_file=False, new_fingerprint=tag, desc=f"tokenize {parquet.stem}")
         # A plain dataset over the same Arrow data: no record of the temporary files in the saved info.
         Dataset(tokenized.data, info=DatasetInfo(features=FEATURES), fingerprint=tag).save_to_disk(str(out_dir))
-        return token_stats(tokenized, max_length)
+        stats = token_stats(tokenized, max_length)
+        if data_format == "chat":  # one row per conversation, none for one left with nothing to learn
+            stats["dropped"] = len(rows) - len(tokenized)
+            stats["dropped_pct"] = round(100 * stats["dropped"] / max(len(rows), 1), 3)
+        return stats
 
 
 def token_stats(dataset: Dataset, max_length: int) -> dict[str, float]:

@@ -26,14 +26,15 @@ from great_expectations.validator.validation_statistics import calc_validation_s
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.params import DataParams, ValidateParams
+from tasks.conversations import ROLES, canonical_column, turn_view
+from tasks.params import DataParams, MessageFields, ValidateParams
 from tasks.tables import CHUNK_ROWS, table_chunks
 
 EXAMPLE_ROWS = 3  # offending rows shown per failed expectation
 # Expectations about the whole split rather than each row: they run once, on a table of per-value digests that
 # holds every row in a few bytes (see digest), while all the others run chunk by chunk on the data itself.
 WHOLE_SPLIT = {"expect_table_row_count_to_be_between", "expect_compound_columns_to_be_unique",
-               "expect_column_values_to_be_unique"}
+               "expect_column_values_to_be_unique", "expect_column_unique_value_count_to_be_between"}
 MAX_LISTED = 1000  # unexpected values and row numbers kept per expectation in the report (the counts stay exact)
 RESULT_FORMAT = {"result_format": "COMPLETE"}
 Chunks = Callable[[], Iterator[pd.DataFrame]]  # a fresh pass over a split, chunk by chunk, indexed by row number
@@ -66,7 +67,32 @@ def required_columns(data: DataParams) -> dict[str, str]:
     """Pipeline column name -> the user's column name, for the configured data format."""
     if data.format == "text":
         return {"text": data.columns.text}
+    if data.format == "chat":
+        return {"messages": data.columns.messages}
     return {"prompt": data.columns.prompt, "response": data.columns.response}
+
+
+def message_fields(data: DataParams) -> MessageFields | None:
+    """How each conversation's messages are spelled, for chat data; None for the formats of one row per example."""
+    return data.messages if data.format == "chat" else None
+
+
+def text_expectations(column: str, limits: ValidateParams) -> list[Any]:
+    """What every text value must meet: present, text, not blank, within the length bounds, no personal data."""
+    expectations = [
+        gxe.ExpectColumnValuesToNotBeNull(column=column, description="no missing values"),
+        gxe.ExpectColumnValuesToBeOfType(column=column, type_="str", description="values are text"),
+        gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=r"^\s*$",
+                                              description="no empty or whitespace-only text"),
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column=column, min_value=limits.min_chars, max_value=limits.max_chars,
+            description=f"length between {limits.min_chars} and {limits.max_chars} characters"),
+    ]
+    if limits.pii:
+        expectations.append(gxe.ExpectColumnValuesToNotMatchRegexList(
+            column=column, regex_list=PII_PATTERNS,
+            description="no personal data (email, phone, card number, US SSN); or set validate.pii false"))
+    return expectations
 
 
 def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows: int,
@@ -85,17 +111,8 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
             column=column, description=f"column '{column}' is present (map yours under data.columns)"))
         if column not in present:
             continue
-        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column, description="no missing values"))
-        suite.add_expectation(gxe.ExpectColumnValuesToBeOfType(column=column, type_="str", description="values are text"))
-        suite.add_expectation(gxe.ExpectColumnValuesToNotMatchRegex(
-            column=column, regex=r"^\s*$", description="no empty or whitespace-only text"))
-        suite.add_expectation(gxe.ExpectColumnValueLengthsToBeBetween(
-            column=column, min_value=limits.min_chars, max_value=limits.max_chars,
-            description=f"length between {limits.min_chars} and {limits.max_chars} characters"))
-        if limits.pii:
-            suite.add_expectation(gxe.ExpectColumnValuesToNotMatchRegexList(
-                column=column, regex_list=PII_PATTERNS,
-                description="no personal data (email, phone, card number, US SSN); or set validate.pii false"))
+        for expectation in text_expectations(column, limits):
+            suite.add_expectation(expectation)
     if limits.allowed_responses and label_column in present:
         suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(
             column=label_column, value_set=limits.allowed_responses,
@@ -109,6 +126,33 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
     for column, values in forbidden.items():
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeInSet(
             column=column, value_set=values, description=f"no eval example leaks into train ({column} seen in train)"))
+    return suite
+
+
+def build_chat_suite(name: str, limits: ValidateParams, min_rows: int, forbidden: dict[str, list[str]],
+                     present: set[str]) -> gx.ExpectationSuite:
+    """The expectations on a split of conversations, checked on its one-row-per-message view (tasks.conversations
+    .turn_view): each rule a user breaks is named with the conversation's line."""
+    suite = gx.ExpectationSuite(name=name)
+    for expectation in [
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="line", min_value=min_rows,
+                                                    description=f"at least {min_rows} conversations"),
+        gxe.ExpectColumnValuesToBeNull(column="problem", description="each row's messages are a list of objects "
+                                       "with a role and a content (names under data.messages)"),
+        gxe.ExpectColumnValuesToBeInSet(column="role", value_set=ROLES, description=f"roles are one of {ROLES} "
+                                        "(map other names under data.messages.roles)"),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="role", column_B="expected_role", description="at most one system message, and only first; "
+                                                                   "then user and assistant alternate, user first"),
+        gxe.ExpectColumnValuesToBeInSet(column="final_role", value_set=["assistant"],
+                                        description="the last message is the assistant's"),
+        *text_expectations("content", limits),
+        gxe.ExpectColumnValuesToBeUnique(column="conversation", description="no duplicate conversations"),
+        *[gxe.ExpectColumnValuesToNotBeInSet(column=column, value_set=values, description="no held-out conversation "
+                                             "opens with a user message seen in train")
+          for column, values in forbidden.items()],
+    ]:
+        suite.add_expectation(expectation)
     return suite
 
 
@@ -139,6 +183,21 @@ def rows_at(chunks: Chunks, indices: set[int]) -> dict[int, dict[str, Any]]:
     return found
 
 
+def where(index: int, row: dict[str, Any]) -> str:
+    """A failing row's place: its row in the file, or for a conversation's message, the line and the turn."""
+    if "line" in row:
+        return f"line {row['line']}" + (f" turn {row['turn']}" if row.get("turn") else "")
+    return f"row {index + 1}"
+
+
+def displayed(row: dict[str, Any]) -> dict[str, Any]:
+    """What of a failing row to show: a conversation's message as role and content (the other columns of the
+    per-message view are bookkeeping)."""
+    if "line" not in row:
+        return row
+    return {"problem": row["problem"]} if row["problem"] else {"role": row["role"], "content": row["content"]}
+
+
 def describe_failures(split: str, result: Any, chunks: Chunks) -> list[Failure]:
     """Turn a GX validation result into short lines with a few offending rows each."""
     failed = [outcome for outcome in result.results if not outcome.success]
@@ -149,7 +208,7 @@ def describe_failures(split: str, result: Any, chunks: Chunks) -> list[Failure]:
     failures = []
     for outcome, indices in zip(failed, shown):
         config = outcome.expectation_config
-        examples = [f"row {index + 1} {json.dumps(rows[index], ensure_ascii=False, default=str)[:160]}"
+        examples = [f"{where(index, rows[index])} {json.dumps(displayed(rows[index]), ensure_ascii=False, default=str)[:160]}"
                     for index in indices]
         column = config.kwargs.get("column") or ",".join(config.kwargs.get("column_list") or [])
         failures.append(Failure(
@@ -284,31 +343,42 @@ def render_data_docs(results: dict[str, Any], suites: dict[str, gx.ExpectationSu
 
 @task(cache_policy=NO_CACHE)
 def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, columns: list[str],
-               limits: ValidateParams, docs_dir: Path, chunk_rows: int = CHUNK_ROWS
-               ) -> tuple[dict[str, Any], list[Failure]]:
+               limits: ValidateParams, docs_dir: Path, chunk_rows: int = CHUNK_ROWS,
+               messages: MessageFields | None = None) -> tuple[dict[str, Any], list[Failure]]:
     """Validate both splits (tables, or files read `chunk_rows` rows at a time) and render Data Docs into docs_dir.
 
     Train needs limits.min_examples rows; eval needs one, and none of its first column's values (the prompt, or
     the text) may appear in train. Memory holds one chunk plus a 16-byte digest per value of every row: the
     per-row expectations run on each chunk and are merged; the row count and the duplicate check run once on the
     digests; leakage is checked by GX against the eval values whose digest is among train's.
+
+    Conversations (`messages` says how their messages are spelled; `columns` is the one column holding them) are
+    checked on their one-row-per-message view, and a held-out conversation may not open as a train one does.
     """
     context = quiet_context()  # suites can only be built once a context exists
     for source in ("raw", "digests"):
         context.data_sources.add_pandas(source)
-    key = columns[0]
     sources = {"train": chunked(train, chunk_rows), "eval": chunked(evaluation, chunk_rows)}
-    present = {split: set(next(chunks()).columns) for split, chunks in sources.items()}
     forbidden: dict[str, list[str]] = {}
-    suites = {"train": lambda: build_suite("train", columns, limits, limits.min_examples, {}, present["train"]),
-              "eval": lambda: build_suite("eval", columns, limits, 1, forbidden, present["eval"])}
+    digested = columns  # the columns whose digests the whole-split checks and the leakage check read
+    if messages is not None:
+        sources = {split: (lambda rows=rows, column=columns[0]: turn_view(rows(), column, messages))
+                   for split, rows in sources.items()}
+        key, digested = "opening", ["line", "conversation", "opening"]
+        suites = {"train": lambda: build_chat_suite("train", limits, limits.min_examples, {}, set()),
+                  "eval": lambda: build_chat_suite("eval", limits, 1, forbidden, set())}
+    else:
+        key = columns[0]
+        present = {split: set(next(chunks()).columns) for split, chunks in sources.items()}
+        suites = {"train": lambda: build_suite("train", columns, limits, limits.min_examples, {}, present["train"]),
+                  "eval": lambda: build_suite("eval", columns, limits, 1, forbidden, present["eval"])}
     results = {}
-    results["train"], digests = validate_split(context, "train", suites["train"], sources["train"], columns)
+    results["train"], digests = validate_split(context, "train", suites["train"], sources["train"], digested)
     seen_in_train = {d for d in digests[key] if isinstance(d, str)} if key in digests else set()
     del digests
     if seen_in_train:
         forbidden[key] = leaked_values(sources["eval"], key, seen_in_train)
-    results["eval"], _ = validate_split(context, "eval", suites["eval"], sources["eval"], columns)
+    results["eval"], _ = validate_split(context, "eval", suites["eval"], sources["eval"], digested)
 
     render_data_docs(results, {split: make() for split, make in suites.items()}, docs_dir)
     report: dict[str, Any] = {"success": all(r.success for r in results.values()), "splits": {}}
@@ -324,12 +394,16 @@ def normalize(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     return frame[list(columns.values())].rename(columns={v: k for k, v in columns.items()}).reset_index(drop=True)
 
 
-def write_clean_splits(splits: dict[str, Path], columns: dict[str, str], out_dir: Path) -> None:
-    """Each validated file as out_dir/<split>.parquet in the pipeline's column names, read and written a chunk
-    at a time."""
+def write_clean_splits(splits: dict[str, Path], columns: dict[str, str], out_dir: Path,
+                       messages: MessageFields | None = None) -> None:
+    """Each validated file as out_dir/<split>.parquet in the pipeline's column names (conversations in their
+    canonical form), read and written a chunk at a time."""
     out_dir.mkdir(parents=True)
     for split, path in splits.items():
-        write_parquet((normalize(chunk, columns) for chunk in table_chunks(path)), out_dir / f"{split}.parquet")
+        chunks = table_chunks(path)
+        frames = ((canonical_column(chunk, columns["messages"], messages) for chunk in chunks) if messages is not None
+                  else (normalize(chunk, columns) for chunk in chunks))
+        write_parquet(frames, out_dir / f"{split}.parquet")
 
 
 def write_parquet(frames: Iterator[pd.DataFrame], path: Path) -> None:

@@ -82,6 +82,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict
     cases["pii_allowed"] = params_for(root, "pii_email.jsonl", "eval.jsonl", {"pii": False})
     cases["text_good"] = params_for(root, "text_good.jsonl", "text_eval.jsonl",
                                     data={"format": "text", "columns": {"text": "body"}})
+    cases["chat_good"] = params_for(root, "chat_good.jsonl", "chat_eval.jsonl", data={"format": "chat"})
+    cases["chat_good_sharegpt"] = params_for(root, "chat_good_sharegpt.jsonl", "chat_eval_sharegpt.jsonl",
+                                             data=CASES["chat_sharegpt_unknown_role.jsonl"]["data"])
     (root / "cases.json").write_text(json.dumps(cases))
     done = run(root, "python", "-c", RUN_EACH, "cases.json", "outcomes.json", *stage_command(root, "validate")[3:])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -98,6 +101,7 @@ def test_bad_file_stops_validate(outcomes: dict[str, dict[str, Any]], name: str)
     assert outcome["code"] == 2, outcome["stderr"][-2000:]
     message = outcome["stderr"].split("\ntailor: ", 1)[-1]
     assert CASES[name]["expect"] in message, message
+    assert CASES[name].get("line", "") in message, message  # a conversation's line and turn
     assert name in message  # the file is named
     assert "Traceback" not in outcome["stderr"]
     assert outcome["unchanged"]
@@ -107,5 +111,6 @@ def test_pii_check_can_be_turned_off(outcomes: dict[str, dict[str, Any]]) -> Non
     assert outcomes["pii_allowed"]["code"] == 0, outcomes["pii_allowed"]["stderr"][-2000:]
 
 
-def test_clean_plain_text_passes(outcomes: dict[str, dict[str, Any]]) -> None:
-    assert outcomes["text_good"]["code"] == 0, outcomes["text_good"]["stderr"][-2000:]
+@pytest.mark.parametrize("name", ["text_good", "chat_good", "chat_good_sharegpt"])
+def test_clean_files_of_every_format_pass(outcomes: dict[str, dict[str, Any]], name: str) -> None:
+    assert outcomes[name]["code"] == 0, outcomes[name]["stderr"][-2000:]

@@ -29,14 +29,16 @@ def test_batched_nll_matches_a_plain_loop(setup) -> None:
 
 def test_batched_generation_matches_one_by_one(setup) -> None:
     model, tokenizer, dataset = setup
-    answers, generated, seconds = generate_answers(model, tokenizer, dataset, batch_size=4, max_new_tokens=12)
+    answers, ended, generated, seconds = generate_answers(model, tokenizer, dataset, batch_size=4, max_new_tokens=12)
     assert generated > 0 and seconds > 0
     for i, row in enumerate(dataset):
         prompt = torch.tensor([row["input_ids"][: row["prompt_length"]]])
         with torch.no_grad():
             alone = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
                                    do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        assert answers[i] == tokenizer.decode(alone[0, prompt.shape[1]:], skip_special_tokens=True).strip()
+        new_tokens = alone[0, prompt.shape[1]:].tolist()
+        assert answers[i] == tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        assert ended[i] == (tokenizer.eos_token_id in new_tokens)  # a runaway answer is one that never ended
 
 
 def test_perplexity_on_a_file_agrees_with_an_independent_loop(tiny_model_dir: Path) -> None:

@@ -52,7 +52,8 @@ def test_misspelled_key_is_named() -> None:
     ("finetune.lora.r", 0, "finetune.lora.r: Input should be greater than or equal to 1"),
     ("finetune.max_steps", "many", "finetune.max_steps: Input should be a valid integer"),
     ("finetune.method", "qlora", "finetune.method: Input should be 'lora' or 'full' (given: 'qlora')"),
-    ("data.format", "chat", "data.format: Input should be 'instruction' or 'text'"),
+    ("data.format", "dialogue", "data.format: Input should be 'instruction', 'text' or 'chat'"),
+    ("tokenize.train_on", "every_turn", "tokenize.train_on: Input should be 'all_turns' or 'last_turn'"),
     ("promote.metric", "f1", "promote.metric: f1 (no such metric) is not computed for evaluate.task free_text"),
     ("promote.metric", "bleu", "promote.metric: bleu is not computed for evaluate.task free_text; choose one of"),
     ("evaluate.confidence", 1.5, "evaluate.confidence: Input should be less than 1"),
@@ -109,7 +110,8 @@ def schema_defaults(model: type[BaseModel], prefix: str = "") -> dict[str, objec
 def flat(tree: dict, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in tree.items():
-        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        nested = isinstance(value, dict) and value  # an empty mapping (data.messages.roles) is a value
+        out.update(flat(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
     return out
 
 

@@ -1,14 +1,23 @@
-"""Chat-template tokenization: loss only on the answer, truncation counted, text chunked, no padding."""
+"""Chat-template tokenization: loss only on the answer (every assistant turn of a conversation, or its last),
+truncation counted, long conversations fitted oldest exchange first, text chunked, no padding."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from tasks.tokenization import IGNORE_INDEX, token_stats, tokenize_instruction, tokenize_split, tokenize_text
+from tasks.tokenization import (
+    IGNORE_INDEX,
+    token_stats,
+    tokenize_conversation,
+    tokenize_instruction,
+    tokenize_split,
+    tokenize_text,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +56,60 @@ def test_plain_text_is_chunked_not_truncated(tokenizer) -> None:
     assert len(pieces) > 2 and all(len(p.input_ids) <= 32 for p in pieces)
     assert sum(len(p.input_ids) for p in pieces) == len(tokenizer("alpha beta gamma " * 100)["input_ids"]) + 1
     assert all(p.labels == p.input_ids and not p.truncated for p in pieces)
+
+
+CONVERSATION = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What does `len(obj)` do?"},
+                {"role": "assistant", "content": "Return the number of items."},
+                {"role": "user", "content": "Which module is it in?"},
+                {"role": "assistant", "content": "It is in the `builtins` module."}]
+
+
+def labelled_spans(tokenizer, piece) -> list[str]:
+    """The decoded runs of labelled tokens."""
+    spans, run = [], []
+    for token, label in zip(piece.input_ids, piece.labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            spans.append(tokenizer.decode(run))
+            run = []
+    return spans + ([tokenizer.decode(run)] if run else [])
+
+
+@pytest.mark.parametrize("train_on", ["all_turns", "last_turn"])
+def test_a_conversation_is_labelled_on_its_assistant_turns(tokenizer, train_on: str) -> None:
+    piece = tokenize_conversation(tokenizer, CONVERSATION, "Ignored: the conversation has its own.", 256, train_on)
+    answers = ["Return the number of items.<|im_end|>\n", "It is in the `builtins` module.<|im_end|>\n"]
+    assert labelled_spans(tokenizer, piece) == (answers if train_on == "all_turns" else answers[1:])
+    text = tokenizer.decode(piece.input_ids)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>") and "Ignored" not in text
+    # Generation starts at the last answer: everything before it is the history.
+    assert tokenizer.decode(piece.input_ids[:piece.prompt_length]).endswith(
+        "Which module is it in?<|im_end|>\n<|im_start|>assistant\n")
+    assert not piece.truncated
+
+
+def test_a_long_conversation_loses_its_oldest_exchange_first_and_keeps_its_system_message(tokenizer) -> None:
+    whole = tokenize_conversation(tokenizer, CONVERSATION, None, 256, "all_turns")
+    fitted = tokenize_conversation(tokenizer, CONVERSATION, None, len(whole.input_ids) - 1, "all_turns")
+    text = tokenizer.decode(fitted.input_ids)
+    assert fitted.truncated and "Be brief." in text and "len(obj)" not in text and "Which module" in text
+    assert labelled_spans(tokenizer, fitted) == ["It is in the `builtins` module.<|im_end|>\n"]
+    assert tokenize_conversation(tokenizer, CONVERSATION, None, 12, "all_turns") is None  # nothing left to learn
+
+
+def test_in_context_examples_go_between_the_system_message_and_the_conversation(tokenizer) -> None:
+    piece = tokenize_conversation(tokenizer, CONVERSATION[1:], "Be brief.", 1 << 20, "last_turn",
+                                  [("What does `abs(x)` do?", "Return the absolute value.")])
+    text = tokenizer.decode(piece.input_ids)
+    assert text.index("Be brief.") < text.index("abs(x)") < text.index("len(obj)")
+    assert labelled_spans(tokenizer, piece) == ["It is in the `builtins` module.<|im_end|>\n"]
+
+
+def test_held_out_conversations_keep_what_the_user_asked_and_the_last_answer(tokenizer) -> None:
+    frame = pd.DataFrame({"messages": [json.dumps(CONVERSATION)]})
+    dataset = tokenize_split.fn(tokenizer, frame, "chat", None, 256)
+    assert dataset["prompt"] == ["What does `len(obj)` do? / Which module is it in?"]
+    assert dataset["response"] == ["It is in the `builtins` module."]

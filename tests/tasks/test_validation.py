@@ -12,7 +12,7 @@ import pytest
 from tasks.errors import UserError
 from tasks.params import Columns, DataParams, ValidateParams
 from tasks.tables import read_table
-from tasks.validation import required_columns, run_suites
+from tasks.validation import message_fields, required_columns, run_suites
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 LIMITS = ValidateParams(min_chars=1, max_chars=400, min_examples=5)
@@ -100,6 +100,8 @@ SAMPLES = {
     "instruction": lambda split, rows: demo(split, rows).rename(columns={"prompt": "question", "response": "answer"}),
     "text": lambda split, rows: read_table.fn(GENERAL).rename(columns={"text": "body"}).iloc[
         slice(0, rows) if split == "train" else slice(200, 200 + rows)].reset_index(drop=True),
+    "chat": lambda split, rows: pd.read_json(DEMO.parent / "demo_chat" / f"{split}.jsonl", lines=True).head(rows)
+    .rename(columns={"messages": "dialog"}),
 }
 
 
@@ -111,11 +113,11 @@ def test_every_format_builds_its_suite_and_clean_data_passes(tmp_path: Path, dat
     arguments) and clean data must pass. With a label set, only the label column of a format that has one is
     checked against it, so the clean data fail exactly that expectation."""
     data = DataParams(format=data_format, train=Path("t.jsonl"), eval=Path("e.jsonl"),
-                      columns=Columns(prompt="question", response="answer", text="body"))
+                      columns=Columns(prompt="question", response="answer", text="body", messages="dialog"))
     columns = list(required_columns(data).values())
     limits = ValidateParams(min_chars=1, max_chars=4000, min_examples=5, allowed_responses=allowed)
     report, failures = run_suites.fn(SAMPLES[data_format]("train", 40), SAMPLES[data_format]("eval", 5), columns,
-                                     limits, tmp_path / "docs")
+                                     limits, tmp_path / "docs", messages=message_fields(data))
     lines = [f.line() for f in failures]
     if allowed and len(columns) > 1:
         assert lines and all("expect_column_values_to_be_in_set" in line for line in lines), lines

@@ -2,8 +2,8 @@
 
     python tests/data/bad_data/make_corpus.py
 
-cases.json maps each file to the words the validate stage's error must contain, and to any params
-or eval file the case needs. tests/flows/test_validate_corpus.py runs the stage on every case.
+cases.json maps each file to the words the validate stage's error must contain (and, for conversations, the
+line and turn it must name), and to any params or eval file the case needs. tests/flows/test_validate_corpus.py runs the stage on every case.
 """
 
 from __future__ import annotations
@@ -124,6 +124,61 @@ def main() -> None:
         "[eval] expect_column_values_to_not_be_in_set(body)", eval="text_eval.jsonl", data=text_data)
     add("text_wrong_column.jsonl", jsonl([{"text": p["body"]} for p in paragraphs[:60]]),
         "expect_column_to_exist(body)", eval="text_eval.jsonl", data=text_data)
+
+    # Conversations: sixty good ones from data/demo_chat with one broken at line 31 (ShareGPT's spelling in two).
+    chats = [json.loads(line) for line in (DEMO.parent / "demo_chat" / "train.jsonl").read_text(
+        encoding="utf-8").splitlines()[:60]]
+    chat_eval = [json.loads(line) for line in (DEMO.parent / "demo_chat" / "eval.jsonl").read_text(
+        encoding="utf-8").splitlines()[:10]]
+    (HERE / "chat_eval.jsonl").write_text(jsonl(chat_eval), encoding="utf-8")
+    (HERE / "chat_good.jsonl").write_text(jsonl(chats), encoding="utf-8")
+    chat = {"format": "chat"}
+
+    def broken(change: object) -> list[dict]:
+        """The sixty conversations with the one at line 31 changed: `change` maps its messages to new ones."""
+        rows = json.loads(json.dumps(chats))
+        rows[30] = {"messages": change(rows[30]["messages"])}  # type: ignore[operator]
+        return rows
+
+    def set_role(role: str, turn: int) -> object:
+        return lambda messages: [m | {"role": role} if i == turn else m for i, m in enumerate(messages)]
+
+    add("chat_wrong_role.jsonl", jsonl(broken(set_role("bot", 1))),
+        "expect_column_values_to_be_in_set(role)", line="line 31 turn 2", eval="chat_eval.jsonl", data=chat)
+    add("chat_no_final_answer.jsonl", jsonl(broken(lambda m: m[:-1])),
+        "expect_column_values_to_be_in_set(final_role)", line="line 31 turn", eval="chat_eval.jsonl", data=chat)
+    add("chat_empty_turn.jsonl", jsonl(broken(lambda m: m[:2] + [m[2] | {"content": " "}] + m[3:])),
+        "expect_column_values_to_not_match_regex(content)", line="line 31 turn 3", eval="chat_eval.jsonl",
+        data=chat)
+    add("chat_two_user_turns.jsonl", jsonl(broken(lambda m: m[:2] + [m[1]] + m[2:])),
+        "expect_column_pair_values_to_be_equal", line="line 31 turn 3", eval="chat_eval.jsonl", data=chat)
+    add("chat_late_system.jsonl", jsonl(broken(lambda m: m[:2] + [{"role": "system", "content": "Be brief."}] + m[2:])),
+        "expect_column_pair_values_to_be_equal", line="line 31 turn 3", eval="chat_eval.jsonl", data=chat)
+    add("chat_not_a_list.jsonl", jsonl(broken(lambda m: "user: hello\nassistant: hi")),
+        "messages is not a JSON list", line="line 31 turn 1", eval="chat_eval.jsonl", data=chat)
+    add("chat_missing_content.jsonl", jsonl(broken(lambda m: [{"role": x["role"], "text": x["content"]} for x in m])),
+        "is not an object with 'role' and 'content'", line="line 31 turn 1", eval="chat_eval.jsonl", data=chat)
+    add("chat_duplicate.jsonl", jsonl(chats[:60] + [chats[7]]),
+        "expect_column_values_to_be_unique(conversation)", line="line 8 turn 1", eval="chat_eval.jsonl", data=chat)
+    add("chat_leaked_eval.jsonl", jsonl(chats[:30] + [chat_eval[4]] + chats[30:]),
+        "[eval] expect_column_values_to_not_be_in_set(opening)", line="line 5 turn", eval="chat_eval.jsonl",
+        data=chat)
+    add("chat_pii.jsonl", jsonl(broken(lambda m: m[:-1] + [m[-1] | {"content": "Mail jane.doe@example.com."}])),
+        "expect_column_values_to_not_match_regex_list(content)", line="line 31 turn", eval="chat_eval.jsonl",
+        data=chat)
+    add("chat_wrong_column.jsonl", jsonl([{"conversation": c["messages"]} for c in chats]),
+        "no 'messages' column (map yours under data.columns.messages)", eval="chat_eval.jsonl", data=chat)
+    sharegpt = {"format": "chat", "columns": {"messages": "conversations"},
+                "messages": {"role": "from", "content": "value", "roles": {"human": "user", "gpt": "assistant"}}}
+    spelled = [{"conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]),
+                                   "value": m["content"]} for m in c["messages"]]} for c in chats]
+    (HERE / "chat_good_sharegpt.jsonl").write_text(jsonl(spelled), encoding="utf-8")
+    spelled[30]["conversations"][2]["from"] = "bing"
+    add("chat_sharegpt_unknown_role.jsonl", jsonl(spelled), "expect_column_values_to_be_in_set(role)",
+        line="line 31 turn", eval="chat_eval_sharegpt.jsonl", data=sharegpt)
+    (HERE / "chat_eval_sharegpt.jsonl").write_text(jsonl(
+        [{"conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]),
+                             "value": m["content"]} for m in c["messages"]]} for c in chat_eval]), encoding="utf-8")
     (HERE / "cases.json").write_text(json.dumps(cases, indent=2) + "\n", encoding="utf-8")
     print(f"{len(cases)} bad-data cases written to {HERE}")
 

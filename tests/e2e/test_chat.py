@@ -1,0 +1,74 @@
+"""Conversations end to end: a ShareGPT-spelled file of multi-turn conversations (data/demo_chat, renamed as a
+user's export would have it) through `dvc exp run` on the tiny model: validated, trained on every assistant turn,
+and the held-out conversations' last answers scored for all four approaches, then the promotion gates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from stage_runner import TINY_PARAMS, run, tiny_project
+
+from benchmarks.harness import stages_run
+
+pytestmark = pytest.mark.slow
+CHATS = Path(__file__).resolve().parents[2] / "data" / "demo_chat"
+SHAREGPT = {"user": "human", "assistant": "gpt"}
+
+
+def sharegpt(split: str, rows: int) -> str:
+    """The first rows of a demo split as ShareGPT writes them: `conversations` of `from`/`value` messages."""
+    lines = (CHATS / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
+    return "".join(json.dumps({"conversations": [{"from": SHAREGPT.get(m["role"], m["role"]), "value": m["content"]}
+                                                 for m in json.loads(line)["messages"]]}) + "\n" for line in lines)
+
+
+@pytest.fixture(scope="module")
+def chat_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
+    root = tiny_project(tmp_path_factory.mktemp("chat"), tiny_model_dir, 0, 0, **TINY_PARAMS)
+    raw = root / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "chats_train.jsonl").write_text(sharegpt("train", 240), encoding="utf-8")
+    (raw / "chats_eval.jsonl").write_text(sharegpt("eval", 24), encoding="utf-8")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"] = {"format": "chat", "train": "data/raw/chats_train.jsonl", "eval": "data/raw/chats_eval.jsonl",
+                      "columns": {"messages": "conversations"},
+                      "messages": {"role": "from", "content": "value", "roles": {"human": "user", "gpt": "assistant"}}}
+    params["tokenize"]["max_length"] = 192  # the longest conversations (a third of them) lose their oldest exchange
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "chat data")
+    return root
+
+
+def test_conversations_run_every_stage_and_every_approach_answers_the_last_turn(chat_project: Path) -> None:
+    result = run(chat_project, "dvc", "exp", "run")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(stages_run(result.stdout)) == sorted(yaml.safe_load((chat_project / "dvc.yaml").read_text())["stages"])
+
+    tokens = json.loads((chat_project / "reports/tokenize.json").read_text())
+    assert tokens["train"]["examples"] + tokens["train"]["dropped"] == 240
+    assert 0 < tokens["train"]["truncated_pct"] < 100  # some conversations were fitted by dropping old exchanges
+    assert tokens["train"]["target_tokens"] > 0 and tokens["train"]["padding_pct"] == 0.0
+
+    metrics = json.loads((chat_project / "reports/metrics.json").read_text())
+    for approach in ("generalist", "prompted", "retrieval", "finetuned"):
+        assert metrics[approach]["rouge_l_ci_low"] <= metrics[approach]["rouge_l"] <= metrics[approach]["rouge_l_ci_high"]
+    # The in-context baselines show whole training conversations before the held-out one.
+    assert metrics["retrieval"]["prompt_tokens_per_example"] > 2 * metrics["generalist"]["prompt_tokens_per_example"]
+    scores = json.loads((chat_project / "reports/scores.json").read_text())
+    first = scores["examples"][0]
+    assert first["prompt"].count(" / ") == 2  # every user turn of the held-out conversation was in view
+    assert first["response"] == json.loads(sharegpt("eval", 1))["conversations"][-1]["value"]
+    assert all(len(s["predictions"]) == len(scores["examples"]) for s in scores["approaches"].values())
+    # Every approach's runaway rate (answers that never ended), and the context ablation with its interval.
+    assert all(0 <= metrics[a]["runaway_pct"] <= 100 for a in ("generalist", "prompted", "retrieval", "finetuned"))
+    ablation = metrics["context_ablation"]
+    assert ablation["metric"] == "perplexity"
+    assert ablation["without_history"]["value"] != ablation["with_history"]["value"]
+    gain = ablation["history_gain"]
+    assert gain["ci_low"] <= gain["value"] <= gain["ci_high"]
+    report = (chat_project / "reports/specialization.md").read_text()
+    assert "## Does the specialist use the conversation?" in report and "runaway pct" in report
+    assert (chat_project / "reports/promotion.json").is_file()
