@@ -52,6 +52,16 @@ def set_params(root: Path, section: str, **settings: Any) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def use_raw_data(root: Path, train: str, evaluation: str, **data: Any) -> None:
+    """Write a user's train and eval files (JSON Lines) under root's data/raw/ and point params.yaml's data
+    section at them, with these other data settings (format, columns, ...)."""
+    raw = root / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train.jsonl").write_text(train, encoding="utf-8")
+    (raw / "eval.jsonl").write_text(evaluation, encoding="utf-8")
+    set_params(root, "data", train="data/raw/train.jsonl", eval="data/raw/eval.jsonl", **data)
+
+
 def stage_command(root: Path, stage: str) -> list[str]:
     """The stage's command as root's dvc.yaml declares it (with its paths), to run one stage by hand."""
     return shlex.split(yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["cmd"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stage_runner import TINY_PARAMS, run, tiny_project
+from stage_runner import TINY_PARAMS, run, set_params, tiny_project, use_raw_data
 
 from benchmarks.harness import stages_run
 
@@ -28,16 +28,10 @@ def sharegpt(split: str, rows: int) -> str:
 @pytest.fixture(scope="module")
 def chat_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
     root = tiny_project(tmp_path_factory.mktemp("chat"), tiny_model_dir, 0, 0, **TINY_PARAMS)
-    raw = root / "data" / "raw"
-    raw.mkdir(parents=True)
-    (raw / "chats_train.jsonl").write_text(sharegpt("train", 240), encoding="utf-8")
-    (raw / "chats_eval.jsonl").write_text(sharegpt("eval", 24), encoding="utf-8")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"] = {"format": "chat", "train": "data/raw/chats_train.jsonl", "eval": "data/raw/chats_eval.jsonl",
-                      "columns": {"messages": "conversations"},
-                      "messages": {"role": "from", "content": "value", "roles": {"human": "user", "gpt": "assistant"}}}
-    params["tokenize"]["max_length"] = 192  # the longest conversations (a third of them) lose their oldest exchange
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    use_raw_data(root, sharegpt("train", 240), sharegpt("eval", 24), format="chat",
+                 columns={"messages": "conversations"},
+                 messages={"role": "from", "content": "value", "roles": {"human": "user", "gpt": "assistant"}})
+    set_params(root, "tokenize", max_length=192)  # the longest conversations (a third) lose their oldest exchange
     run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "chat data")
     return root
 

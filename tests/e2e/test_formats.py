@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from bare_model import build_bare_model
-from stage_runner import TINY_PARAMS, run, tiny_project
+from stage_runner import TINY_PARAMS, run, set_params, tiny_project, use_raw_data
 from transformers import AutoTokenizer
 
 from benchmarks.harness import stages_run
@@ -31,16 +31,9 @@ def text_project(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> 
     base_model_dir = build_bare_model(tmp_path_factory.mktemp("base-llm"))
     root = tiny_project(tmp_path_factory.mktemp("text"), base_model_dir, 0, 0,
                         **{**TINY_PARAMS, "tokenize": {"max_length": 48}})
-    raw = root / "data" / "raw"
-    raw.mkdir(parents=True)
-    (raw / "docs_train.jsonl").write_text(documents("train", 200), encoding="utf-8")
-    (raw / "docs_eval.jsonl").write_text(documents("eval", 12), encoding="utf-8")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"] = {"format": "text", "train": "data/raw/docs_train.jsonl", "eval": "data/raw/docs_eval.jsonl",
-                      "columns": {"text": "body"}}
-    params["promote"]["metric"] = "perplexity"
-    params["baselines"]["retriever"] = "bm25"  # the other retriever end to end (the first build uses minilm)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    use_raw_data(root, documents("train", 200), documents("eval", 12), format="text", columns={"text": "body"})
+    set_params(root, "promote", metric="perplexity")
+    set_params(root, "baselines", retriever="bm25")  # the other retriever end to end (the first build uses minilm)
     return root
 
 
