@@ -54,20 +54,13 @@ def example_turns(examples: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
             for role, text in (("user", question), ("assistant", answer))]
 
 
-def chat_messages(prompt: str, system_prompt: str | None,
-                  examples: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
-    """The conversation before the answer: optional system prompt, example turns (few-shot), the question."""
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + example_turns(examples) + [{"role": "user", "content": prompt}]
-
-
 def tokenize_instructions(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str],
                           system_prompt: str | None, max_length: int,
                           examples: Sequence[Sequence[tuple[str, str]]] | None = None) -> list[Tokenized]:
     """Format examples with the chat template, `examples[i]` (few-shot turns) before row i; only the assistant's
     answer carries labels. Each template call renders the whole batch and tokenizes it in one call."""
-    conversations = [chat_messages(prompt, system_prompt, examples[i] if examples is not None else ())
-                     for i, prompt in enumerate(prompts)]
+    conversations = [with_examples([{"role": "user", "content": prompt}], system_prompt,
+                                   examples[i] if examples is not None else ()) for i, prompt in enumerate(prompts)]
     prompt_ids = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
                                                return_dict=True)["input_ids"]
     full_ids = tokenizer.apply_chat_template(
