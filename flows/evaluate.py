@@ -14,7 +14,6 @@ from flows.stage import run_stage, start_stage_run
 from tasks.comparison import compare, forgetting_record
 from tasks.errors import UserError
 from tasks.inference import (
-    ScoreFile,
     attach_candidate,
     example_records,
     general_perplexity,
@@ -25,6 +24,7 @@ from tasks.inference import (
 from tasks.models import load_model, pick_device
 from tasks.params import Params
 from tasks.reporting import plot_chart, render_report
+from tasks.score_files import ScoreFile
 from tasks.tables import read_table
 from tasks.tokenization import last_turn_only, tokenize_split
 

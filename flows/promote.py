@@ -12,7 +12,6 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import git_revision, run_stage, start_stage_run
 from tasks.atomic_dir import restore_interrupted
-from tasks.inference import ScoreFile
 from tasks.lineage import build_lineage
 from tasks.params import Params
 from tasks.promotion import (
@@ -22,6 +21,7 @@ from tasks.promotion import (
     promotion_gates,
     publish_production,
 )
+from tasks.score_files import ScoreFile
 
 
 @dataclass(frozen=True)

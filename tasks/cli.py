@@ -5,6 +5,7 @@ OpenAI-compatible API. No stage imports this module."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -40,6 +41,8 @@ def export(out: Path, outtype: str) -> int:
 
 
 def stop_serving(signum: int, frame: FrameType | None) -> None:
+    # LitServe's monitor thread would log the manager process's end, which we cause, as a crash with a traceback.
+    logging.disable(logging.CRITICAL)
     stop_children(grace_seconds=0)  # LitServe's processes hold nothing to save, and SIGTERM makes them print tracebacks
     if os.getpid() == SERVER_PID:
         print("\ntailor: server stopped", file=sys.stderr, flush=True)

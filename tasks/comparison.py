@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.inference import ScoreFile, Scores
 from tasks.metrics import lower_is_better
 from tasks.reporting import recommendation
+from tasks.score_files import ScoreFile, Scores
 from tasks.scoring import TaskMetrics, best, regressions
 from tasks.statistics import Interval, paired_bootstrap
 

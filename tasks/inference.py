@@ -6,14 +6,11 @@ generation, which depends on this module only.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -23,54 +20,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from tasks.score_files import Scores
 from tasks.tokenization import IGNORE_INDEX
-
-
-@dataclass
-class Scores:
-    """Per-example results of one model on the eval examples, and their summary."""
-
-    nll: list[float] = field(default_factory=list)  # summed over each example's reference tokens
-    target_tokens: list[int] = field(default_factory=list)
-    prompt_tokens: list[int] = field(default_factory=list)
-    predictions: list[str] = field(default_factory=list)
-    ended: list[bool] = field(default_factory=list)  # whether each answer wrote the end-of-turn token in time
-    generated_tokens: int = 0
-    generation_seconds: float = 0.0
-
-    def cost(self) -> dict[str, float]:
-        """What the approach costs at inference time, and the share of its answers that ran away (reached
-        max_new_tokens without ending its turn: a model that never learned where its answers stop)."""
-        result = {"prompt_tokens_per_example": round(float(np.mean(self.prompt_tokens)), 1)}
-        if self.predictions:
-            result["generated_tokens_per_second"] = round(self.generated_tokens / max(self.generation_seconds, 1e-9), 2)
-        if self.ended:
-            result["runaway_pct"] = round(100 * (1 - float(np.mean(self.ended))), 1)
-        return result
-
-
-@dataclass
-class ScoreFile:
-    """Every approach's per-example scores on the same examples: reports/baselines.json, reports/scores.json and
-    the production model's eval_scores.json are this one record, written and read here."""
-
-    task: str
-    examples: list[dict[str, str]]  # what each score is about: prompt and response, or the text scored
-    approaches: dict[str, Scores]
-
-    def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"task": self.task, "examples": self.examples,
-                                    "approaches": {a: asdict(s) for a, s in self.approaches.items()}},
-                                   ensure_ascii=False) + "\n", encoding="utf-8")
-
-    @classmethod
-    def read(cls, path: Path) -> ScoreFile:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(raw["task"], raw["examples"], {a: Scores(**s) for a, s in raw["approaches"].items()})
-
-    def references(self) -> list[str]:
-        return [e.get("response", "") for e in self.examples]
 
 
 def held_out(eval_file: Path, max_examples: int) -> pd.DataFrame:

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from peft import PeftModel
 from prefect import task
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.atomic_dir import write_dir_atomically
-from tasks.inference import ScoreFile
 from tasks.metrics import lower_is_better
 from tasks.params import PromoteParams
 from tasks.retries import TRANSIENT_RETRIES
+from tasks.score_files import ScoreFile
 from tasks.scoring import TaskMetrics
 from tasks.statistics import Interval, paired_bootstrap
 
@@ -136,6 +134,11 @@ def model_card(lineage: dict[str, Any], gates: list[Gate], base_dir: Path, out_d
 
 def write_merged(base_dir: Path, adapter_dir: Path, dest: Path) -> None:
     """A standalone model: the LoRA weights folded into the base weights."""
+    # Imported here, not at the top: most promotions only copy files and compare scores, and importing the
+    # modeling stack (torch, transformers, peft) would add ~8 s to every one of them.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     base = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True)
     PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(dest)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(dest)
@@ -149,6 +152,8 @@ def publish_production(candidate_dir: Path, base_dir: Path, out_dir: Path, linea
     def write(staging: Path) -> None:
         shutil.copytree(candidate_dir, staging)
         if not (staging / "tokenizer_config.json").exists():  # full fine-tuning saves its own tokenizer
+            from transformers import AutoTokenizer  # only here (see write_merged)
+
             AutoTokenizer.from_pretrained(base_dir).save_pretrained(staging)
         if merge and (candidate_dir / "adapter_config.json").is_file():
             write_merged(base_dir, candidate_dir, staging / "merged")

@@ -12,11 +12,9 @@ from typing import Any
 
 import numpy as np
 import sacrebleu
-from rouge_score.rouge_scorer import RougeScorer
-from sklearn.metrics import f1_score
 
-from tasks.inference import Scores
 from tasks.metrics import lower_is_better, task_metrics
+from tasks.score_files import Scores
 from tasks.statistics import Interval
 
 Texts = list[str]
@@ -28,6 +26,9 @@ def normalize_label(text: str) -> str:
 
 def rouge_l(predictions: Texts, references: Texts) -> list[float]:
     """ROUGE-L F1 per example (Google's rouge-score, stemmed)."""
+    # Imported on use: rouge-score loads NLTK (~3 s), which the promote stage mostly does not need.
+    from rouge_score.rouge_scorer import RougeScorer
+
     scorer = RougeScorer(["rougeL"], use_stemmer=True)
     return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
 
@@ -41,6 +42,8 @@ def label_accuracy(predictions: Texts, references: Texts) -> list[float]:
 
 
 def macro_f1(predictions: Texts, references: Texts) -> float:
+    from sklearn.metrics import f1_score  # on use, like RougeScorer
+
     return float(f1_score([normalize_label(r) for r in references], [normalize_label(p) for p in predictions],
                           average="macro", zero_division=0))
 

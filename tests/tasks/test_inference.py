@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.inference import ScoreFile, Scores, example_records, generate_answers, reference_nll
+from tasks.inference import example_records, generate_answers, reference_nll
 from tasks.tokenization import tokenize_split
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
@@ -81,10 +81,3 @@ def test_plain_text_with_passages_in_context_is_scored_on_the_same_tokens(tiny_m
         assert scored == bare["input_ids"][1:]  # the first token has nothing before it without context
     assert example_records(plain, tokenizer, "text") == example_records(with_context, tokenizer, "text")
 
-
-def test_score_file_round_trip(tmp_path: Path) -> None:
-    scores = ScoreFile("free_text", [{"prompt": "q", "response": "r"}],
-                       {"a": Scores(nll=[1.5], target_tokens=[3], prompt_tokens=[7], predictions=["x"])})
-    scores.write(tmp_path / "scores.json")
-    assert ScoreFile.read(tmp_path / "scores.json") == scores
-    assert scores.references() == ["r"]

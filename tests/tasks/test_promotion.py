@@ -17,7 +17,6 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from tasks.atomic_dir import restore_interrupted, write_dir_atomically
-from tasks.inference import ScoreFile, Scores
 from tasks.params import PromoteParams
 from tasks.promotion import (
     EVAL_SCORES,
@@ -28,6 +27,7 @@ from tasks.promotion import (
     promotion_gates,
     publish_production,
 )
+from tasks.score_files import ScoreFile, Scores
 
 NO_PRODUCTION = Gate("beats_production", None, 0.05, "skipped", "no production model yet")
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from tasks.inference import Scores, score_model
+from tasks.inference import score_model
 from tasks.metrics import METRICS
+from tasks.score_files import Scores
 from tasks.scoring import CORPUS, LIKELIHOOD, PER_EXAMPLE, TaskMetrics, rouge_l
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
