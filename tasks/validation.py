@@ -291,21 +291,23 @@ def quiet_context() -> Any:
 
 
 def validate_split(context: Any, split: str, suite: Callable[[], gx.ExpectationSuite], chunks: Chunks,
-                   columns: list[str]) -> tuple[Any, pd.DataFrame]:
+                   columns: list[str]) -> tuple[Any, pd.DataFrame, gx.ExpectationSuite]:
     """Run the split's suite on each chunk, and its whole-split expectations once on the digests of every row.
 
-    Returns the merged result and the digests of the required columns (the leakage check reads train's). The
-    whole-split expectations also run on each chunk, where they cost little; merging replaces their results.
+    Returns the merged result, the digests of the required columns (the leakage check reads train's) and the
+    suite (Data Docs show it). The whole-split expectations also run on each chunk, where they cost little;
+    merging replaces their results.
     """
     whole_suite = suite()
     whole_suite.name = f"{split}_whole"
     for expectation in list(whole_suite.expectations):
         if expectation.expectation_type not in WHOLE_SPLIT:
             whole_suite.delete_expectation(expectation)
+    full_suite = suite()
     by_chunk, whole = (context.validation_definitions.add(gx.ValidationDefinition(
         name=part.name, suite=context.suites.add(part),
         data=context.data_sources.get(source).add_dataframe_asset(split).add_batch_definition_whole_dataframe("all")))
-        for part, source in ((suite(), "raw"), (whole_suite, "digests")))
+        for part, source in ((full_suite, "raw"), (whole_suite, "digests")))
     # One run id for all chunks: each chunk's result replaces the previous one in GX's store.
     run_id = RunIdentifier(run_time=datetime.datetime.now(datetime.timezone.utc))
     results, digested = [], []
@@ -315,7 +317,7 @@ def validate_split(context: Any, split: str, suite: Callable[[], gx.ExpectationS
         digested.append(chunk[[c for c in columns if c in chunk]].map(digest))
     digests = pd.concat(digested)
     whole_result = whole.run(batch_parameters={"dataframe": digests}, result_format=RESULT_FORMAT, run_id=run_id)
-    return merge_results(results, whole_result), digests
+    return merge_results(results, whole_result), digests, full_suite
 
 
 def leaked_values(chunks: Chunks, column: str, train_digests: set[str]) -> list[str]:
@@ -372,15 +374,16 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, colu
         present = {split: set(next(chunks()).columns) for split, chunks in sources.items()}
         suites = {"train": lambda: build_suite("train", columns, limits, limits.min_examples, {}, present["train"]),
                   "eval": lambda: build_suite("eval", columns, limits, 1, forbidden, present["eval"])}
-    results = {}
-    results["train"], digests = validate_split(context, "train", suites["train"], sources["train"], digested)
+    results, ran = {}, {}
+    results["train"], digests, ran["train"] = validate_split(context, "train", suites["train"], sources["train"],
+                                                             digested)
     seen_in_train = {d for d in digests[key] if isinstance(d, str)} if key in digests else set()
     del digests
     if seen_in_train:
         forbidden[key] = leaked_values(sources["eval"], key, seen_in_train)
-    results["eval"], _ = validate_split(context, "eval", suites["eval"], sources["eval"], digested)
+    results["eval"], _, ran["eval"] = validate_split(context, "eval", suites["eval"], sources["eval"], digested)
 
-    render_data_docs(results, {split: make() for split, make in suites.items()}, docs_dir)
+    render_data_docs(results, ran, docs_dir)
     report: dict[str, Any] = {"success": all(r.success for r in results.values()), "splits": {}}
     failures: list[Failure] = []
     for split, result in results.items():
