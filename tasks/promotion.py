@@ -69,8 +69,8 @@ def production_gate(candidate: ScoreFile, production_dir: Path, params: PromoteP
         return Gate("beats_production", None, params.min_relative_improvement, "skipped",
                     "production was scored on other eval examples; its scores are not comparable")
     scores = {"candidate": candidate.approaches["finetuned"], "production": production.approaches["finetuned"]}
-    values = TaskMetrics(candidate.task, scores, candidate.references())
     metric = params.metric
+    values = TaskMetrics(candidate.task, scores, candidate.references(), only=metric)
     single, paired = paired_bootstrap(list(scores), {metric: values.functions()[metric]},
                                       len(candidate.examples), samples, confidence, seed)
     gain = paired["candidate", "production"][metric].as_gain(lower_is_better(metric))

@@ -65,8 +65,9 @@ LIKELIHOOD: dict[str, Callable[[float], float]] = {"loss": lambda loss: loss, "p
 class TaskMetrics:
     """The metrics of one task type, computable on any resample of the examples (for the bootstrap)."""
 
-    def __init__(self, task: str, scores: dict[str, Scores], references: Texts) -> None:
-        self.names = task_metrics(task)
+    def __init__(self, task: str, scores: dict[str, Scores], references: Texts, only: str | None = None) -> None:
+        """Every metric of the task, or `only` that one (per-example scores are computed here, up front)."""
+        self.names = [only] if only else task_metrics(task)
         self.scores = scores
         self.references = references
         self.nll = {a: np.asarray(s.nll) for a, s in scores.items()}

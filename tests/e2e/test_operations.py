@@ -92,7 +92,8 @@ def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path) -> None:
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-3000:]}"
     assert "running the pipeline: finetune.max_steps=12" in log
     ran = stages_run(log)
-    assert ran[:2] == ["finetune", "evaluate"] and "tokenize" not in ran, log[-3000:]  # only what the knob affects
+    assert ran[:2] == ["finetune", "evaluate"], log[-3000:]  # only what the knob affects: no baselines either
+    assert not {"base_model", "validate", "tokenize", "evaluate_baselines"} & set(ran), log[-3000:]
 
     experiment = f"prefect-{flow_run.name}"
     shown = run(deployed, "dvc", "exp", "show", "--json")
