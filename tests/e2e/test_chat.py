@@ -39,7 +39,8 @@ def chat_project(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> 
     base_model_dir = build_bare_model(tmp_path_factory.mktemp("base-llm"), pretrain_steps=100)
     root = tiny_project(tmp_path_factory.mktemp("chat"), base_model_dir, 0, 0, **{
         **TINY_PARAMS, "finetune": {**TINY_PARAMS["finetune"], "max_steps": 20, "save_steps": 10},
-        "evaluate": {**TINY_PARAMS["evaluate"], "max_new_tokens": 32}})  # room for an answer to end
+        "evaluate": {**TINY_PARAMS["evaluate"], "max_new_tokens": 32},  # room for an answer to end
+        "baselines": {**TINY_PARAMS["baselines"], "retriever": "bm25"}})  # MiniLM: the instruction e2e
     use_raw_data(root, sharegpt("train", 240), sharegpt("eval", 24), format="chat",
                  columns={"messages": "conversations"},
                  messages={"role": "from", "content": "value", "roles": {"human": "user", "gpt": "assistant"}})

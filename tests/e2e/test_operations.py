@@ -87,13 +87,14 @@ def test_deployment_and_schedule_are_registered(deployed: Path) -> None:
 
 def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path) -> None:
     started = time.time()
-    flow_run = run_deployment("specialize/weekly", parameters={"max_steps": 12}, timeout=900)
+    # A form field set to the value params.yaml has (nothing to re-train) and a free setting of the gates: only
+    # promote is due. (What a training knob would re-run is checked by DVC's dry run in test_pipeline.py.)
+    flow_run = run_deployment("specialize/weekly", timeout=900, parameters={
+        "max_steps": 8, "settings": ["promote.min_relative_improvement=0.02"]})
     log = flow_run_log(flow_run.id)
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-3000:]}"
-    assert "running the pipeline: finetune.max_steps=12" in log
-    ran = stages_run(log)
-    assert ran[:2] == ["finetune", "evaluate"], log[-3000:]  # only what the knob affects: no baselines either
-    assert not {"base_model", "validate", "tokenize", "evaluate_baselines"} & set(ran), log[-3000:]
+    assert "running the pipeline: finetune.max_steps=8, promote.min_relative_improvement=0.02" in log
+    assert stages_run(log) == ["promote"], log[-3000:]
 
     experiment = f"prefect-{flow_run.name}"
     shown = run(deployed, "dvc", "exp", "show", "--json")
@@ -102,7 +103,7 @@ def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path) -> None:
             for e in e.get("revs", []) if e.get("name") == experiment]
     assert len(runs) == 1, shown.stdout[:3000]
     params = runs[0]["data"]["params"]["params.yaml"]["data"]
-    assert params["finetune"]["max_steps"] == 12  # the UI override, recorded by DVC
+    assert params["promote"]["min_relative_improvement"] == 0.02  # the UI's settings, recorded by DVC
 
     with get_client(sync_client=True) as client:
         artifacts = {a.key for a in client.read_artifacts() if a.created.timestamp() >= started - 1}

@@ -190,6 +190,16 @@ def test_evaluation_knobs_rerun_evaluation_only(project: Path) -> None:
     assert set(due) <= {"evaluate_baselines", "evaluate", "promote"}  # no retraining, no re-tokenizing
 
 
+def test_a_training_knob_reruns_training_onward_only(project: Path) -> None:
+    params = (project / "params.yaml").read_text()
+    set_params(project, "finetune", learning_rate=0.01)
+    try:
+        due = stages_due(project)
+    finally:
+        (project / "params.yaml").write_text(params)
+    assert due[0] == "finetune" and set(due) <= {"finetune", "evaluate", "promote"}  # no baselines, no tokenizing
+
+
 def test_two_repros_at_once_one_waits_its_turn(project: Path) -> None:
     before = digest(project, OUTPUTS)
     first = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "promote"], cwd=project,
