@@ -9,7 +9,7 @@ from typing import Any
 from tasks.metrics import lower_is_better
 from tasks.reporting import recommendation
 from tasks.score_files import ScoreFile, Scores
-from tasks.scoring import TaskMetrics, best, regressions
+from tasks.scoring import TaskMetrics, best, one_against_other, regressions
 from tasks.statistics import Interval, paired_bootstrap
 
 
@@ -58,12 +58,9 @@ def context_ablation(scores: ScoreFile, without_history: Scores, metric: str, sa
     """The fine-tuned model's `metric` on each held-out conversation as it is and with only its last user turn,
     and the paired difference (positive: the history helps), so that a specialist that ignores the conversation
     shows."""
-    pair = {"with_history": scores.approaches["finetuned"], "without_history": without_history}
-    values = TaskMetrics(scores.task, pair, scores.references())
-    single, paired = paired_bootstrap(list(pair), {metric: values.functions()[metric]}, len(scores.examples),
-                                      samples, confidence, seed)
-    gain = paired["with_history", "without_history"][metric].as_gain(lower_is_better(metric))
-    return {"metric": metric, **{name: single[name][metric].as_dict() for name in pair},
+    with_history, without, gain = one_against_other(scores.task, scores.approaches["finetuned"], without_history,
+                                                    scores.references(), metric, samples, confidence, seed)
+    return {"metric": metric, "with_history": with_history.as_dict(), "without_history": without.as_dict(),
             "history_gain": {**gain.as_dict(), "better": gain.better}}
 
 

@@ -14,12 +14,11 @@ import yaml
 from prefect import task
 
 from tasks.atomic_dir import write_dir_atomically
-from tasks.metrics import lower_is_better
 from tasks.params import PromoteParams
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.score_files import ScoreFile
-from tasks.scoring import TaskMetrics
-from tasks.statistics import Interval, paired_bootstrap
+from tasks.scoring import one_against_other
+from tasks.statistics import Interval
 
 EVAL_SCORES = "eval_scores.json"  # the production model's per-example scores, for paired comparisons
 
@@ -68,14 +67,11 @@ def production_gate(candidate: ScoreFile, production_dir: Path, params: PromoteP
     if production.examples != candidate.examples or production.task != candidate.task:
         return Gate("beats_production", None, params.min_relative_improvement, "skipped",
                     "production was scored on other eval examples; its scores are not comparable")
-    scores = {"candidate": candidate.approaches["finetuned"], "production": production.approaches["finetuned"]}
-    metric = params.metric
-    values = TaskMetrics(candidate.task, scores, candidate.references(), only=metric)
-    single, paired = paired_bootstrap(list(scores), {metric: values.functions()[metric]},
-                                      len(candidate.examples), samples, confidence, seed)
-    gain = paired["candidate", "production"][metric].as_gain(lower_is_better(metric))
-    return margin_gate("beats_production", metric, gain, single["production"][metric].value,
-                       params.min_relative_improvement, "production")
+    _, current, gain = one_against_other(candidate.task, candidate.approaches["finetuned"],
+                                         production.approaches["finetuned"], candidate.references(), params.metric,
+                                         samples, confidence, seed)
+    return margin_gate("beats_production", params.metric, gain, current.value, params.min_relative_improvement,
+                       "production")
 
 
 def promotion_gates(metrics: dict[str, Any], params: PromoteParams, production: Gate) -> list[Gate]:

@@ -15,7 +15,7 @@ import sacrebleu
 
 from tasks.metrics import lower_is_better, task_metrics
 from tasks.score_files import Scores
-from tasks.statistics import Interval
+from tasks.statistics import Interval, paired_bootstrap
 
 Texts = list[str]
 
@@ -91,6 +91,18 @@ class TaskMetrics:
 
     def functions(self) -> dict[str, Callable[[str, np.ndarray], float]]:
         return {name: (lambda a, i, name=name: self.value(name, a, i)) for name in self.names}
+
+
+def one_against_other(task: str, one: Scores, other: Scores, references: Texts, metric: str, samples: int,
+                      confidence: float, seed: int) -> tuple[Interval, Interval, Interval]:
+    """`metric` for two models scored on the same examples, and the first one's gain over the other (positive:
+    better, whichever way the metric points), with paired-bootstrap intervals."""
+    pair = {"one": one, "other": other}
+    values = TaskMetrics(task, pair, references, only=metric)
+    single, paired = paired_bootstrap(list(pair), {metric: values.functions()[metric]}, len(references), samples,
+                                      confidence, seed)
+    return (single["one"][metric], single["other"][metric],
+            paired["one", "other"][metric].as_gain(lower_is_better(metric)))
 
 
 def best(approaches: list[str], metric: str, single: dict[str, dict[str, Interval]]) -> str:
