@@ -129,8 +129,8 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
     return suite
 
 
-def build_chat_suite(name: str, limits: ValidateParams, min_rows: int, forbidden: dict[str, list[str]],
-                     present: set[str]) -> gx.ExpectationSuite:
+def build_chat_suite(name: str, limits: ValidateParams, min_rows: int,
+                     forbidden: dict[str, list[str]]) -> gx.ExpectationSuite:
     """The expectations on a split of conversations, checked on its one-row-per-message view (tasks.conversations
     .turn_view): each rule a user breaks is named with the conversation's line."""
     suite = gx.ExpectationSuite(name=name)
@@ -367,8 +367,8 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, colu
         sources = {split: (lambda rows=rows, column=columns[0]: turn_view(rows(), column, messages))
                    for split, rows in sources.items()}
         key, digested = "opening", ["line", "conversation", "opening"]
-        suites = {"train": lambda: build_chat_suite("train", limits, limits.min_examples, {}, set()),
-                  "eval": lambda: build_chat_suite("eval", limits, 1, forbidden, set())}
+        suites = {"train": lambda: build_chat_suite("train", limits, limits.min_examples, {}),
+                  "eval": lambda: build_chat_suite("eval", limits, 1, forbidden)}
     else:
         key = columns[0]
         present = {split: set(next(chunks()).columns) for split, chunks in sources.items()}
