@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from peft import PeftModel
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -123,7 +122,10 @@ def score_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
 def attach_candidate(model: PreTrainedModel, candidate_dir: Path) -> Any:
     """The fine-tuned model: LoRA merged into the loaded base in place (no second copy), or full weights."""
     if (candidate_dir / "adapter_config.json").is_file():
-        # Merged weights give the same outputs as the adapter and generate at the base model's speed.
+        # Merged weights give the same outputs as the adapter and generate at the base model's speed. peft is
+        # imported here: it costs seconds of start-up, and the baselines stage never loads an adapter.
+        from peft import PeftModel
+
         return PeftModel.from_pretrained(model, candidate_dir).merge_and_unload()
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     del model  # full fine-tuning: the candidate replaces the base instead of sitting beside it

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,15 +15,15 @@ from benchmarks.harness import prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
-# `make test` runs two pytest workers. Each module runs whole on one worker (its module fixtures are built once), and
-# the modules that share a session build run together on one worker, in file order, so it is built once too.
+# `make test` runs three pytest workers. Each module runs whole on one worker (its module fixtures are built once),
+# and the modules that share a session build run together on one worker, in file order, so it is built once too.
 SHARED_BUILDS = {
     "tests/e2e/test_operations.py": "first_build", "tests/e2e/test_pipeline.py": "first_build",
     "tests/e2e/test_serve.py": "first_build",
     "tests/e2e/test_distributed.py": "tokenized_project", "tests/e2e/test_resume.py": "tokenized_project",
 }
-# The work units in the order the workers take them: the longest first (measured, 2026-11-29: about 370, 375, 175,
-# 160, 150, 115 and 75 s), so that both workers finish at about the same time.
+# The work units in the order the workers take them: the longest first (measured with three workers, 2026-11-29:
+# about 520, 535, 265, 220, 170, 115 and 75 s), so that the workers finish at about the same time.
 HEAVY_FIRST = ("first_build", "tokenized_project", "tests/flows/test_validate_corpus.py",
                "tests/flows/test_base_model.py", "tests/e2e/test_chat.py", "tests/e2e/test_formats.py",
                "tests/flows/test_base_model_sources.py", "tests/e2e/", "tests/flows/", "tests/benchmarks/")
@@ -38,6 +39,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
             return SHARED_BUILDS.get(module, module)
+
+        def _reschedule(self, node: Any) -> None:
+            # xdist hands a worker its next unit when 2 of its tests are left; our units are a few long tests, so
+            # that would tie a long unit to a busy worker while the other runs dry. Hand it over at the last test.
+            if self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
 
     return SharedBuildScheduling(config, log)
 
