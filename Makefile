@@ -29,8 +29,8 @@ run: install
 
 # Three pytest workers, each test process on one thread. Most tests run stage processes, which spend about a sixth
 # of their time waiting (on the Prefect server, on their children), so with two workers on two cores a sixth of the
-# CPU idled: a third fills it (14 min 51 s to 13 min 24 s, measured side by side). tests/conftest.py keeps each
-# module, and the modules sharing a tiny-project build, on one worker.
+# CPU idled: a third fills it. tests/conftest.py keeps each module, and the modules sharing a tiny-project build, on
+# one worker, and starts one Prefect server for all three.
 test: install
 	ruff check .
 	OMP_NUM_THREADS=1 python -m pytest -q -n 3

@@ -62,29 +62,42 @@ def stop(process: subprocess.Popen[Any], grace_seconds: float = 30) -> None:
         process.wait()
 
 
-@contextmanager
-def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
-    """A real Prefect server on 127.0.0.1, its SQLite database and log under home; yields its API URL, stops it
-    on exit. Raises RuntimeError, with the end of its log, if it does not answer within 90 s."""
+def start_prefect_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a real Prefect server on 127.0.0.1, its SQLite database and log (server.log) under home; returns the
+    process and its API URL at once, before it answers (wait_for_prefect_server waits)."""
     home.mkdir(parents=True, exist_ok=True)
-    log = home / "server.log"
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env={**env, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false",
              "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"},
-        stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
+        stdout=(home / "server.log").open("w"), stderr=subprocess.STDOUT)
+    return server, f"http://127.0.0.1:{port}/api"
+
+
+def wait_for_prefect_server(url: str, home: Path, server: subprocess.Popen[bytes] | None = None,
+                            timeout_s: float = 90) -> None:
+    """Return once the server at url answers; raise RuntimeError, with the end of its log, if it has not within
+    timeout_s or its process (when given) has exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            if (server is not None and server.poll() is not None) or time.monotonic() > deadline:
+                log = (home / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"the Prefect server did not start:\n{log}") from None
+            time.sleep(0.5)
+
+
+@contextmanager
+def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1 (start_prefect_server) that answers; yields its API URL, stops it on
+    exit."""
+    server, url = start_prefect_server(home, env)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the Prefect server did not start:\n{log.read_text()[-2000:]}") from None
-                time.sleep(0.5)
+        wait_for_prefect_server(url, home, server)
         yield url
     finally:
         stop(server)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.harness import prefect_server
+from benchmarks.harness import prefect_server, start_prefect_server, stop, wait_for_prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -99,13 +103,43 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# Under xdist the controller starts one Prefect server for all its workers, which find it through these variables
+# (they inherit its environment): a server per worker would cost each about 17 s of CPU to start and 2 s a minute
+# while it runs, on a machine whose two cores the tests already fill.
+SHARED_API, SHARED_HOME = "TAILOR_TESTS_PREFECT_API", "TAILOR_TESTS_PREFECT_HOME"
+SHARED_SERVER = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()  # the controller's server process and home
+
+
+def server_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        home = Path(tempfile.mkdtemp(prefix="tailor-tests-prefect-"))
+        server, url = start_prefect_server(home, server_environment())  # it starts while the workers collect
+        config.stash[SHARED_SERVER] = server, home
+        os.environ[SHARED_API], os.environ[SHARED_HOME] = url, str(home)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SHARED_SERVER in config.stash:
+        server, home = config.stash[SHARED_SERVER]
+        stop(server)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server on 127.0.0.1 (SQLite in a temp dir); stage subprocesses use it via PREFECT_API_URL.
-
-    One server for the session saves every stage process the 10-15 s of starting a temporary one.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    with prefect_server(tmp_path_factory.mktemp("prefect-home"), env) as url, pytest.MonkeyPatch.context() as patch:
+    """A real Prefect server on 127.0.0.1 (SQLite in a temp dir): the controller's under xdist, else one for this
+    session. Stage subprocesses use it via PREFECT_API_URL, which saves each the 10-15 s of starting a temporary
+    one."""
+    with contextlib.ExitStack() as stack:
+        if SHARED_API in os.environ:
+            url = os.environ[SHARED_API]
+            wait_for_prefect_server(url, Path(os.environ[SHARED_HOME]))
+        else:
+            url = stack.enter_context(prefect_server(tmp_path_factory.mktemp("prefect-home"), server_environment()))
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
         patch.setenv("PREFECT_API_URL", url)  # restored after the session
         yield url
