@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from jinja2 import TemplateError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.errors import UserError
 from tasks.models import record_chat_tokens
+
+if TYPE_CHECKING:  # imported where used, as in tasks/models.py
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # The common families, each as its instruct models ship it; tests/tasks/test_chat_templates.py checks what
 # transformers renders from each (Gemma's against Gemma 3's own template). A system message is kept (the prompted
@@ -141,6 +143,8 @@ def grow_embeddings(model: PreTrainedModel, known_rows: int, new_ids: list[int],
     The mean (rather than transformers' default random draw around it) keeps models/base byte-identical from run
     to run, so DVC re-runs nothing after it when nothing changed.
     """
+    import torch
+
     if vocabulary > model.get_input_embeddings().weight.shape[0]:  # a padded vocabulary may already have room
         model.resize_token_embeddings(vocabulary, mean_resizing=False)
     with torch.no_grad():

