@@ -69,7 +69,9 @@ def as_prefect_task(fn: Callable[..., Any]) -> Callable[..., Any]:
 def finetune(params: FinetuneParams, seed: int, paths: Paths, step: Step) -> dict[str, Any]:
     """Train from the last complete checkpoint or the base model; rank 0 writes the adapter and the summary."""
     device = pick_device(params.device)
-    fingerprint = training_fingerprint(params, seed, [paths.base, paths.train])
+    # The adapter training starts from is an input like the data: a changed one makes old checkpoints stale.
+    starts_from = [params.init_adapter] if params.init_adapter is not None else []
+    fingerprint = training_fingerprint(params, seed, [paths.base, paths.train, *starts_from])
     step(prepare_checkpoints)(paths.checkpoints, fingerprint, params.on_input_change)
     trainer, summary = step(train)(paths.base, load_from_disk(str(paths.train)), params, seed, device,
                                    paths.checkpoints, paths.live)

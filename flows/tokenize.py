@@ -38,10 +38,13 @@ def tokenize_flow(data: DataParams, tokenize: TokenizeParams, paths: Paths) -> d
     paths.stats.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     for split, counts in stats.items():
         if counts.get("dropped_pct", 0) > tokenize.max_dropped_pct:
-            raise UserError(f"{counts['dropped']} {split} conversations ({counts['dropped_pct']}%) have no assistant "
-                            f"token left to learn from within tokenize.max_length {tokenize.max_length} (even with "
-                            f"their oldest turns dropped); raise tokenize.max_length, shorten them, or raise "
-                            f"tokenize.max_dropped_pct ({tokenize.max_dropped_pct}) to train without them")
+            what = ("preference pairs ({pct}%) have prompts that leave no room for an answer" if data.format ==
+                    "preference" else "conversations ({pct}%) have no assistant token left to learn from")
+            raise UserError(f"{counts['dropped']} {split} {what.format(pct=counts['dropped_pct'])} within "
+                            f"tokenize.max_length {tokenize.max_length}" + (" (even with their oldest turns dropped)"
+                                                                           if data.format == "chat" else "")
+                            + "; raise tokenize.max_length, shorten them, or raise tokenize.max_dropped_pct "
+                            f"({tokenize.max_dropped_pct}) to train without them")
     return stats
 
 

@@ -13,7 +13,7 @@ from flows.stage import run_stage, start_stage_run
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
 from tasks.params import DataParams, Params, ValidateParams
-from tasks.validation import message_fields, required_columns, run_suites, write_clean_splits
+from tasks.validation import answer_pair, message_fields, required_columns, run_suites, write_clean_splits
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Pat
     columns = required_columns(data)
     messages = message_fields(data)
     report, failures = run_suites(data.train, data.eval, list(columns.values()), limits, paths.docs,
-                                  messages=messages)
+                                  messages=messages, pair=answer_pair(data))
     paths.report.parent.mkdir(parents=True, exist_ok=True)
     paths.report.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [failure.line() for failure in failures]

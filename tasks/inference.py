@@ -105,13 +105,27 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return answers, ended, generated, time.perf_counter() - started
 
 
+def rejected_answers(dataset: Dataset) -> Dataset:
+    """Preference pairs with the rejected answer in place of the chosen one, after the same prompt."""
+    def swap(row: dict[str, Any]) -> dict[str, Any]:
+        prompt = row["input_ids"][:row["prompt_length"]]
+        return {"input_ids": prompt + row["rejected_ids"],
+                "labels": [IGNORE_INDEX] * len(prompt) + row["rejected_ids"]}
+
+    return dataset.map(swap, keep_in_memory=True)
+
+
 @task(cache_policy=NO_CACHE)
 def score_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
                 max_new_tokens: int, generate: bool) -> Scores:
-    """Log-likelihood of every example's reference tokens and, when `generate`, greedy answers to its prompt."""
+    """Log-likelihood of every example's reference tokens (and of a preference pair's rejected answer) and, when
+    `generate`, greedy answers to its prompt."""
     pad_id = padding_id(tokenizer)
     scores = Scores()
     scores.nll, scores.target_tokens = reference_nll(model, dataset, batch_size, pad_id)
+    if "rejected_ids" in dataset.column_names:
+        scores.rejected_nll, scores.rejected_tokens = reference_nll(model, rejected_answers(dataset), batch_size,
+                                                                    pad_id)
     scores.prompt_tokens = list(dataset["prompt_length"])
     if generate:
         scores.predictions, scores.ended, scores.generated_tokens, scores.generation_seconds = generate_answers(

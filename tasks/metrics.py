@@ -29,12 +29,18 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("accuracy", False, ("classification",), "the answer equals the reference label after normalizing case, "
                                                    "spaces and a final period"),
     Metric("macro_f1", False, ("classification",), "macro-averaged F1 over the labels (scikit-learn)"),
+    Metric("preference_accuracy", False, ("preference",), "share of pairs where the chosen answer has the higher "
+                                                          "mean log-likelihood per token"),
+    Metric("preference_margin", False, ("preference",), "mean log-likelihood per token of the chosen answer minus "
+                                                        "the rejected one's"),
 )}
 
 
 def task_metrics(task: str) -> list[str]:
-    """The metrics an evaluation task reports, in registry order."""
-    return [m.name for m in METRICS.values() if task in m.tasks]
+    """The metrics an evaluation task reports, in registry order. Preference pairs are evaluated as
+    "<task>+preference": the task's metrics on the chosen answers, then the preference ones."""
+    parts = task.split("+")
+    return [m.name for m in METRICS.values() if any(part in m.tasks for part in parts)]
 
 
 def lower_is_better(metric: str) -> bool:

@@ -75,6 +75,8 @@ class Columns(Section):
     response: str = "response"
     text: str = "text"
     messages: str = "messages"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
 
 
 class MessageFields(Section):
@@ -87,9 +89,10 @@ class MessageFields(Section):
 
 
 class DataParams(Section):
-    format: Literal["instruction", "text", "chat"] = Field(
+    format: Literal["instruction", "text", "chat", "preference"] = Field(
         "instruction", description="instruction: prompt/response pairs; text: plain text for domain adaptation; "
-                                   "chat: multi-turn conversations (a list of messages per row)"
+                                   "chat: multi-turn conversations (a list of messages per row); preference: a "
+                                   "prompt with a chosen and a rejected answer"
     )
     train: Path
     eval: Path = Field(description="held-out examples, never trained on; dvc.yaml tracks both files")
@@ -125,8 +128,9 @@ class TokenizeParams(Section):
     train_on: Literal["all_turns", "last_turn"] = Field(
         "all_turns", description="chat: the assistant turns that carry the loss")
     max_dropped_pct: float = Field(
-        1.0, ge=0, le=100, description="chat: largest share of conversations (%) left with no assistant token to "
-                                       "learn from once fitted into max_length; more stops the stage")
+        1.0, ge=0, le=100, description="chat and preference: largest share of conversations (%) left with no "
+                                       "assistant token to learn from once fitted into max_length (pairs with no "
+                                       "room for an answer); more stops the stage")
 
     @field_validator("chat_template")
     @classmethod
@@ -153,8 +157,22 @@ class LoraParams(Section):
     )
 
 
+class DpoParams(Section):
+    """Direct preference optimization (finetune.method dpo), through TRL's DPOTrainer."""
+
+    beta: float = Field(0.1, gt=0, description="how far the model may move from the reference: lower, further")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero"] = Field(
+        "sigmoid", description="sigmoid: the DPO paper's loss; ipo, hinge, robust, sigmoid_norm, apo_zero: TRL's "
+                               "variants")
+
+
 class FinetuneParams(Section):
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "full", "dpo"] = Field(
+        "lora", description="lora: supervised, an adapter; full: supervised, every weight; dpo: preference pairs, "
+                            "an adapter")
+    init_adapter: Path | None = Field(
+        None, description="start from this LoRA adapter (e.g. an SFT adapter the pipeline produced) instead of a "
+                          "fresh one; with dpo it is also the reference")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     learning_rate: float = Field(2e-3, gt=0, le=1)
     max_steps: int = Field(100, ge=1)
@@ -171,11 +189,24 @@ class FinetuneParams(Section):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with several processes: ddp copies the model to each, fsdp shards it across them")
     lora: LoraParams = LoraParams()
+    dpo: DpoParams = DpoParams()
 
     @model_validator(mode="after")
     def sharding_needs_processes(self) -> FinetuneParams:
         if self.strategy == "fsdp" and self.processes == 1:
             raise ValueError("strategy fsdp shards the model across processes; set processes above 1, or use ddp")
+        return self
+
+    @model_validator(mode="after")
+    def adapter_to_start_from(self) -> FinetuneParams:
+        if self.init_adapter is None:
+            return self
+        if self.method == "full":
+            raise ValueError("init_adapter starts from a LoRA adapter; use method lora or dpo, or remove it")
+        if not (self.init_adapter / "adapter_config.json").is_file():
+            raise ValueError(f"init_adapter {str(self.init_adapter)!r} is not a LoRA adapter directory (no "
+                             "adapter_config.json there); point it at one the finetune stage wrote, e.g. a copy "
+                             "of models/adapter or models/production/adapter")
         return self
 
 
@@ -221,13 +252,20 @@ class Params(Section):
     promote: PromoteParams = PromoteParams()
 
     def task(self) -> str:
-        """The evaluation task: evaluate.task, or "text" for plain-text data (nothing to generate)."""
-        return "text" if self.data.format == "text" else self.evaluate.task
+        """The evaluation task: evaluate.task, "text" for plain-text data (nothing to generate), and for
+        preference pairs evaluate.task+preference (its metrics on the chosen answers, and the preference ones)."""
+        if self.data.format == "text":
+            return "text"
+        return f"{self.evaluate.task}+preference" if self.data.format == "preference" else self.evaluate.task
 
     @model_validator(mode="after")
     def consistent(self) -> Params:
+        if self.finetune.method == "dpo" and self.data.format != "preference":
+            raise ValueError(f"finetune.method: dpo learns from preference pairs, but data.format is "
+                             f"{self.data.format}; set data.format: preference, or use method lora")
         if self.promote.metric not in task_metrics(self.task()):
-            where = "data.format text" if self.data.format == "text" else f"evaluate.task {self.evaluate.task}"
+            where = {"text": "data.format text", "preference": f"data.format preference with evaluate.task "
+                     f"{self.evaluate.task}"}.get(self.data.format, f"evaluate.task {self.evaluate.task}")
             known = "" if self.promote.metric in METRICS else " (no such metric)"
             raise ValueError(f"promote.metric: {self.promote.metric}{known} is not computed for {where}; "
                              f"choose one of {task_metrics(self.task())}")

@@ -44,7 +44,8 @@ def contexts(train: pd.DataFrame, rows: list[list[int]], data_format: str) -> li
             turns = [m["content"] for m in json.loads(train["messages"].iloc[j]) if m["role"] != "system"]
             return list(zip(turns[::2], turns[1::2]))
         return [[pair for j in picked for pair in exchanges(j)] for picked in rows]
-    return [[(train["prompt"].iloc[j], train["response"].iloc[j]) for j in picked] for picked in rows]
+    answer = "chosen" if data_format == "preference" else "response"  # a preference pair shows its better answer
+    return [[(train["prompt"].iloc[j], train[answer].iloc[j]) for j in picked] for picked in rows]
 
 
 def searched_texts(frame: pd.DataFrame, data_format: str) -> list[str]:

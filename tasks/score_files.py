@@ -16,6 +16,9 @@ class Scores:
 
     nll: list[float] = field(default_factory=list)  # summed over each example's reference tokens
     target_tokens: list[int] = field(default_factory=list)
+    # Preference pairs: the same for the rejected answer (the reference is the chosen one).
+    rejected_nll: list[float] = field(default_factory=list)
+    rejected_tokens: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)  # whether each answer wrote the end-of-turn token in time

@@ -60,6 +60,17 @@ CORPUS: dict[str, Callable[[Texts, Texts], float]] = {
 }
 # Metrics of the reference tokens' log-likelihood (teacher forcing), from the summed NLL and token counts.
 LIKELIHOOD: dict[str, Callable[[float], float]] = {"loss": lambda loss: loss, "perplexity": math.exp}
+# Metrics of a preference pair, from its margin: the chosen answer's mean log-likelihood per token minus the
+# rejected one's (per token, so that a longer answer is not penalized for its length).
+PREFERENCE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "preference_accuracy": lambda margin: (margin > 0).astype(float), "preference_margin": lambda margin: margin,
+}
+
+
+def preference_margins(scores: Scores) -> np.ndarray:
+    chosen = -np.asarray(scores.nll) / np.maximum(np.asarray(scores.target_tokens), 1)
+    rejected = -np.asarray(scores.rejected_nll) / np.maximum(np.asarray(scores.rejected_tokens), 1)
+    return chosen - rejected
 
 
 class TaskMetrics:
@@ -74,11 +85,13 @@ class TaskMetrics:
         self.tokens = {a: np.asarray(s.target_tokens) for a, s in scores.items()}
         self.per_example = {(a, name): np.asarray(PER_EXAMPLE[name](s.predictions, references), dtype=float)
                             for a, s in scores.items() for name in self.names if name in PER_EXAMPLE}
+        self.per_example.update({(a, name): PREFERENCE[name](preference_margins(s)) for a, s in scores.items()
+                                 for name in self.names if name in PREFERENCE})
 
     def value(self, name: str, approach: str, index: np.ndarray) -> float:
         if name in LIKELIHOOD:
             return LIKELIHOOD[name](float(self.nll[approach][index].sum() / max(self.tokens[approach][index].sum(), 1)))
-        if name in PER_EXAMPLE:
+        if name in PER_EXAMPLE or name in PREFERENCE:
             return float(self.per_example[approach, name][index].mean())
         predictions = [self.scores[approach].predictions[i] for i in index]
         return CORPUS[name](predictions, [self.references[i] for i in index])

@@ -1,5 +1,6 @@
 """Tokenization: the base model's chat template, loss on response tokens only (assistant turns of a
-conversation; all tokens of plain text), no padding.
+conversation; all tokens of plain text), no padding. A preference pair is its prompt and chosen answer (as an
+instruction example) plus the tokens of its rejected answer after the same prompt.
 
 A split on disk is tokenized by `datasets` in batches, in one process per core, each writing Arrow as it goes
 (`tokenize_file`), so memory holds a batch per process however large the split; the in-context baselines tokenize
@@ -36,8 +37,14 @@ Context = Sequence[tuple[str, str]] | Sequence[str]
 FEATURES = Features({"input_ids": List(Value("int32")), "labels": List(Value("int64")),
                      "prompt_length": Value("int64"), "truncated": Value("bool"),
                      "prompt": Value("string"), "response": Value("string")})
+# Preference pairs: the chosen answer is the example's response; the rejected answer's tokens follow the same prompt.
+PREFERENCE_FEATURES = Features({**FEATURES, "rejected_ids": List(Value("int32"))})
 BATCH_ROWS = 1000  # rows per map batch: the template rendering dominates, so larger batches gain nothing
 ROWS_PER_PROCESS = 20_000  # below this many rows per core, starting more processes costs more than it saves
+
+
+def features_for(data_format: str) -> Features:
+    return PREFERENCE_FEATURES if data_format == "preference" else FEATURES
 
 
 @dataclass(frozen=True)
@@ -173,16 +180,31 @@ def asked(conversation: list[dict[str, str]]) -> str:
 def tokenize_rows(rows: dict[str, list], tokenizer: PreTrainedTokenizerBase, data_format: str,
                   system_prompt: str | None, max_length: int,
                   contexts: Sequence[Context] | None = None, train_on: str = "last_turn") -> dict[str, list]:
-    """Tokenize a batch of rows given as columns (prompt and response, text, or messages) into the columns of
-    FEATURES; instruction rows keep their prompt and reference answer for evaluation, a long text gives several
-    rows, a conversation keeps what its user asked and its last answer (the reference).
+    """Tokenize a batch of rows given as columns (prompt and response, text, messages, or prompt, chosen and
+    rejected) into the columns of features_for(data_format); instruction rows keep their prompt and reference
+    answer for evaluation, a long text gives several rows, a conversation keeps what its user asked and its last
+    answer (the reference), a preference pair its prompt and chosen answer (the reference). A pair whose prompt
+    leaves no room for an answer within max_length gives no row (the stage counts them).
 
     `contexts[i]`, when given, is what the in-context baselines show before row i: (question, answer) turns for
     instruction data and conversations, passages for plain text. `train_on` says which assistant turns of a
     conversation carry labels; the held-out ones are scored on their last.
     """
-    out: dict[str, list] = {name: [] for name in FEATURES}
-    if data_format == "instruction":
+    out: dict[str, list] = {name: [] for name in features_for(data_format)}
+    if data_format == "preference":
+        chosen = tokenize_instructions(tokenizer, rows["prompt"], rows["chosen"], system_prompt, max_length,
+                                       contexts)  # type: ignore[arg-type]
+        rejected = tokenize_instructions(tokenizer, rows["prompt"], rows["rejected"], system_prompt, max_length,
+                                         contexts)  # type: ignore[arg-type]
+        pieces, sources = [], []
+        for i, (better, worse) in enumerate(zip(chosen, rejected)):
+            if better.prompt_length >= max_length:
+                continue
+            pieces.append(Tokenized(better.input_ids, better.labels, better.prompt_length,
+                                    better.truncated or worse.truncated))
+            sources.append((rows["prompt"][i], rows["chosen"][i]))
+            out["rejected_ids"].append(worse.input_ids[worse.prompt_length:])
+    elif data_format == "instruction":
         pieces = tokenize_instructions(tokenizer, rows["prompt"], rows["response"], system_prompt, max_length,
                                        contexts)  # type: ignore[arg-type]
         sources = list(zip(rows["prompt"], rows["response"]))
@@ -216,7 +238,7 @@ def tokenize_split(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, data
     """Tokenize a split held in memory (the held-out rows the baselines score) into an in-memory dataset."""
     rows = {column: list(frame[column]) for column in frame.columns}
     return Dataset.from_dict(tokenize_rows(rows, tokenizer, data_format, system_prompt, max_length, contexts),
-                             features=FEATURES)
+                             features=features_for(data_format))
 
 
 @contextmanager
@@ -288,12 +310,14 @@ def tokenize_file(tokenizer: PreTrainedTokenizerBase, parquet: Path, out_dir: Pa
                 tokenize_rows, batched=True, batch_size=BATCH_ROWS, num_proc=processes if processes > 1 else None,
                 fn_kwargs={"tokenizer": tokenizer, "data_format": data_format, "system_prompt": system_prompt,
                            "max_length": max_length, "train_on": train_on},
-                remove_columns=rows.column_names, features=FEATURES, cache_file_name=str(Path(work) / "tokens.arrow"),
+                remove_columns=rows.column_names, features=features_for(data_format),
+                cache_file_name=str(Path(work) / "tokens.arrow"),
                 load_from_cache_file=False, new_fingerprint=tag, desc=f"tokenize {parquet.stem}")
         # A plain dataset over the same Arrow data: no record of the temporary files in the saved info.
-        Dataset(tokenized.data, info=DatasetInfo(features=FEATURES), fingerprint=tag).save_to_disk(str(out_dir))
+        Dataset(tokenized.data, info=DatasetInfo(features=features_for(data_format)),
+                fingerprint=tag).save_to_disk(str(out_dir))
         stats = token_stats(tokenized, max_length)
-        if data_format == "chat":  # one row per conversation, none for one left with nothing to learn
+        if data_format in ("chat", "preference"):  # a row per conversation or pair, none for one with no answer left
             stats["dropped"] = len(rows) - len(tokenized)
             stats["dropped_pct"] = round(100 * stats["dropped"] / max(len(rows), 1), 3)
         return stats
@@ -303,9 +327,11 @@ def token_stats(dataset: Dataset, max_length: int) -> dict[str, float]:
     """What the split costs to train on; padding is zero because batches are packed, not padded.
 
     Counted with Arrow compute over batches of the dataset, so no Python list of all its tokens is ever built."""
-    examples = tokens = targets = truncated = longest = 0
+    examples = tokens = targets = truncated = longest = rejected = 0
     for batch in dataset.with_format("arrow").iter(batch_size=10 * BATCH_ROWS):
         lengths = pc.list_value_length(batch["input_ids"])
+        if "rejected_ids" in batch.column_names:
+            rejected += pc.sum(pc.list_value_length(batch["rejected_ids"])).as_py() or 0
         examples += batch.num_rows
         tokens += pc.sum(lengths).as_py() or 0
         longest = max(longest, pc.max(lengths).as_py() or 0)
@@ -314,6 +340,7 @@ def token_stats(dataset: Dataset, max_length: int) -> dict[str, float]:
     return {
         "examples": examples,
         "tokens": tokens,
+        **({"rejected_answer_tokens": rejected} if "rejected_ids" in dataset.column_names else {}),
         "target_tokens": targets,
         "mean_length": round(tokens / max(examples, 1), 2),
         "max_length": longest,

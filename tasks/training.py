@@ -1,4 +1,5 @@
-"""Fine-tuning: LoRA (or full) training with the transformers Trainer on packed, padding-free batches."""
+"""Fine-tuning: LoRA (or full) training with the transformers Trainer on packed, padding-free batches, or
+preference optimization (DPO) with TRL's DPOTrainer on the pairs the tokenize stage wrote."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from typing import Any, TypeVar
 import torch
 from datasets import Dataset
 from dvclive import Live
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 from transformers import (
     DataCollatorWithFlattening,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainerControl,
@@ -100,20 +102,20 @@ class StopOnNonFiniteLoss(TrainerCallback):
                             "(or check the data); no adapter was written and nothing was promoted")
 
 
-def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel:
-    """Wrap the model with LoRA adapters (or leave it whole for full fine-tuning)."""
-    if params.method == "full":
-        return model
+def lora_config(model: PreTrainedModel, params: FinetuneParams) -> LoraConfig:
+    """The LoRA adapter a fresh run trains."""
     # The special tokens of a chat template chosen for a base model (tokenize.chat_template) have untrained rows:
     # added by the base_model stage (<|im_end|> on a model without it) or never trained in pretraining (Llama 3
     # base's <|eot_id|>), and a model that cannot write its end-of-turn token never stops. Their input and output
     # rows train with the adapter and are saved in it (PEFT trainable tokens: those rows only, not whole matrices),
     # so the adapter works on models/base. With tied weights PEFT trains the shared rows once.
-    chat_tokens = chat_token_ids(model)
+    # DPO leaves them as they are: TRL's DPOTrainer scores tokens through the output matrix itself (a fused head),
+    # which bypasses PEFT's trainable rows; the chosen and rejected answers end with the same tokens anyway.
+    chat_tokens = chat_token_ids(model) if params.method != "dpo" else []
     names = {module: name for name, module in model.named_modules()}
     embeddings = [layer for layer in (model.get_input_embeddings(), model.get_output_embeddings()) if layer is not None]
     embedding_rows = {names[layer]: chat_tokens for layer in embeddings}
-    config = LoraConfig(
+    return LoraConfig(
         task_type="CAUSAL_LM",
         r=params.lora.r,
         lora_alpha=params.lora.alpha,
@@ -123,7 +125,16 @@ def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel
         else list(params.lora.target_modules),
         trainable_token_indices=embedding_rows if chat_tokens else None,
     )
-    return get_peft_model(model, config)
+
+
+def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel:
+    """Wrap the model with the adapter to train: finetune.init_adapter's, or a fresh LoRA one (or leave it whole
+    for full fine-tuning)."""
+    if params.method == "full":
+        return model
+    if params.init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(params.init_adapter), is_trainable=True)
+    return get_peft_model(model, lora_config(model, params))
 
 
 def training_fingerprint(params: FinetuneParams, seed: int, inputs: list[Path]) -> str:
@@ -181,7 +192,7 @@ def discard_unusable_checkpoints(checkpoints_dir: Path, fingerprint: str, on_cha
 def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: torch.device, seed: int,
                        batch_size: int, accumulation: int) -> TrainingArguments:
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return TrainingArguments(
+    settings: dict[str, Any] = dict(
         output_dir=str(checkpoints_dir),
         max_steps=params.max_steps,
         per_device_train_batch_size=batch_size,
@@ -205,6 +216,18 @@ def training_arguments(params: FinetuneParams, checkpoints_dir: Path, device: to
         gradient_checkpointing=params.gradient_checkpointing,
         ddp_find_unused_parameters=False,  # LoRA freezes most weights on purpose; skip DDP's search for them
         **fsdp_arguments(params),
+    )
+    if params.method != "dpo":
+        return TrainingArguments(**settings)
+    from trl import DPOConfig  # trl costs seconds of imports that supervised training does not need
+
+    return DPOConfig(
+        **{**settings, "include_num_input_tokens_seen": "non_padding"},  # pairs are padded to the longest in a batch
+        beta=params.dpo.beta,
+        loss_type=[params.dpo.loss_type],
+        max_length=None,  # the tokenize stage already cut each pair to tokenize.max_length (and counted it)
+        # TRL 1.16 has no padding-free DPO yet (it warns and pads): batches pad to their longest sequence.
+        padding_free=False,
     )
 
 
@@ -244,33 +267,80 @@ def train(base_dir: Path, train_set: Dataset, params: FinetuneParams, seed: int,
     def attempt(batch_size: int, accumulation: int) -> tuple[Trainer, dict[str, float]]:
         # Each attempt loads the weights afresh, so a retry after OOM carries nothing over from the failed one.
         set_seed(seed)
-        model, _ = load_model(base_dir, device)
+        model, tokenizer = load_model(base_dir, device)
         args = training_arguments(params, checkpoints_dir, device, seed, batch_size, accumulation)
         resume_from = latest_complete_checkpoint(checkpoints_dir, params.max_steps)
-        return run_trainer(model, train_set, args, params, resume_from, live_dir)
+        return run_trainer(model, tokenizer, train_set, args, params, resume_from, live_dir)
 
     return halve_batch_on_oom(attempt, params.batch_size, params.gradient_accumulation_steps)
 
 
-def run_trainer(model: PreTrainedModel, train_set: Dataset, args: TrainingArguments, params: FinetuneParams,
-                resume_from: Path | None, live_dir: Path) -> tuple[Trainer, dict[str, float]]:
-    """One Trainer run on packed batches; DVCLive curves and checkpoint markers come from rank 0 only."""
-    model = with_lora(model, params)
-    # Without a KV cache the model reads position_ids resets as sequence boundaries, which is what
-    # keeps packed examples from attending to each other.
-    model.config.use_cache = False
+def preference_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_set: Dataset,
+                       args: TrainingArguments, params: FinetuneParams, callbacks: list[TrainerCallback]) -> Trainer:
+    """TRL's DPOTrainer on the tokenize stage's pairs, with LoRA. The reference model is the base with the adapter
+    disabled, or, starting from finetune.init_adapter, a frozen copy of that adapter (TRL adds it): never a second
+    copy of the model in memory."""
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    class PretokenizedDPOTrainer(DPOTrainer):
+        def _prepare_dataset(self, dataset: Dataset, *args: Any, **kwargs: Any) -> Dataset:
+            # The tokenize stage already rendered each pair through the chat template, cut it to max_length and
+            # counted what it cut; TRL's own preparation would tokenize the text again.
+            return dataset
+
+    pairs = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                      else tokenizer.eos_token_id)
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """A pair row (prompt and chosen answer in input_ids, split at prompt_length; the rejected answer's tokens)
+        in TRL's terms."""
+        return pairs([{"prompt_ids": row["input_ids"][:row["prompt_length"]],
+                       "chosen_ids": row["input_ids"][row["prompt_length"]:],
+                       "rejected_ids": row["rejected_ids"]} for row in rows])
+
+    fresh = params.init_adapter is None
+    if not fresh and json.loads((params.init_adapter / "adapter_config.json").read_text()).get(
+            "trainable_token_indices"):
+        raise UserError(f"finetune.init_adapter {params.init_adapter} trains the rows of the chat template's tokens "
+                        "(the base model lacked them), which TRL's DPOTrainer cannot train further; start DPO from a "
+                        "base model with its own chat template (tokenize.chat_template: auto), or without "
+                        "init_adapter")
+    return PretokenizedDPOTrainer(
+        model=model if fresh else with_lora(model, params),
+        args=args,
+        train_dataset=train_set.select_columns(["input_ids", "prompt_length", "rejected_ids"]),
+        data_collator=collate,
+        processing_class=tokenizer,
+        peft_config=lora_config(model, params) if fresh else None,
+        callbacks=callbacks,
+    )
+
+
+def run_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_set: Dataset,
+                args: TrainingArguments, params: FinetuneParams, resume_from: Path | None,
+                live_dir: Path) -> tuple[Trainer, dict[str, float]]:
+    """One Trainer run (packed batches, or preference pairs); DVCLive curves and checkpoint markers come from rank 0
+    only."""
     stop = StopWhenAsked()
     callbacks: list[TrainerCallback] = [MarkCompleteCheckpoints(), StopOnNonFiniteLoss(), stop]
     if is_main_process():
         live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=resume_from is not None)
         callbacks.append(DVCLiveCallback(live=live))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_set.select_columns(["input_ids", "labels"]),
-        data_collator=DataCollatorWithFlattening(return_position_ids=True),
-        callbacks=callbacks,
-    )
+    if params.method == "dpo":
+        trainer = preference_trainer(model, tokenizer, train_set, args, params, callbacks)
+    else:
+        model = with_lora(model, params)
+        # Without a KV cache the model reads position_ids resets as sequence boundaries, which is what
+        # keeps packed examples from attending to each other.
+        model.config.use_cache = False
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_set.select_columns(["input_ids", "labels"]),
+            data_collator=DataCollatorWithFlattening(return_position_ids=True),
+            callbacks=callbacks,
+        )
     # Read before training: checkpoint rotation may delete resume_from while the run goes on.
     tokens_before = tokens_seen_at(resume_from)
     started = time.perf_counter()
@@ -293,8 +363,19 @@ def run_trainer(model: PreTrainedModel, train_set: Dataset, args: TrainingArgume
         "train_seconds": round(seconds, 2),
         "tokens_per_second": round(tokens_per_second, 2),
         **utilization(trainer.model, tokens_per_second, args.world_size),
+        **preference_rewards(trainer.state.log_history),
     }
     return trainer, summary
+
+
+def preference_rewards(log_history: list[dict[str, float]]) -> dict[str, float]:
+    """DPO's last logged training-batch reward accuracy and margin (the implicit rewards against the reference);
+    nothing for supervised training."""
+    logged = [entry for entry in log_history if "rewards/accuracies" in entry]
+    if not logged:
+        return {}
+    return {"train_reward_accuracy": round(float(logged[-1]["rewards/accuracies"]), 4),
+            "train_reward_margin": round(float(logged[-1]["rewards/margins"]), 4)}
 
 
 def utilization(model: PreTrainedModel, tokens_per_second: float, processes: int) -> dict[str, float]:
@@ -319,6 +400,10 @@ def save_trained(trainer: Trainer, out_dir: Path) -> None:
 
     Every process must call it: under FSDP, saving gathers the weight shards from all of them.
     """
+
+    if isinstance(trainer.model, PeftModel) and "ref" in trainer.model.peft_config:
+        # The frozen reference copy of finetune.init_adapter that DPOTrainer adds is not part of the result.
+        trainer.model.delete_adapter("ref")
 
     def write(staging: Path) -> None:
         trainer.save_model(str(staging))  # the Trainer writes only on rank 0

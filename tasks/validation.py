@@ -69,7 +69,28 @@ def required_columns(data: DataParams) -> dict[str, str]:
         return {"text": data.columns.text}
     if data.format == "chat":
         return {"messages": data.columns.messages}
+    if data.format == "preference":
+        return {"prompt": data.columns.prompt, "chosen": data.columns.chosen, "rejected": data.columns.rejected}
     return {"prompt": data.columns.prompt, "response": data.columns.response}
+
+
+def answer_pair(data: DataParams) -> tuple[str, str] | None:
+    """The chosen and rejected answers' columns of preference data, which must differ; None for other formats."""
+    return (data.columns.chosen, data.columns.rejected) if data.format == "preference" else None
+
+
+SAME_ANSWERS = "chosen_equals_rejected"  # the column added to preference pairs: GX compares one column at a time
+
+
+def with_answer_check(chunks: Chunks, pair: tuple[str, str]) -> Chunks:
+    """Preference pairs with a column saying whether the two answers are the same text once stripped."""
+    def check(chunk: pd.DataFrame) -> pd.DataFrame:
+        if not set(pair) <= set(chunk.columns):
+            return chunk
+        same = chunk[pair[0]].astype(str).str.strip() == chunk[pair[1]].astype(str).str.strip()
+        return chunk.assign(**{SAME_ANSWERS: same})
+
+    return lambda: (check(chunk) for chunk in chunks())
 
 
 def message_fields(data: DataParams) -> MessageFields | None:
@@ -102,7 +123,7 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
     A column missing from the file (`present`) gets only its existence check, so the summary names
     the missing column once instead of listing every expectation that could not run on it.
     """
-    label_column = columns[-1] if len(columns) > 1 else None  # the response column of instruction data
+    answers = columns[1:]  # the response of instruction data, the chosen and rejected ones of preference pairs
     suite = gx.ExpectationSuite(name=name)
     suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(
         min_value=min_rows, description=f"at least {min_rows} examples"))
@@ -113,10 +134,14 @@ def build_suite(name: str, columns: list[str], limits: ValidateParams, min_rows:
             continue
         for expectation in text_expectations(column, limits):
             suite.add_expectation(expectation)
-    if limits.allowed_responses and label_column in present:
+    for answer in answers:
+        if limits.allowed_responses and answer in present:
+            suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(
+                column=answer, value_set=limits.allowed_responses,
+                description=f"labels are one of {limits.allowed_responses}"))
+    if SAME_ANSWERS in present:
         suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(
-            column=label_column, value_set=limits.allowed_responses,
-            description=f"labels are one of {limits.allowed_responses}"))
+            column=SAME_ANSWERS, value_set=[False], description="the chosen and rejected answers differ"))
     if all(column in present for column in columns):
         # GX's compound check needs two or more columns; a one-column format (plain text) has its own check.
         suite.add_expectation(
@@ -346,7 +371,8 @@ def render_data_docs(results: dict[str, Any], suites: dict[str, gx.ExpectationSu
 @task(cache_policy=NO_CACHE)
 def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, columns: list[str],
                limits: ValidateParams, docs_dir: Path, chunk_rows: int = CHUNK_ROWS,
-               messages: MessageFields | None = None) -> tuple[dict[str, Any], list[Failure]]:
+               messages: MessageFields | None = None,
+               pair: tuple[str, str] | None = None) -> tuple[dict[str, Any], list[Failure]]:
     """Validate both splits (tables, or files read `chunk_rows` rows at a time) and render Data Docs into docs_dir.
 
     Train needs limits.min_examples rows; eval needs one, and none of its first column's values (the prompt, or
@@ -356,6 +382,7 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, colu
 
     Conversations (`messages` says how their messages are spelled; `columns` is the one column holding them) are
     checked on their one-row-per-message view, and a held-out conversation may not open as a train one does.
+    Preference pairs (`pair`: the chosen and rejected columns) must also have two different answers.
     """
     context = quiet_context()  # suites can only be built once a context exists
     for source in ("raw", "digests"):
@@ -371,6 +398,8 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, colu
                   "eval": lambda: build_chat_suite("eval", limits, 1, forbidden)}
     else:
         key = columns[0]
+        if pair is not None:
+            sources = {split: with_answer_check(rows, pair) for split, rows in sources.items()}
         present = {split: set(next(chunks()).columns) for split, chunks in sources.items()}
         suites = {"train": lambda: build_suite("train", columns, limits, limits.min_examples, {}, present["train"]),
                   "eval": lambda: build_suite("eval", columns, limits, 1, forbidden, present["eval"])}
