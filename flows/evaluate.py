@@ -26,7 +26,7 @@ from tasks.params import Params
 from tasks.reporting import plot_chart, render_report
 from tasks.score_files import ScoreFile
 from tasks.tables import read_table
-from tasks.tokenization import last_turn_only, tokenize_split
+from tasks.tokenization import answerable, last_turn_only, tokenize_split
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     settings = params.evaluate
     baselines = ScoreFile.read(paths.baselines)
     model, tokenizer = load_model(paths.base, pick_device("auto"))
-    evaluation = held_out(paths.validated / "eval.parquet", settings.max_examples)
+    evaluation = answerable(held_out(paths.validated / "eval.parquet", settings.max_examples), tokenizer,
+                            params.data.format, params.tokenize.system_prompt, params.tokenize.max_length)
     dataset = tokenize_split(tokenizer, evaluation, params.data.format, params.tokenize.system_prompt,
                              params.tokenize.max_length)
     examples = example_records(dataset, tokenizer, params.data.format)

@@ -21,7 +21,7 @@ from tasks.models import load_model, pick_device
 from tasks.params import Params
 from tasks.prompting import build_index, contexts, few_shot_rows, retrieve, searched_texts
 from tasks.score_files import ScoreFile
-from tasks.tokenization import tokenize_split
+from tasks.tokenization import answerable, tokenize_split
 
 NO_TRUNCATION = 1 << 20  # few-shot prompts are scored whole; truncating them would cut the answer
 
@@ -39,7 +39,8 @@ def evaluate_baselines_flow(params: Params, paths: Paths) -> dict[str, dict[str,
     baselines, tokenize, evaluate, data_format = params.baselines, params.tokenize, params.evaluate, params.data.format
     model, tokenizer = load_model(paths.base, pick_device("auto"))
     train = pd.read_parquet(paths.validated / "train.parquet")
-    evaluation = held_out(paths.validated / "eval.parquet", evaluate.max_examples)
+    evaluation = answerable(held_out(paths.validated / "eval.parquet", evaluate.max_examples), tokenizer,
+                            data_format, tokenize.system_prompt, tokenize.max_length)
     build_index(searched_texts(train, data_format), baselines.retriever, paths.index)
     nearest = retrieve(paths.index, searched_texts(evaluation, data_format), baselines.retrieval_k)
     shots = few_shot_rows(train, baselines.few_shot_k, baselines.few_shot_seed)

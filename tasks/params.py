@@ -197,16 +197,18 @@ class FinetuneParams(Section):
             raise ValueError("strategy fsdp shards the model across processes; set processes above 1, or use ddp")
         return self
 
+    @field_validator("init_adapter")
+    @classmethod
+    def adapter_directory(cls, path: Path | None) -> Path | None:
+        if path is not None and not (path / "adapter_config.json").is_file():
+            raise ValueError("not a LoRA adapter directory (no adapter_config.json there); point it at one the "
+                             "finetune stage wrote, e.g. a copy of models/adapter or models/production/adapter")
+        return path
+
     @model_validator(mode="after")
-    def adapter_to_start_from(self) -> FinetuneParams:
-        if self.init_adapter is None:
-            return self
-        if self.method == "full":
+    def adapter_needs_lora(self) -> FinetuneParams:
+        if self.init_adapter is not None and self.method == "full":
             raise ValueError("init_adapter starts from a LoRA adapter; use method lora or dpo, or remove it")
-        if not (self.init_adapter / "adapter_config.json").is_file():
-            raise ValueError(f"init_adapter {str(self.init_adapter)!r} is not a LoRA adapter directory (no "
-                             "adapter_config.json there); point it at one the finetune stage wrote, e.g. a copy "
-                             "of models/adapter or models/production/adapter")
         return self
 
 

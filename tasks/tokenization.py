@@ -232,6 +232,19 @@ def tokenize_rows(rows: dict[str, list], tokenizer: PreTrainedTokenizerBase, dat
     return out
 
 
+def answerable(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, data_format: str, system_prompt: str | None,
+               max_length: int) -> pd.DataFrame:
+    """The held-out rows that keep an answer to score once fitted into max_length, as the fine-tuned model and the
+    generalist see them: a conversation or a pair can lose it (tokenize_rows gives no row for it), while the
+    in-context baselines, never truncated, would still score it. Every approach is scored on these rows."""
+    if data_format not in ("chat", "preference"):
+        return frame  # an instruction example or a text always keeps its answer or chunks
+    keep = [i for i in range(len(frame))
+            if tokenize_rows({column: [frame[column].iloc[i]] for column in frame.columns}, tokenizer, data_format,
+                             system_prompt, max_length)["input_ids"]]
+    return frame.iloc[keep].reset_index(drop=True)
+
+
 @task(cache_policy=NO_CACHE)
 def tokenize_split(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, data_format: str,
                    system_prompt: str | None, max_length: int, contexts: Sequence[Context] | None = None) -> Dataset:

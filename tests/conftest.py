@@ -29,7 +29,7 @@ SHARED_BUILDS = {
 # The work units in the order the workers take them: the longest first (measured with three workers, 2026-11-29:
 # about 440, 450, 250, 190, 145, 140 and 75 s), so that the workers finish at about the same time.
 HEAVY_FIRST = ("first_build", "tokenized_project", "tests/flows/test_validate_corpus.py", "tests/e2e/test_chat.py",
-               "tests/e2e/test_formats.py", "tests/flows/test_base_model.py",
+               "tests/e2e/test_formats.py", "tests/e2e/test_preference.py", "tests/flows/test_base_model.py",
                "tests/flows/test_base_model_sources.py", "tests/e2e/", "tests/flows/", "tests/benchmarks/")
 
 

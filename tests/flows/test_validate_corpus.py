@@ -83,6 +83,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict
     cases["text_good"] = params_for(root, "text_good.jsonl", "text_eval.jsonl",
                                     data={"format": "text", "columns": {"text": "body"}})
     cases["chat_good"] = params_for(root, "chat_good.jsonl", "chat_eval.jsonl", data={"format": "chat"})
+    cases["pref_good"] = params_for(root, "pref_good.jsonl", "pref_eval.jsonl", data={"format": "preference"})
     cases["chat_good_sharegpt"] = params_for(root, "chat_good_sharegpt.jsonl", "chat_eval_sharegpt.jsonl",
                                              data=CASES["chat_sharegpt_unknown_role.jsonl"]["data"])
     (root / "cases.json").write_text(json.dumps(cases))
@@ -111,6 +112,6 @@ def test_pii_check_can_be_turned_off(outcomes: dict[str, dict[str, Any]]) -> Non
     assert outcomes["pii_allowed"]["code"] == 0, outcomes["pii_allowed"]["stderr"][-2000:]
 
 
-@pytest.mark.parametrize("name", ["text_good", "chat_good", "chat_good_sharegpt"])
+@pytest.mark.parametrize("name", ["text_good", "chat_good", "chat_good_sharegpt", "pref_good"])
 def test_clean_files_of_every_format_pass(outcomes: dict[str, dict[str, Any]], name: str) -> None:
     assert outcomes[name]["code"] == 0, outcomes[name]["stderr"][-2000:]

@@ -51,8 +51,12 @@ def test_misspelled_key_is_named() -> None:
     ("finetune.learning_rate", 0, "finetune.learning_rate: Input should be greater than 0"),
     ("finetune.lora.r", 0, "finetune.lora.r: Input should be greater than or equal to 1"),
     ("finetune.max_steps", "many", "finetune.max_steps: Input should be a valid integer"),
-    ("finetune.method", "qlora", "finetune.method: Input should be 'lora' or 'full' (given: 'qlora')"),
-    ("data.format", "dialogue", "data.format: Input should be 'instruction', 'text' or 'chat'"),
+    ("finetune.method", "qlora", "finetune.method: Input should be 'lora', 'full' or 'dpo' (given: 'qlora')"),
+    ("finetune.method", "dpo", "finetune.method: dpo learns from preference pairs, but data.format is instruction"),
+    ("finetune.init_adapter", "models/nowhere", "finetune.init_adapter: not a LoRA adapter directory (no "
+                                                "adapter_config.json there); point it at one"),
+    ("finetune.dpo.loss_type", "kto", "finetune.dpo.loss_type: Input should be 'sigmoid', 'ipo'"),
+    ("data.format", "dialogue", "data.format: Input should be 'instruction', 'text', 'chat' or 'preference'"),
     ("tokenize.train_on", "every_turn", "tokenize.train_on: Input should be 'all_turns' or 'last_turn'"),
     ("promote.metric", "f1", "promote.metric: f1 (no such metric) is not computed for evaluate.task free_text"),
     ("promote.metric", "bleu", "promote.metric: bleu is not computed for evaluate.task free_text; choose one of"),
@@ -78,6 +82,15 @@ def test_local_base_model_needs_a_path() -> None:
 def test_rouge_needs_instruction_data() -> None:
     message = error_for(with_change("data.format", "text"))
     assert "promote.metric: rouge_l is not computed for data.format text; choose one of ['loss', 'perplexity']" in message
+
+
+def test_preference_data_adds_the_preference_metrics_to_its_task() -> None:
+    params = parse_params(with_change("data.format", "preference"))
+    assert params.task() == "free_text+preference"
+    raw = with_change("promote.metric", "preference_accuracy")
+    assert "preference_accuracy is not computed for evaluate.task free_text" in error_for(raw)
+    raw["data"]["format"] = "preference"
+    assert parse_params(raw).promote.metric == "preference_accuracy"
 
 
 def test_missing_or_malformed_file(tmp_path: Path) -> None:

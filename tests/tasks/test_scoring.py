@@ -12,13 +12,13 @@ from sklearn.metrics import f1_score
 from tasks.inference import score_model
 from tasks.metrics import METRICS
 from tasks.score_files import Scores
-from tasks.scoring import CORPUS, LIKELIHOOD, PER_EXAMPLE, TaskMetrics, rouge_l
+from tasks.scoring import CORPUS, LIKELIHOOD, PER_EXAMPLE, PREFERENCE, TaskMetrics, rouge_l
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
 
 def test_every_registered_metric_has_exactly_one_computation() -> None:
-    computed = [*PER_EXAMPLE, *CORPUS, *LIKELIHOOD]
+    computed = [*PER_EXAMPLE, *CORPUS, *LIKELIHOOD, *PREFERENCE]
     assert sorted(computed) == sorted(METRICS)
 
 
@@ -41,6 +41,20 @@ def test_task_metrics_and_cost(setup) -> None:
     assert per_token.shape == (len(dataset),) and (per_token < 0).all()
     assert metrics.per_example_score("m", "rouge_l").tolist() == rouge_l(scores.predictions, list(dataset["response"]))
     assert scores.cost()["prompt_tokens_per_example"] == pytest.approx(np.mean(dataset["prompt_length"]), abs=0.05)
+
+
+def test_preference_compares_mean_log_likelihood_per_token_not_totals() -> None:
+    """Pair 0: the chosen answer is more likely per token although its total is lower (it is longer); pair 1: the
+    rejected one is more likely."""
+    scores = Scores(nll=[4.0, 3.0], target_tokens=[8, 3], rejected_nll=[2.0, 1.0], rejected_tokens=[2, 2],
+                    prompt_tokens=[5, 5], predictions=["a", "b"])
+    metrics = TaskMetrics("free_text+preference", {"m": scores}, ["a", "c"])
+    assert metrics.names == ["loss", "perplexity", "rouge_l", "preference_accuracy", "preference_margin"]
+    both = np.arange(2)
+    assert metrics.value("preference_accuracy", "m", both) == 0.5
+    assert metrics.value("preference_margin", "m", both) == pytest.approx(((-0.5 + 1.0) + (-1.0 + 0.5)) / 2)
+    assert metrics.per_example_score("m", "preference_accuracy").tolist() == [1.0, 0.0]
+    assert metrics.value("rouge_l", "m", both) == 0.5  # generations are scored against the chosen answers
 
 
 def test_label_and_translation_metrics_come_from_libraries() -> None:

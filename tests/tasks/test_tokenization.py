@@ -113,3 +113,19 @@ def test_held_out_conversations_keep_what_the_user_asked_and_the_last_answer(tok
     dataset = tokenize_split.fn(tokenizer, frame, "chat", None, 256)
     assert dataset["prompt"] == ["What does `len(obj)` do? / Which module is it in?"]
     assert dataset["response"] == ["It is in the `builtins` module."]
+
+
+def test_a_preference_pair_is_its_chosen_example_and_the_rejected_answer_after_the_same_prompt(tokenizer) -> None:
+    frame = pd.DataFrame({"prompt": ["What does `len(obj)` do?", "Long? " * 80],
+                          "chosen": ["Return the number of items.", "Yes."],
+                          "rejected": ["Return the absolute value.", "No."]})
+    dataset = tokenize_split.fn(tokenizer, frame, "preference", None, 64)
+    assert len(dataset) == 1  # the second prompt leaves no room for an answer within 64 tokens
+    row = dataset[0]
+    chosen = tokenize_instruction(tokenizer, frame.prompt[0], frame.chosen[0], None, 64)
+    assert (row["input_ids"], row["labels"], row["prompt_length"]) == (chosen.input_ids, chosen.labels,
+                                                                       chosen.prompt_length)
+    assert tokenizer.decode(row["rejected_ids"]) == "Return the absolute value.<|im_end|>\n"
+    assert (row["prompt"], row["response"]) == (frame.prompt[0], frame.chosen[0])
+    stats = token_stats(dataset, 64)
+    assert stats["rejected_answer_tokens"] == len(row["rejected_ids"])

@@ -170,3 +170,27 @@ def test_all_linear_targets_every_linear_layer_of_any_architecture(tiny_model_di
                       FinetuneParams(lora=LoraParams(target_modules="all-linear")))
     adapted = {name.split(".")[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_dpo_starts_from_an_sft_adapter_which_is_also_its_reference(tiny_model_dir: Path, train_set,
+                                                                      tmp_path: Path) -> None:
+    """DPO through TRL on the tokenize stage's pairs, from an adapter the pipeline trained: at the first step the
+    policy is its reference, so the implicit rewards are exactly zero (against the base model they would not be,
+    as the adapter moved away from it); the reference copy TRL adds is not saved with the result."""
+    sft, _ = run_training(tiny_model_dir, train_set, tmp_path / "sft")
+    save_trained(sft, tmp_path / "sft" / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pairs = tokenize_split.fn(tokenizer, pd.read_json(DEMO.parent / "demo_preference" / "train.jsonl",
+                                                      lines=True).head(32), "preference", None, 128)
+    params = PARAMS.model_copy(update={"method": "dpo", "max_steps": 3, "save_steps": 3,
+                                       "init_adapter": tmp_path / "sft" / "adapter"})
+    trainer, summary = run_training(tiny_model_dir, pairs, tmp_path / "dpo", params)
+    first = trainer.state.log_history[0]
+    assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
+    assert "train_reward_accuracy" in summary and summary["steps"] == 3 and summary["tokens_per_second"] > 0
+    save_trained(trainer, tmp_path / "dpo" / "adapter")
+    saved = sorted(p.name for p in (tmp_path / "dpo" / "adapter").iterdir())
+    assert "ref" not in saved and "adapter_model.safetensors" in saved
+    before = load_file(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
+    after = load_file(tmp_path / "dpo" / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)

@@ -12,7 +12,7 @@ import pytest
 from tasks.errors import UserError
 from tasks.params import Columns, DataParams, ValidateParams
 from tasks.tables import read_table
-from tasks.validation import message_fields, required_columns, run_suites
+from tasks.validation import answer_pair, message_fields, required_columns, run_suites
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 LIMITS = ValidateParams(min_chars=1, max_chars=400, min_examples=5)
@@ -51,6 +51,18 @@ def test_bad_train_rows_are_named(tmp_path: Path, change, expectation: str, row:
     assert f"[train] {expectation}" in lines[0]
     if row is not None:
         assert f"row {row} " in lines[0]
+
+
+def test_a_preference_pair_with_the_same_answer_twice_is_named(tmp_path: Path) -> None:
+    pairs = SAMPLES["preference"]("train", 30).rename(columns={"question": "prompt", "better": "chosen",
+                                                               "worse": "rejected"})
+    pairs.loc[6, "rejected"] = pairs.loc[6, "chosen"] + " "
+    report, failures = run_suites.fn(pairs, SAMPLES["preference"]("eval", 5).rename(
+        columns={"question": "prompt", "better": "chosen", "worse": "rejected"}), ["prompt", "chosen", "rejected"],
+        LIMITS, tmp_path / "docs", pair=("chosen", "rejected"))
+    lines = [f.line() for f in failures]
+    assert len(lines) == 1 and "[train] expect_column_values_to_be_in_set(chosen_equals_rejected): the chosen and " \
+        "rejected answers differ (1 rows: row 7 " in lines[0], lines
 
 
 def test_eval_example_leaked_into_train_is_caught(tmp_path: Path) -> None:
@@ -102,6 +114,8 @@ SAMPLES = {
         slice(0, rows) if split == "train" else slice(200, 200 + rows)].reset_index(drop=True),
     "chat": lambda split, rows: pd.read_json(DEMO.parent / "demo_chat" / f"{split}.jsonl", lines=True).head(rows)
     .rename(columns={"messages": "dialog"}),
+    "preference": lambda split, rows: pd.read_json(DEMO.parent / "demo_preference" / f"{split}.jsonl", lines=True)
+    .head(rows).rename(columns={"prompt": "question", "chosen": "better", "rejected": "worse"}),
 }
 
 
@@ -113,11 +127,12 @@ def test_every_format_builds_its_suite_and_clean_data_passes(tmp_path: Path, dat
     arguments) and clean data must pass. With a label set, only the label column of a format that has one is
     checked against it, so the clean data fail exactly that expectation."""
     data = DataParams(format=data_format, train=Path("t.jsonl"), eval=Path("e.jsonl"),
-                      columns=Columns(prompt="question", response="answer", text="body", messages="dialog"))
+                      columns=Columns(prompt="question", response="answer", text="body", messages="dialog",
+                                      chosen="better", rejected="worse"))
     columns = list(required_columns(data).values())
     limits = ValidateParams(min_chars=1, max_chars=4000, min_examples=5, allowed_responses=allowed)
     report, failures = run_suites.fn(SAMPLES[data_format]("train", 40), SAMPLES[data_format]("eval", 5), columns,
-                                     limits, tmp_path / "docs", messages=message_fields(data))
+                                     limits, tmp_path / "docs", messages=message_fields(data), pair=answer_pair(data))
     lines = [f.line() for f in failures]
     if allowed and len(columns) > 1:
         assert lines and all("expect_column_values_to_be_in_set" in line for line in lines), lines

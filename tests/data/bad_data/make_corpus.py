@@ -179,6 +179,24 @@ def main() -> None:
     (HERE / "chat_eval_sharegpt.jsonl").write_text(jsonl(
         [{"conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]),
                              "value": m["content"]} for m in c["messages"]]} for c in chat_eval]), encoding="utf-8")
+
+    # Preference pairs: sixty good ones from data/demo_preference with one broken at line 31.
+    pairs = [json.loads(line) for line in (DEMO.parent / "demo_preference" / "train.jsonl").read_text(
+        encoding="utf-8").splitlines()[:60]]
+    pair_eval = [json.loads(line) for line in (DEMO.parent / "demo_preference" / "eval.jsonl").read_text(
+        encoding="utf-8").splitlines()[:10]]
+    (HERE / "pref_eval.jsonl").write_text(jsonl(pair_eval), encoding="utf-8")
+    (HERE / "pref_good.jsonl").write_text(jsonl(pairs), encoding="utf-8")
+    preference = {"format": "preference"}
+    add("pref_same_answers.jsonl", jsonl(pairs[:30] + [pairs[30] | {"rejected": pairs[30]["chosen"]}] + pairs[31:]),
+        "expect_column_values_to_be_in_set(chosen_equals_rejected): the chosen and rejected answers differ (1 rows: "
+        "row 31", eval="pref_eval.jsonl", data=preference)
+    add("pref_missing_rejected.jsonl", jsonl([{"prompt": p["prompt"], "chosen": p["chosen"]} for p in pairs]),
+        "expect_column_to_exist(rejected)", eval="pref_eval.jsonl", data=preference)
+    add("pref_empty_chosen.jsonl", jsonl(pairs[:30] + [pairs[30] | {"chosen": " "}] + pairs[31:]),
+        "expect_column_values_to_not_match_regex(chosen)", eval="pref_eval.jsonl", data=preference)
+    add("pref_leaked_eval.jsonl", jsonl(pairs[:30] + [pair_eval[4]] + pairs[30:]),
+        "[eval] expect_column_values_to_not_be_in_set(prompt)", eval="pref_eval.jsonl", data=preference)
     (HERE / "cases.json").write_text(json.dumps(cases, indent=2) + "\n", encoding="utf-8")
     print(f"{len(cases)} bad-data cases written to {HERE}")
 
