@@ -1,0 +1,111 @@
+"""P8: training throughput by data format: chat SFT against instruction SFT on equal tokens per step, and DPO.
+
+Each arm trains the real base model through the pipeline's own `tasks.training.train` (packed LoRA for the two
+supervised formats, TRL's DPOTrainer for preference pairs) on its demo data, tokenized as the tokenize stage
+does it, in a fresh process of its own. The chat arm's batch is sized so that a step holds about as many tokens as
+an instruction step (conversations are longer), so the two differ only in what a batch holds: several turns with
+the loss on each answer, against one question and answer. DPO's figure counts the real (non-padding) tokens of
+each pair's two sequences, prompt included twice, as TRL feeds them.
+
+    python -m benchmarks.p8_formats [--model models/base] [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from datasets import Dataset
+from prefect.logging import disable_run_logger
+from transformers import AutoTokenizer
+
+from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
+from benchmarks.workload import BASE_DIR, REPO, pipeline_params
+from tasks.conversations import canonical_column
+from tasks.params import MessageFields
+from tasks.tokenization import features_for, tokenize_rows
+from tasks.training import train
+
+ARMS = {"instruction": ("data/demo/train.jsonl", "lora"), "chat": ("data/demo_chat/train.jsonl", "lora"),
+        "preference": ("data/demo_preference/train.jsonl", "dpo")}
+ROWS = 512  # training rows tokenized per arm: more than the steps take
+GOAL_RATIO = 0.9  # chat SFT keeps at least 90% of instruction SFT's effective tokens/s
+
+
+def tokenized(model_dir: Path, arm: str) -> Dataset:
+    """The arm's demo rows tokenized as the tokenize stage tokenizes a training split."""
+    params = pipeline_params()
+    frame = pd.read_json(REPO / ARMS[arm][0], lines=True).head(ROWS)
+    if arm == "chat":
+        frame = canonical_column(frame, "messages", MessageFields())
+    rows = tokenize_rows({column: list(frame[column]) for column in frame.columns},
+                         AutoTokenizer.from_pretrained(model_dir), arm, params.tokenize.system_prompt,
+                         params.tokenize.max_length, train_on=params.tokenize.train_on)
+    return Dataset.from_dict(rows, features=features_for(arm))
+
+
+def run_arm(arm: str, model_dir: Path, steps: int, batch_size: int) -> dict[str, Any]:
+    """Train one arm for `steps` steps here; its summary as the finetune stage writes it."""
+    params = pipeline_params()
+    dataset = tokenized(model_dir, arm)
+    finetune = params.finetune.model_copy(update={"method": ARMS[arm][1], "max_steps": steps,
+                                                  "batch_size": batch_size, "save_steps": 10 * steps,
+                                                  "logging_steps": 1})
+    with tempfile.TemporaryDirectory() as out, disable_run_logger():
+        _, summary = train(model_dir, dataset, finetune, params.seed, torch.device("cpu"), Path(out) / "checkpoints",
+                           Path(out) / "live")
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return {**summary, "arm": arm, "mean_example_tokens": round(sum(lengths) / len(lengths), 1)}
+
+
+def run_arm_in_subprocess(arm: str, model_dir: Path, steps: int, batch_size: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"{arm}.json"
+        command = [sys.executable, "-m", "benchmarks.p8_formats", "--arm", arm, "--model", str(model_dir),
+                   "--steps", str(steps), "--batch-size", str(batch_size), "--out", str(out)]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the {arm} arm failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return json.loads(out.read_text(encoding="utf-8"))
+
+
+def mean_tokens(model_dir: Path, arm: str) -> float:
+    """An arm's mean tokens per example, to size the chat batch."""
+    dataset = tokenized(model_dir, arm)
+    return sum(len(ids) for ids in dataset["input_ids"]) / len(dataset)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=BASE_DIR, help="model directory (default models/base)")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per arm")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "p8_formats.json")
+    parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)  # internal: run one arm only
+    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    model_dir = args.model.resolve()
+    if args.arm:
+        args.out.write_text(json.dumps(run_arm(args.arm, model_dir, args.steps, args.batch_size)), encoding="utf-8")
+        return
+    batch = pipeline_params().finetune.batch_size
+    chat_batch = max(1, round(batch * mean_tokens(model_dir, "instruction") / mean_tokens(model_dir, "chat")))
+    sizes = {"instruction": batch, "chat": chat_batch, "preference": batch}
+    arms = {arm: run_arm_in_subprocess(arm, model_dir, args.steps, size) for arm, size in sizes.items()}
+    ratio = arms["chat"]["tokens_per_second"] / arms["instruction"]["tokens_per_second"]
+    print_table(f"P8 training by data format: {args.steps} LoRA steps each, cpu",
+                ["batch_size", "mean_example_tokens", "tokens_per_second", "train_seconds"], arms)
+    print_goals({"effective tokens/s, chat SFT ÷ instruction SFT": (round(ratio, 2), f"≥ {GOAL_RATIO:g}",
+                                                                     ratio >= GOAL_RATIO)})
+    write_json(args.out, {"benchmark": "p8_formats", "model": str(args.model), "steps": args.steps, "arms": arms,
+                          "chat_to_instruction_ratio": round(ratio, 3), "ratio_goal_met": ratio >= GOAL_RATIO})
+
+
+if __name__ == "__main__":
+    main()
