@@ -176,21 +176,31 @@ def test_dpo_starts_from_an_sft_adapter_which_is_also_its_reference(tiny_model_d
                                                                       tmp_path: Path) -> None:
     """DPO through TRL on the tokenize stage's pairs, from an adapter the pipeline trained: at the first step the
     policy is its reference, so the implicit rewards are exactly zero (against the base model they would not be,
-    as the adapter moved away from it); the reference copy TRL adds is not saved with the result."""
+    as the adapter moved away from it); the reference copy TRL adds is not saved with the result; a run resumed
+    from a checkpoint ends where the uninterrupted one does."""
     sft, _ = run_training(tiny_model_dir, train_set, tmp_path / "sft")
     save_trained(sft, tmp_path / "sft" / "adapter")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     pairs = tokenize_split.fn(tokenizer, pd.read_json(DEMO.parent / "demo_preference" / "train.jsonl",
                                                       lines=True).head(32), "preference", None, 128)
-    params = PARAMS.model_copy(update={"method": "dpo", "max_steps": 3, "save_steps": 3,
+    params = PARAMS.model_copy(update={"method": "dpo", "max_steps": 4, "save_steps": 2,
                                        "init_adapter": tmp_path / "sft" / "adapter"})
     trainer, summary = run_training(tiny_model_dir, pairs, tmp_path / "dpo", params)
     first = trainer.state.log_history[0]
     assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
-    assert "train_reward_accuracy" in summary and summary["steps"] == 3 and summary["tokens_per_second"] > 0
+    assert "train_reward_accuracy" in summary and summary["steps"] == 4 and summary["tokens_per_second"] > 0
     save_trained(trainer, tmp_path / "dpo" / "adapter")
     saved = sorted(p.name for p in (tmp_path / "dpo" / "adapter").iterdir())
     assert "ref" not in saved and "adapter_model.safetensors" in saved
     before = load_file(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
     after = load_file(tmp_path / "dpo" / "adapter" / "adapter_model.safetensors")
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+    shutil.copytree(tmp_path / "dpo" / "checkpoints" / "checkpoint-2",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint-2")
+    resumed, summary = run_training(tiny_model_dir, pairs, tmp_path / "resumed", params)
+    save_trained(resumed, tmp_path / "resumed" / "adapter")
+    assert summary["steps"] == 4
+    again = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
+    for key in after:
+        torch.testing.assert_close(again[key], after[key], atol=1e-5, rtol=1e-4)
