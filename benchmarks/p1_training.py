@@ -38,8 +38,7 @@ from transformers.trainer_utils import SaveStrategy
 
 from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
 from benchmarks.workload import BASE_DIR, REPO, pipeline_params, tokenized_split
-from tasks.inference import padding_id
-from tasks.models import load_model, pick_device
+from tasks.models import load_model, padding_id, pick_device
 from tasks.tokenization import IGNORE_INDEX
 from tasks.training import training_arguments, with_lora
 

@@ -18,10 +18,9 @@ from tasks.inference import (
     example_records,
     general_perplexity,
     held_out,
-    padding_id,
     score_model,
 )
-from tasks.models import load_model, pick_device
+from tasks.models import load_model, padding_id, pick_device
 from tasks.params import Params
 from tasks.reporting import plot_chart, render_report
 from tasks.score_files import ScoreFile

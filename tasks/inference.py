@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from tasks.models import padding_id
 from tasks.score_files import Scores
 from tasks.tokenization import IGNORE_INDEX
 
@@ -36,11 +37,6 @@ def example_records(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data_f
         return [{"text": tokenizer.decode(ids[length:], skip_special_tokens=True)}
                 for ids, length in zip(dataset["input_ids"], dataset["prompt_length"])]
     return [{"prompt": p, "response": r} for p, r in zip(dataset["prompt"], dataset["response"])]
-
-
-def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The tokenizer's pad token, or its end-of-sequence token when it has none (many chat models)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def batches(indices: list[int], size: int) -> list[list[int]]:

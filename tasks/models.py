@@ -291,6 +291,11 @@ def load_model(model_dir: Path, device: torch.device) -> tuple[PreTrainedModel, 
     return model, tokenizer
 
 
+def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's pad token, or its end-of-sequence token when it has none (many chat models)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def pick_device(requested: str) -> torch.device:
     """`auto` takes CUDA when there is one; asking for CUDA without one is a params error."""
     import torch

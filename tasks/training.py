@@ -37,7 +37,7 @@ from tasks.atomic_dir import staging_dir, write_dir_atomically
 from tasks.errors import UserError
 from tasks.flops import mfu, peak_flops, training_flops_per_token
 from tasks.interrupts import STOP_REQUESTED, Interrupted
-from tasks.models import chat_token_ids, load_model
+from tasks.models import chat_token_ids, load_model, padding_id
 from tasks.params import FinetuneParams
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -289,8 +289,7 @@ def preference_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             # counted what it cut; TRL's own preparation would tokenize the text again.
             return dataset
 
-    pairs = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                      else tokenizer.eos_token_id)
+    pairs = DataCollatorForPreference(pad_token_id=padding_id(tokenizer))
 
     def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         """A pair row (prompt and chosen answer in input_ids, split at prompt_length; the rejected answer's tokens)
