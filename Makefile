@@ -56,7 +56,7 @@ serve: install
 	tailor serve
 
 # P1 training, P8 training by data format, P3 generation, P7 serving, P6 data at scale (10k and 100k rows), P2
-# orchestration (about 30 min);
+# orchestration (about 35 min in all);
 # not part of `make test`. With P6's 1M point: make bench BENCH_ARGS="--prefect server --p6-max-rows 1000000"
 BENCH_ARGS ?= --prefect server
 bench: install
