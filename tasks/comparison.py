@@ -3,14 +3,17 @@ forgetting, regressions and the one-line recommendation (reports/metrics.json is
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from tasks.metrics import lower_is_better
 from tasks.reporting import recommendation
 from tasks.score_files import ScoreFile, Scores
-from tasks.scoring import TaskMetrics, best, one_against_other, regressions
+from tasks.scoring import LIKELIHOOD, TaskMetrics, best, normalize_label, one_against_other, regressions
 from tasks.statistics import Interval, paired_bootstrap
+
+MAJORITY = "majority_class"  # the label baseline: always the most frequent training label
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class Comparison:
     recommendation: str
     # Conversations: the fine-tuned model with and without the history before the last user turn, on `metric`.
     context_ablation: dict[str, Any] | None = None
+    # Label tasks: every approach against always answering the most frequent training label, and its confusions.
+    majority: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """reports/metrics.json: flat numbers per approach (what `dvc metrics diff` compares), then the rest."""
@@ -37,6 +42,8 @@ class Comparison:
         result["best_baseline"] = self.best_baseline
         if self.context_ablation is not None:
             result["context_ablation"] = self.context_ablation
+        if self.majority is not None:
+            result[MAJORITY] = self.majority
         result["recommendation"] = self.recommendation
         return result
 
@@ -64,10 +71,51 @@ def context_ablation(scores: ScoreFile, without_history: Scores, metric: str, sa
             "history_gain": {**gain.as_dict(), "better": gain.better}}
 
 
+def most_frequent_label(labels: list[str]) -> str:
+    """The training label seen most often, counted as accuracy compares labels (case, spaces and a final period
+    aside), in its first spelling; ties go to the first seen."""
+    counts = Counter(normalize_label(label) for label in labels)
+    spelling = {}
+    for label in labels:
+        spelling.setdefault(normalize_label(label), label)
+    return spelling[max(counts, key=lambda label: counts[label])]
+
+
+def confusions(predictions: list[str], references: list[str]) -> dict[str, dict[str, int]]:
+    """Reference label -> answered label -> count, labels normalized; an answer that is no reference label is
+    counted as what it says, so a model that invents labels shows."""
+    table: dict[str, Counter[str]] = {}
+    for prediction, reference in zip(predictions, references):
+        table.setdefault(normalize_label(reference), Counter())[normalize_label(prediction)] += 1
+    return {reference: dict(counts.most_common()) for reference, counts in sorted(table.items())}
+
+
+def against_majority(scores: ScoreFile, label: str, samples: int, confidence: float, seed: int) -> dict[str, Any]:
+    """Label tasks: each approach's label metrics against always answering `label` (the most frequent training
+    label), with paired-bootstrap intervals of the difference, and each approach's confusions. An approach that is
+    not better than that constant answer has learned nothing the label counts did not already say."""
+    count = len(scores.examples)
+    constant = Scores(nll=[0.0] * count, target_tokens=[1] * count, prompt_tokens=[0] * count,
+                      predictions=[label] * count)
+    approaches = {**scores.approaches, MAJORITY: constant}
+    functions = {name: fn for name, fn in TaskMetrics(scores.task, approaches, scores.references()).functions().items()
+                 if name not in LIKELIHOOD}  # the constant answer has no likelihood to compare
+    single, paired = paired_bootstrap(list(approaches), functions, count, samples, confidence, seed)
+    return {
+        "label": label,
+        "scores": {name: single[MAJORITY][name].as_dict() for name in functions},
+        "gains": {a: {name: {**paired[a, MAJORITY][name].as_dict(), "better": paired[a, MAJORITY][name].better}
+                      for name in functions} for a in scores.approaches},
+        "confusions": {a: confusions(s.predictions, scores.references()) for a, s in scores.approaches.items()},
+    }
+
+
 def compare(scores: ScoreFile, training_seconds: float, forgetting: dict[str, float], metric: str, samples: int,
-            confidence: float, seed: int, without_history: Scores | None = None) -> Comparison:
+            confidence: float, seed: int, without_history: Scores | None = None,
+            majority_label: str | None = None) -> Comparison:
     """Every approach against every other with paired-bootstrap intervals; the fine-tuned model against each
-    baseline; the winner on `metric` (the promotion metric); for conversations, the context ablation."""
+    baseline; the winner on `metric` (the promotion metric); for conversations, the context ablation; for label
+    tasks (`majority_label` given), every approach against always answering the most frequent training label."""
     values = TaskMetrics(scores.task, scores.approaches, scores.references())
     single, paired = paired_bootstrap(list(scores.approaches), values.functions(), len(scores.examples), samples,
                                       confidence, seed)
@@ -83,4 +131,6 @@ def compare(scores: ScoreFile, training_seconds: float, forgetting: dict[str, fl
         recommendation=recommendation(metric, single, paired, costs, confidence),
         context_ablation=(None if without_history is None else
                           context_ablation(scores, without_history, metric, samples, confidence, seed)),
+        majority=(None if majority_label is None else
+                  against_majority(scores, majority_label, samples, confidence, seed)),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -97,8 +97,33 @@ def render_report(comparison: Comparison, confidence: float, examples: int) -> s
                   f"{ablation['with_history']['value']:.4g} with it (difference {gain['value']:+.4g}, "
                   f"{confidence:.0%} CI [{gain['ci_low']:+.4g}, {gain['ci_high']:+.4g}]): "
                   + ("it uses the history." if gain["better"] else "no evidence that it uses the history.")]
+    if comparison.majority is not None:
+        lines += majority_section(comparison.majority, confidence)
     lines += ["", comparison.recommendation, ""]
     return "\n".join(lines)
+
+
+def majority_section(majority: dict[str, Any], confidence: float) -> list[str]:
+    """Label tasks: each approach against always answering the most frequent training label, then its
+    confusions, so that a model which learned only the label counts is named as such."""
+    label, scores = majority["label"], majority["scores"]
+    shown = ", ".join(f"{name} {value['value']:.4g}" for name, value in scores.items())
+    lines = ["", "## Against always answering the most frequent label", "",
+             f"Always answering \"{label}\" (the most frequent training label) scores {shown}.", ""]
+    for approach, gains in majority["gains"].items():
+        cells = [f"{name} {g['value']:+.4g} [{g['ci_low']:+.4g}, {g['ci_high']:+.4g}]" for name, g in gains.items()]
+        beaten = [name for name, g in gains.items() if g["better"]]
+        verdict_line = (f"better on {', '.join(beaten)}" if beaten else
+                        f"**not better than always answering \"{label}\"** ({confidence:.0%} intervals include "
+                        "zero or lie below it)")
+        lines.append(f"- {approach}: {'; '.join(cells)}: {verdict_line}.")
+    for approach, table in majority["confusions"].items():
+        answered = sorted({a for row in table.values() for a in row})
+        lines += ["", f"Confusions of {approach} (rows: reference label; columns: its answer):", "",
+                  "| reference | " + " | ".join(answered) + " |", "|" + "---|" * (1 + len(answered))]
+        lines += [f"| {reference} | " + " | ".join(str(row.get(a, 0)) for a in answered) + " |"
+                  for reference, row in table.items()]
+    return lines
 
 
 def plot_chart(metrics: list[str], single: dict[str, dict[str, Interval]], path: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.reporting import plot_chart, recommendation, verdict
+from tasks.comparison import against_majority, most_frequent_label
+from tasks.reporting import majority_section, plot_chart, recommendation, verdict
+from tasks.score_files import ScoreFile, Scores
 from tasks.statistics import Interval
 
 COSTS = {"retrieval": {"prompt_tokens_per_example": 184.5},
@@ -43,3 +45,27 @@ def test_chart_is_a_png(tmp_path: Path) -> None:
     path = tmp_path / "chart.png"
     plot_chart(["loss", "rouge_l"], single(0.36, 0.38), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_label_model_that_learned_only_the_label_counts_is_named() -> None:
+    """The failure a user met: a classifier that answers the most frequent label almost always scores that
+    label's share, and the report must say it is no better than answering it every time."""
+    references = ["1"] * 8 + ["2"] * 3 + ["3"]
+    examples = [{"prompt": f"How many letters in word {i}?", "response": r} for i, r in enumerate(references)]
+
+    def answering(predictions: list[str]) -> Scores:
+        return Scores(nll=[1.0] * 12, target_tokens=[1] * 12, prompt_tokens=[9] * 12, predictions=predictions)
+
+    scores = ScoreFile("classification", examples, {"prompted": answering(list(references)),
+                                                    "finetuned": answering(["1."] * 10 + ["2", "1"])})
+    label = most_frequent_label(["1", "2", "1", "3", "1 "])
+    assert label == "1"
+    majority = against_majority(scores, label, 300, 0.95, 0)
+    assert majority["scores"]["accuracy"]["value"] == round(8 / 12, 5)
+    assert majority["gains"]["prompted"]["accuracy"]["better"]
+    assert not any(g["better"] for g in majority["gains"]["finetuned"].values())
+    assert majority["confusions"]["finetuned"] == {"1": {"1": 8}, "2": {"1": 2, "2": 1}, "3": {"1": 1}}
+    section = "\n".join(majority_section(majority, 0.95))
+    assert "- finetuned: exact_match" in section and 'not better than always answering "1"' in section
+    assert "- prompted: exact_match" in section and "better on exact_match, accuracy, macro_f1" in section
+    assert "| 2 | 2 | 1 |" in section  # finetuned: two of the three "2"s answered "1"
