@@ -81,12 +81,17 @@ def most_frequent_label(labels: list[str]) -> str:
     return spelling[max(counts, key=lambda label: counts[label])]
 
 
+OTHER_ANSWER = "(not a label)"
+
+
 def confusions(predictions: list[str], references: list[str]) -> dict[str, dict[str, int]]:
-    """Reference label -> answered label -> count, labels normalized; an answer that is no reference label is
-    counted as what it says, so a model that invents labels shows."""
+    """Reference label -> answered label -> count, labels normalized; answers that are no reference label are
+    counted together, so a model that answers outside the label set shows without a column per stray answer."""
+    labels = {normalize_label(reference) for reference in references}
     table: dict[str, Counter[str]] = {}
     for prediction, reference in zip(predictions, references):
-        table.setdefault(normalize_label(reference), Counter())[normalize_label(prediction)] += 1
+        answer = normalize_label(prediction)
+        table.setdefault(normalize_label(reference), Counter())[answer if answer in labels else OTHER_ANSWER] += 1
     return {reference: dict(counts.most_common()) for reference, counts in sorted(table.items())}
 
 

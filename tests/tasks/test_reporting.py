@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.comparison import against_majority, most_frequent_label
+from tasks.comparison import against_majority, confusions, most_frequent_label
 from tasks.reporting import majority_section, plot_chart, recommendation, verdict
 from tasks.score_files import ScoreFile, Scores
 from tasks.statistics import Interval
@@ -69,3 +69,4 @@ def test_a_label_model_that_learned_only_the_label_counts_is_named() -> None:
     assert "- finetuned: exact_match" in section and 'not better than always answering "1"' in section
     assert "- prompted: exact_match" in section and "better on exact_match, accuracy, macro_f1" in section
     assert "| 2 | 2 | 1 |" in section  # finetuned: two of the three "2"s answered "1"
+    assert confusions(["yes", "Maybe."], ["yes", "no"]) == {"no": {"(not a label)": 1}, "yes": {"yes": 1}}
