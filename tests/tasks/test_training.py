@@ -204,3 +204,19 @@ def test_dpo_starts_from_an_sft_adapter_which_is_also_its_reference(tiny_model_d
     again = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
     for key in after:
         torch.testing.assert_close(again[key], after[key], atol=1e-5, rtol=1e-4)
+
+
+def test_dpo_from_an_adapter_that_trains_chat_token_rows_stops_with_the_reason(tmp_path: Path,
+                                                                               tiny_model_dir: Path) -> None:
+    """TRL's fused LM head bypasses PEFT's trainable token rows, so DPO cannot continue such an adapter: one clear
+    message, before any training."""
+    from tasks.training import preference_trainer
+
+    adapter = tmp_path / "sft"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"trainable_token_indices": {"lm_head": [600, 601]}}')
+    params = PARAMS.model_copy(update={"method": "dpo", "init_adapter": adapter})
+    with pytest.raises(UserError, match="trains the rows of the chat template's tokens .* start DPO from a base "
+                                        "model with its own chat template"):
+        preference_trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           AutoTokenizer.from_pretrained(tiny_model_dir), None, None, params, [])
