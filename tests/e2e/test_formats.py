@@ -1,7 +1,8 @@
 """Every data format the README offers runs end to end through `dvc repro` on data written here, under the user's
-own column names. The instruction format is test_pipeline's project; this module runs plain text (continued
-pretraining on a domain's documents): every stage, the in-context baselines, forgetting and a promotion decision,
-on a base model whose tokenizer has no chat template (plain text needs none)."""
+own column names. The instruction format is test_pipeline's project, conversations test_chat's, preference pairs
+test_preference's; this module runs plain text (continued pretraining on a domain's documents): every stage, the
+in-context baselines, forgetting and a promotion decision, on a base model whose tokenizer has no chat template
+(plain text needs none)."""
 
 from __future__ import annotations
 
