@@ -19,26 +19,25 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "demo"
-CALL = re.compile(r"^What does `(?P<name>[\w.]+)\(")
 
 
-def demo_modules() -> set[str]:
-    """The modules data/demo/generate.py takes its callables from."""
-    spec = importlib.util.spec_from_file_location("demo_generate", DEMO / "generate.py")
+def chat_generator():
+    """data/demo_chat/generate.py, whose demo_modules and module_of say which module a callable is in."""
+    spec = importlib.util.spec_from_file_location("demo_chat_generate", HERE.parent / "demo_chat" / "generate.py")
     assert spec is not None and spec.loader is not None
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    return set(generator.MODULES)
+    return generator
+
+
+CHAT = chat_generator()
+CALL = re.compile(r"^What does `(?P<name>[\w.]+)\(")  # the callable's name (the chat demo also parses the arguments)
 
 
 def module_of(prompt: str, modules: set[str]) -> str:
-    """The longest dotted prefix of the asked callable's name that is one of the modules; the builtins otherwise."""
+    """The module of the callable a prompt asks about (the builtins when the prompt names no call)."""
     found = CALL.match(prompt)
-    parts = found["name"].split(".") if found else []
-    for end in range(len(parts) - 1, 0, -1):
-        if ".".join(parts[:end]) in modules:
-            return ".".join(parts[:end])
-    return "builtins"
+    return CHAT.module_of(found["name"], modules) if found else "builtins"
 
 
 def stable_index(text: str, size: int) -> int:
@@ -61,7 +60,7 @@ def pairs(rows: list[dict[str, str]], modules: set[str]) -> list[dict[str, str]]
 
 
 def main() -> None:
-    modules = demo_modules()
+    modules = CHAT.demo_modules()
     for split in ("train", "eval"):
         rows = [json.loads(line) for line in (DEMO / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
         written = pairs(rows, modules)
