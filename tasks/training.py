@@ -91,6 +91,27 @@ class StopWhenAsked(TrainerCallback):
             self.stopped_at = state.global_step
 
 
+class TrainingCurves(DVCLiveCallback):
+    """DVCLive's callback with the training step as the curves' x. Its own counts the points logged, which is the
+    step only when logging_steps is 1, and after a resume goes on counting from the interrupted run's last point."""
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.live is not None:
+            self.live.step = state.global_step
+        super().on_log(args, state, control, **kwargs)
+
+
+def curves_until(live_dir: Path, step: int) -> None:
+    """Drop the curve points past `step`: those an interrupted run logged after the checkpoint the run resumes
+    from, which the resumed run logs again."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        header, *rows = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        column = header.rstrip("\n").split("\t").index("step")
+        kept = [row for row in rows if int(row.split("\t")[column]) <= step]
+        tsv.write_text(header + "".join(kept), encoding="utf-8")
+
+
 class StopOnNonFiniteLoss(TrainerCallback):
     """A NaN or infinite loss ruins every later step; stop at once so nothing is saved or promoted."""
 
@@ -324,8 +345,10 @@ def run_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trai
     stop = StopWhenAsked()
     callbacks: list[TrainerCallback] = [MarkCompleteCheckpoints(), StopOnNonFiniteLoss(), stop]
     if is_main_process():
+        if resume_from is not None:
+            curves_until(live_dir, steps_at(resume_from))
         live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=resume_from is not None)
-        callbacks.append(DVCLiveCallback(live=live))
+        callbacks.append(TrainingCurves(live=live))
     if params.method == "dpo":
         trainer = preference_trainer(model, tokenizer, train_set, args, params, callbacks)
     else:
@@ -386,12 +409,18 @@ def utilization(model: PreTrainedModel, tokens_per_second: float, processes: int
     return {"flops_per_token": per_token, "mfu": round(mfu(tokens_per_second / processes, per_token, peak), 4)}
 
 
+def trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+
+
 def tokens_seen_at(checkpoint: Path | None) -> int:
     """Tokens the Trainer had consumed when `checkpoint` was written (0 for a fresh start)."""
-    if checkpoint is None:
-        return 0
-    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    return int(state.get("num_input_tokens_seen", 0))
+    return 0 if checkpoint is None else int(trainer_state(checkpoint).get("num_input_tokens_seen", 0))
+
+
+def steps_at(checkpoint: Path) -> int:
+    """The training step `checkpoint` was written at."""
+    return int(trainer_state(checkpoint)["global_step"])
 
 
 def save_trained(trainer: Trainer, out_dir: Path) -> None:

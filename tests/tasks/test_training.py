@@ -74,6 +74,9 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir: Path, train_set, 
     save_trained(full, tmp_path / "full" / "adapter")
     shutil.copytree(tmp_path / "full" / "checkpoints" / "checkpoint-3",
                     tmp_path / "resumed" / "checkpoints" / "checkpoint-3")
+    # The curves as a run killed after logging step 6 but before checkpointing it leaves them: the resumed run
+    # logs steps 4 to 6 again, and each step must appear once, at its own x.
+    shutil.copytree(tmp_path / "full" / "live", tmp_path / "resumed" / "live")
     resumed, summary = run_training(tiny_model_dir, train_set, tmp_path / "resumed")
     save_trained(resumed, tmp_path / "resumed" / "adapter")
     assert summary["steps"] == PARAMS.max_steps
@@ -82,6 +85,10 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir: Path, train_set, 
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    curves = [pd.read_csv(tmp_path / run / "live" / "plots" / "metrics" / "loss.tsv", sep="\t")
+              for run in ("full", "resumed")]
+    assert curves[0]["step"].tolist() == curves[1]["step"].tolist() == list(range(1, PARAMS.max_steps + 1))
+    assert curves[1]["loss"].tolist() == pytest.approx(curves[0]["loss"].tolist(), rel=1e-4)
 
 
 def resume_point(checkpoints: Path, fingerprint: str, on_change: str = "restart", max_steps: int = 12) -> Path | None:
