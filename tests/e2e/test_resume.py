@@ -1,5 +1,5 @@
-"""A training run killed with SIGKILL resumes from its last complete checkpoint and ends where an
-uninterrupted run ends; a checkpoint cut off while being written is removed, never resumed from."""
+"""A training run killed with SIGKILL or stopped with Ctrl-C resumes from its last complete checkpoint and ends
+where an uninterrupted run ends; a checkpoint cut off while being written is removed, never resumed from."""
 
 from __future__ import annotations
 
@@ -72,50 +72,50 @@ def resume_and_compare(project: Path, uninterrupted: tuple[dict[str, torch.Tenso
     return resumed.stdout + resumed.stderr
 
 
-def test_killed_while_writing_a_checkpoint_resumes_from_a_complete_one(project: Path, uninterrupted) -> None:
-    """SIGKILL as checkpoint 20 is being written; then, as a kill in the middle of saving would leave it, a newer
-    checkpoint folder without its completion marker. The re-run removes that one and resumes from a complete one,
-    ending with the uninterrupted run's weights."""
-    training = start_training(project)
-    wait_for(project / "models/checkpoints/checkpoint-20")  # the Trainer has begun writing it
-    kill(training)
-    complete = (project / "models/checkpoints/checkpoint-20/tailor-complete").exists()
-    shutil.rmtree(project / "models/checkpoints/checkpoint-25", ignore_errors=True)
-    shutil.copytree(project / "models/checkpoints/checkpoint-10", project / "models/checkpoints/checkpoint-25")
-    (project / "models/checkpoints/checkpoint-25/tailor-complete").unlink()
-    log = resume_and_compare(project, uninterrupted)
-    assert "removing models/checkpoints/checkpoint-25: it was not completely written" in log
-    # Whether the kill beat the last file of checkpoint 20 is a race; each outcome has one right answer.
-    if complete:
-        assert "resuming from models/checkpoints/checkpoint-20, the last complete checkpoint" in log
-    else:
-        assert "removing models/checkpoints/checkpoint-20: it was not completely written" in log
-        assert "resuming from models/checkpoints/checkpoint-10, the last complete checkpoint" in log
-
-
 def session_processes(session: int) -> list[str]:
     """The processes still alive in a session (dvc, the stage, its Prefect server, torchrun and its workers)."""
     table = subprocess.run(["ps", "-eo", "sid=,pid=,args="], capture_output=True, text=True, check=True).stdout
     return [line for line in table.splitlines() if line.split()[0] == str(session)]
 
 
-def test_ctrl_c_to_dvc_repro_stops_training_within_seconds_and_the_rerun_resumes(project: Path, uninterrupted) -> None:
-    """What Ctrl-C in a terminal does: SIGINT to the foreground process group. It runs without a Prefect server, as
-    a plain `make run` does: the stage's temporary server gets the signal too and dies at once, and the stage must
-    not wait on it. (SIGTERM, what `kill` and a Prefect cancellation send, takes the same path; the cancellation
-    test in test_operations.py sends it through a real worker.)"""
+def test_killed_then_ctrl_c_each_stop_leaves_complete_checkpoints_and_the_rerun_ends_as_uninterrupted(
+        project: Path, uninterrupted) -> None:
+    """Two stops in a row, each resumed from, as a user's bad day would have them.
+
+    1. SIGKILL as checkpoint 10 is being written; then, as a kill in the middle of saving would leave it, a newer
+       checkpoint folder without its completion marker.
+    2. The re-run removes that one, resumes from a complete checkpoint, and is stopped by Ctrl-C: SIGINT to the
+       foreground process group, as a terminal sends it. It runs without a Prefect server, as a plain `make run`
+       does: the stage's temporary server gets the signal too and dies at once, and the stage must not wait on it.
+       (SIGTERM, what `kill` and a Prefect cancellation send, takes the same path; the cancellation test in
+       test_operations.py sends it through a real worker.)
+    3. The last re-run ends with the uninterrupted run's weights and loss."""
+    training = start_training(project)
+    wait_for(project / "models/checkpoints/checkpoint-10")  # the Trainer has begun writing it
+    kill(training)
+    complete = (project / "models/checkpoints/checkpoint-10/tailor-complete").exists()
+    partial = project / "models/checkpoints/checkpoint-15"
+    partial.mkdir()
+    (partial / "trainer_state.json").write_text("{")  # cut off mid-write, no completion marker
+
     env = {k: v for k, v in environment().items() if k != "PREFECT_API_URL"}
-    shutil.rmtree(project / "models" / "checkpoints", ignore_errors=True)
     training = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "--no-run-cache", "finetune"],
                                 cwd=project, env=env, start_new_session=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-    wait_for(project / "models/checkpoints/checkpoint-10/tailor-complete")
+    wait_for(project / "models/checkpoints/checkpoint-20/tailor-complete")
     sent = time.monotonic()
     os.killpg(training.pid, signal.SIGINT)
-    _, stderr = training.communicate(timeout=120)
+    stdout, stderr = training.communicate(timeout=120)
     stopped = time.monotonic() - sent
+    log = stdout + stderr
     assert training.returncode != 0
     assert stopped < 20, f"took {stopped:.1f} s to stop"
+    assert "removing models/checkpoints/checkpoint-15: it was not completely written" in log, log[-3000:]
+    # Whether the kill beat the last file of checkpoint 10 is a race; each outcome has one right answer.
+    if complete:
+        assert "resuming from models/checkpoints/checkpoint-10, the last complete checkpoint" in log
+    else:
+        assert "removing models/checkpoints/checkpoint-10: it was not completely written" in log
     assert "tailor: interrupted at step" in stderr and "`dvc repro` resumes from models/checkpoints/checkpoint-" \
         in stderr, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
@@ -125,4 +125,6 @@ def test_ctrl_c_to_dvc_repro_stops_training_within_seconds_and_the_rerun_resumes
     assert session_processes(training.pid) == []
     checkpoints = list((project / "models/checkpoints").glob("checkpoint-*"))
     assert checkpoints and all((c / "tailor-complete").is_file() for c in checkpoints)  # none half-written
-    resume_and_compare(project, uninterrupted)
+
+    log = resume_and_compare(project, uninterrupted)
+    assert "resuming from models/checkpoints/checkpoint-20, the last complete checkpoint" in log
