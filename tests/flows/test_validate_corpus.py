@@ -70,6 +70,21 @@ def params_for(root: Path, train: str, evaluation: str, validate: dict | None = 
     return yaml.safe_dump(params, sort_keys=False)
 
 
+PORTFOLIO = ("classification", "summarization", "translation")
+LABELS = ["asyncio", "datetime", "decimal", "logging", "os", "socket", "tarfile", "zipfile"]
+
+
+def portfolio_params(task: str) -> str:
+    """The shipped params on one of the demo portfolio's datasets (data/portfolio), as the README runs it."""
+    params = copy.deepcopy(SHIPPED)
+    params["data"].update(train=f"data/portfolio/{task}/train.jsonl", eval=f"data/portfolio/{task}/eval.jsonl")
+    params["evaluate"]["task"] = task
+    params["promote"]["metric"] = {"classification": "macro_f1", "summarization": "rouge_l", "translation": "chrf"}[task]
+    if task == "classification":
+        params["validate"]["allowed_responses"] = LABELS
+    return yaml.safe_dump(params, sort_keys=False)
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict[str, dict[str, Any]]:
     """Each case's exit code, stderr and whether data/validated stayed as the good run left it."""
@@ -86,6 +101,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict
     cases["pref_good"] = params_for(root, "pref_good.jsonl", "pref_eval.jsonl", data={"format": "preference"})
     cases["chat_good_sharegpt"] = params_for(root, "chat_good_sharegpt.jsonl", "chat_eval_sharegpt.jsonl",
                                              data=CASES["chat_sharegpt_unknown_role.jsonl"]["data"])
+    cases.update({f"portfolio_{task}": portfolio_params(task) for task in PORTFOLIO})
     (root / "cases.json").write_text(json.dumps(cases))
     done = run(root, "python", "-c", RUN_EACH, "cases.json", "outcomes.json", *stage_command(root, "validate")[3:])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -112,6 +128,7 @@ def test_pii_check_can_be_turned_off(outcomes: dict[str, dict[str, Any]]) -> Non
     assert outcomes["pii_allowed"]["code"] == 0, outcomes["pii_allowed"]["stderr"][-2000:]
 
 
-@pytest.mark.parametrize("name", ["text_good", "chat_good", "chat_good_sharegpt", "pref_good"])
+@pytest.mark.parametrize("name", ["text_good", "chat_good", "chat_good_sharegpt", "pref_good",
+                                  *(f"portfolio_{task}" for task in PORTFOLIO)])
 def test_clean_files_of_every_format_pass(outcomes: dict[str, dict[str, Any]], name: str) -> None:
     assert outcomes[name]["code"] == 0, outcomes[name]["stderr"][-2000:]
