@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import gettext
 import hashlib
-import importlib.util
 import inspect
 import io
 import re
+import runpy
 import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 DJANGO_WHEEL = "django-5.2.8-py3-none-any.whl"
@@ -40,16 +40,8 @@ EVAL_SHARE = 0.2
 MAX_BODY_CHARS = 700  # with its summary, within tokenize.max_length (256 tokens)
 
 
-def demo_generator() -> ModuleType:
-    """data/demo/generate.py: its docstring walk, summaries and held-out modules."""
-    spec = importlib.util.spec_from_file_location("demo_generate", HERE.parent / "demo" / "generate.py")
-    assert spec is not None and spec.loader is not None
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
-    return generator
-
-
-DEMO = demo_generator()
+# data/demo/generate.py's functions: its docstring walk, summaries and held-out modules.
+DEMO = SimpleNamespace(**runpy.run_path(str(HERE.parent / "demo" / "generate.py")))
 
 
 def ordered(rows: list[dict[str, str]]) -> list[dict[str, str]]:
