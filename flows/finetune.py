@@ -40,6 +40,7 @@ from tasks.params import FinetuneParams, Params
 class Paths:
     base: Path  # the base model directory
     train: Path  # the tokenized train split (Arrow)
+    replay: Path  # the tokenized general text that finetune.replay_pct mixes in
     checkpoints: Path  # kept between runs so an interrupted run resumes
     out: Path  # the adapter (or full model)
     live: Path  # DVCLive curves
@@ -62,15 +63,28 @@ def finetune(params: FinetuneParams, seed: int, paths: Paths, step: Step) -> dic
     from datasets import load_from_disk
 
     from tasks.models import pick_device
-    from tasks.training import is_main_process, log, prepare_checkpoints, save_trained, train, training_fingerprint
+    from tasks.training import (
+        is_main_process,
+        log,
+        prepare_checkpoints,
+        save_trained,
+        train,
+        training_fingerprint,
+        with_replay,
+    )
 
     device = pick_device(params.device)
-    # The adapter training starts from is an input like the data: a changed one makes old checkpoints stale.
-    starts_from = [params.init_adapter] if params.init_adapter is not None else []
-    fingerprint = training_fingerprint(params, seed, [paths.base, paths.train, *starts_from])
+    # The adapter training starts from and the replayed text are inputs like the data: a change to either makes
+    # old checkpoints stale.
+    inputs = [paths.base, paths.train, *([params.init_adapter] if params.init_adapter is not None else []),
+              *([paths.replay] if params.replay_pct else [])]
+    fingerprint = training_fingerprint(params, seed, inputs)
     step(prepare_checkpoints)(paths.checkpoints, fingerprint, params.on_input_change)
-    trainer, summary = step(train)(paths.base, load_from_disk(str(paths.train)), params, seed, device,
-                                   paths.checkpoints, paths.live)
+    train_set = load_from_disk(str(paths.train))
+    replayed = with_replay(train_set, load_from_disk(str(paths.replay)), params.replay_pct, seed) \
+        if params.replay_pct else train_set
+    trainer, summary = step(train)(paths.base, replayed, params, seed, device, paths.checkpoints, paths.live)
+    summary["replay_examples"] = len(replayed) - len(train_set)
     step(save_trained)(trainer, paths.out)
     log().info("trained %d steps in %.0f s: %.0f tokens/s%s", summary["steps"], summary["train_seconds"],
                summary["tokens_per_second"], f", MFU {summary['mfu']:.1%}" if "mfu" in summary else "")

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from flows.stage import run_stage, start_stage_run
 from tasks.errors import UserError
 from tasks.params import DataParams, Params, TokenizeParams
-from tasks.tokenization import tokenize_file
+from tasks.tokenization import tokenize_file, tokenize_replay_text
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,17 @@ class Paths:
 
 @flow(name="tokenize", on_running=[start_stage_run])
 def tokenize_flow(data: DataParams, tokenize: TokenizeParams, paths: Paths) -> dict[str, dict[str, float]]:
-    """Tokenize train and eval (in batches, one process per core); write Arrow datasets and their token
-    statistics."""
+    """Tokenize train and eval (in batches, one process per core) and the replay text; write Arrow datasets and
+    their token statistics."""
     tokenizer = AutoTokenizer.from_pretrained(paths.base)
     stats = {}
     shutil.rmtree(paths.out, ignore_errors=True)
     for split in ("train", "eval"):
         stats[split] = tokenize_file(tokenizer, paths.validated / f"{split}.parquet", paths.out / split, data.format,
                                      tokenize.system_prompt, tokenize.max_length, tokenize.train_on)
+    # Tokenized whatever finetune.replay_pct is (a few hundred paragraphs), so that changing the share re-runs
+    # training only.
+    stats["replay"] = tokenize_replay_text(tokenizer, tokenize.replay_text, paths.out / "replay", tokenize.max_length)
     paths.stats.parent.mkdir(parents=True, exist_ok=True)
     paths.stats.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     for split, counts in stats.items():

@@ -131,6 +131,9 @@ class TokenizeParams(Section):
         1.0, ge=0, le=100, description="chat and preference: largest share of conversations (%) left with no "
                                        "assistant token to learn from once fitted into max_length (pairs with no "
                                        "room for an answer); more stops the stage")
+    replay_text: Path = Field(
+        Path("data/general/replay.jsonl"), description="general-domain JSONL (a `text` column) tokenized for "
+                                                       "finetune.replay_pct; never the text forgetting is measured on")
 
     @field_validator("chat_template")
     @classmethod
@@ -185,6 +188,9 @@ class FinetuneParams(Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
     on_input_change: Literal["restart", "refuse"] = Field(
         "restart", description="checkpoints made from other data or params: start fresh, or stop and say so")
+    replay_pct: float = Field(
+        0.0, ge=0, lt=100, description="share (%) of the training examples drawn from tokenize.replay_text: "
+                                       "general text replayed against forgetting; 0 trains on your data only")
     processes: int = Field(1, ge=1, le=1024, description="training processes on this machine (torchrun), one per GPU")
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with several processes: ddp copies the model to each, fsdp shards it across them")
@@ -204,6 +210,13 @@ class FinetuneParams(Section):
             raise ValueError("not a LoRA adapter directory (no adapter_config.json there); point it at one the "
                              "finetune stage wrote, e.g. a copy of models/adapter or models/production/adapter")
         return path
+
+    @model_validator(mode="after")
+    def replay_needs_supervised_training(self) -> FinetuneParams:
+        if self.replay_pct > 0 and self.method == "dpo":
+            raise ValueError("replay_pct mixes general text into supervised training; DPO learns from preference "
+                             "pairs only: set replay_pct 0, or use method lora")
+        return self
 
     @model_validator(mode="after")
     def adapter_needs_lora(self) -> FinetuneParams:

@@ -293,6 +293,12 @@ def fingerprint(*inputs: Any) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def tokenizer_state(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str | None]:
+    """What a tokenizer's output depends on: its vocabulary and rules, and its chat template."""
+    return (tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else tokenizer.name_or_path,
+            tokenizer.chat_template)
+
+
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -313,10 +319,8 @@ def tokenize_file(tokenizer: PreTrainedTokenizerBase, parquet: Path, out_dir: Pa
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as work:
         rows = Dataset.from_parquet(str(parquet), cache_dir=work, keep_in_memory=False)
-        tokenizer_state = (tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else tokenizer.name_or_path,
-                           tokenizer.chat_template)
         processes = processes_for(len(rows))
-        tag = fingerprint(file_digest(parquet), tokenizer_state, data_format, system_prompt, max_length,
+        tag = fingerprint(file_digest(parquet), tokenizer_state(tokenizer), data_format, system_prompt, max_length,
                           *([train_on] if data_format == "chat" else []))
         with forked_processes_end_quietly():
             tokenized = rows.map(
@@ -334,6 +338,28 @@ def tokenize_file(tokenizer: PreTrainedTokenizerBase, parquet: Path, out_dir: Pa
             stats["dropped"] = len(rows) - len(tokenized)
             stats["dropped_pct"] = round(100 * stats["dropped"] / max(len(rows), 1), 3)
         return stats
+
+
+@task(cache_policy=NO_CACHE)
+def tokenize_replay_text(tokenizer: PreTrainedTokenizerBase, jsonl: Path, out_dir: Path,
+                         max_length: int) -> dict[str, float]:
+    """The general-domain text that finetune.replay_pct mixes into training, as plain text is trained: chunks of
+    max_length, every token a target. A few hundred paragraphs, so it is tokenized in memory."""
+    try:
+        frame = pd.read_json(jsonl, lines=True, dtype=False)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"tokenize.replay_text {jsonl} cannot be read as JSON Lines ({exc}); point it at a file "
+                        'with a "text" value per line, such as data/general/replay.jsonl') from None
+    if "text" not in frame.columns or frame.empty:
+        raise UserError(f'tokenize.replay_text {jsonl} has no rows with a "text" value; point it at a file with '
+                        'one per line, such as data/general/replay.jsonl')
+    rows = tokenize_rows({"text": frame["text"].astype(str).tolist()}, tokenizer, "text", None, max_length)
+    tag = fingerprint(file_digest(jsonl), tokenizer_state(tokenizer), max_length)
+    # Built with a fingerprint of its inputs, so the same inputs give the same bytes (see `fingerprint`).
+    dataset = Dataset(Dataset.from_dict(rows, features=FEATURES).data, info=DatasetInfo(features=FEATURES),
+                      fingerprint=tag)
+    dataset.save_to_disk(str(out_dir))
+    return token_stats(dataset, max_length)
 
 
 def token_stats(dataset: Dataset, max_length: int) -> dict[str, float]:

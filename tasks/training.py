@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from dvclive import Live
 from peft import LoraConfig, PeftModel, get_peft_model
 from prefect import get_run_logger
@@ -156,6 +156,16 @@ def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel
     if params.init_adapter is not None:
         return PeftModel.from_pretrained(model, str(params.init_adapter), is_trainable=True)
     return get_peft_model(model, lora_config(model, params))
+
+
+def with_replay(train_set: Dataset, replay: Dataset, replay_pct: float, seed: int) -> Dataset:
+    """The train set plus general-text chunks making up replay_pct% of the result, drawn with a seeded generator
+    (with replacement when more are needed than there are): replay, the standard remedy for forgetting. The
+    Trainer's sampler shuffles them in among the examples."""
+    count = round(len(train_set) * replay_pct / (100 - replay_pct))
+    draw = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(replay), (count,), generator=draw).tolist()
+    return concatenate_datasets([train_set, replay.select(picks).cast(train_set.features)])
 
 
 def training_fingerprint(params: FinetuneParams, seed: int, inputs: list[Path]) -> str:

@@ -1,8 +1,8 @@
 """Every data format the README offers runs end to end through `dvc repro` on data written here, under the user's
 own column names. The instruction format is test_pipeline's project, conversations test_chat's, preference pairs
 test_preference's; this module runs plain text (continued pretraining on a domain's documents): every stage, the
-in-context baselines, forgetting and a promotion decision, on a base model whose tokenizer has no chat template
-(plain text needs none)."""
+in-context baselines, general text replayed in training (finetune.replay_pct), forgetting and a promotion decision,
+on a base model whose tokenizer has no chat template (plain text needs none)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ def documents(split: str, rows: int) -> str:
 @pytest.fixture(scope="module")
 def text_project(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
     base_model_dir = build_bare_model(tmp_path_factory.mktemp("base-llm"))
+    # Continued pretraining with a fifth of general text replayed against forgetting, as it is usually run.
     root = tiny_project(tmp_path_factory.mktemp("text"), base_model_dir, 0, 0,
-                        **{**TINY_PARAMS, "tokenize": {"max_length": 48}})
+                        **{**TINY_PARAMS, "tokenize": {"max_length": 48},
+                           "finetune": {**TINY_PARAMS["finetune"], "replay_pct": 20.0}})
     use_raw_data(root, documents("train", 200), documents("eval", 12), format="text", columns={"text": "body"})
     set_params(root, "promote", metric="perplexity")
     set_params(root, "baselines", retriever="bm25")  # the other retriever end to end (the first build uses minilm)
@@ -44,6 +46,10 @@ def test_plain_text_runs_every_stage_and_compares_every_approach(text_project: P
     assert sorted(stages_run(result.stdout)) == sorted(yaml.safe_load((text_project / "dvc.yaml").read_text())["stages"])
     tokenizer = AutoTokenizer.from_pretrained(text_project / "models/base")  # no template needed, none added
     assert tokenizer.chat_template is None and len(tokenizer) == 600 and tokenizer.eos_token == "<|endoftext|>"
+    tokens = json.loads((text_project / "reports/tokenize.json").read_text())
+    training = json.loads((text_project / "reports/training.json").read_text())
+    assert tokens["replay"]["examples"] > 0 and tokens["replay"]["target_tokens"] == tokens["replay"]["tokens"]
+    assert training["replay_examples"] == round(tokens["train"]["examples"] * 20 / 80)
     metrics = json.loads((text_project / "reports/metrics.json").read_text())
     for approach in ("generalist", "prompted", "retrieval", "finetuned"):
         assert metrics[approach]["perplexity_ci_low"] <= metrics[approach]["perplexity"] <= \

@@ -56,6 +56,7 @@ def test_misspelled_key_is_named() -> None:
     ("finetune.init_adapter", "models/nowhere", "finetune.init_adapter: not a LoRA adapter directory (no "
                                                 "adapter_config.json there); point it at one"),
     ("finetune.dpo.loss_type", "kto", "finetune.dpo.loss_type: Input should be 'sigmoid', 'ipo'"),
+    ("finetune.replay_pct", 100, "finetune.replay_pct: Input should be less than 100"),
     ("data.format", "dialogue", "data.format: Input should be 'instruction', 'text', 'chat' or 'preference'"),
     ("tokenize.train_on", "every_turn", "tokenize.train_on: Input should be 'all_turns' or 'last_turn'"),
     ("promote.metric", "f1", "promote.metric: f1 (no such metric) is not computed for evaluate.task free_text"),
@@ -91,6 +92,14 @@ def test_preference_data_adds_the_preference_metrics_to_its_task() -> None:
     assert "preference_accuracy is not computed for evaluate.task free_text" in error_for(raw)
     raw["data"]["format"] = "preference"
     assert parse_params(raw).promote.metric == "preference_accuracy"
+
+
+def test_replay_is_for_supervised_training() -> None:
+    raw = with_change("finetune.replay_pct", 10)
+    assert parse_params(raw).finetune.replay_pct == 10
+    raw["data"]["format"], raw["finetune"]["method"] = "preference", "dpo"
+    assert "finetune: replay_pct mixes general text into supervised training; DPO learns from preference pairs" \
+        in error_for(raw)
 
 
 def test_missing_or_malformed_file(tmp_path: Path) -> None:

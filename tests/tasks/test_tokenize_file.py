@@ -11,10 +11,12 @@ from datasets import Dataset, load_from_disk
 from transformers import AutoTokenizer
 
 import tasks.tokenization as tokenization
+from tasks.errors import UserError
 from tasks.tables import read_table
-from tasks.tokenization import token_stats, tokenize_file, tokenize_split
+from tasks.tokenization import IGNORE_INDEX, token_stats, tokenize_file, tokenize_replay_text, tokenize_split
 
-DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
+DATA = Path(__file__).resolve().parents[2] / "data"
+DEMO = DATA / "demo"
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +64,18 @@ def test_token_stats_count_in_batches() -> None:
     stats = token_stats(Dataset.from_pandas(frame), 4)
     assert stats["examples"] == 15000 and stats["tokens"] == 30000 and stats["target_tokens"] == 15000
     assert stats["max_length"] == 3 and stats["truncated_pct"] == pytest.approx(33.333)
+
+
+def test_replay_text_is_chunked_whole_text_targets_and_written_the_same_twice(tmp_path: Path, tokenizer) -> None:
+    stats = tokenize_replay_text.fn(tokenizer, DATA / "general" / "replay.jsonl", tmp_path / "a", 64)
+    tokenize_replay_text.fn(tokenizer, DATA / "general" / "replay.jsonl", tmp_path / "b", 64)
+    assert files(tmp_path / "a") == files(tmp_path / "b")  # DVC sees an unchanged output when nothing changed
+    chunks = load_from_disk(str(tmp_path / "a"))
+    assert len(chunks) == stats["examples"] > 101  # 101 paragraphs, several chunks of 64 tokens each for most
+    assert all(len(ids) <= 64 and IGNORE_INDEX not in labels for ids, labels in zip(chunks["input_ids"], chunks["labels"]))
+
+
+def test_replay_text_without_text_is_refused(tmp_path: Path, tokenizer) -> None:
+    (tmp_path / "notes.jsonl").write_text('{"body": "General prose."}\n', encoding="utf-8")
+    with pytest.raises(UserError, match='notes.jsonl has no rows with a "text" value'):
+        tokenize_replay_text.fn(tokenizer, tmp_path / "notes.jsonl", tmp_path / "out", 64)

@@ -24,6 +24,7 @@ from tasks.training import (
     save_trained,
     train,
     training_fingerprint,
+    with_replay,
 )
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
@@ -36,6 +37,17 @@ def train_set(tiny_model_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     frame = pd.read_json(DEMO / "train.jsonl", lines=True).head(64)
     return tokenize_split.fn(tokenizer, frame, "instruction", None, 128)
+
+
+def test_replay_makes_up_its_share_of_the_examples_drawn_the_same_each_run(tiny_model_dir: Path, train_set) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    general = pd.read_json(DEMO.parent / "general" / "replay.jsonl", lines=True).head(5)
+    replay = tokenize_split.fn(tokenizer, general, "text", None, 128)
+    mixed = with_replay(train_set, replay, 20.0, 7)
+    assert len(mixed) == 80 and mixed[:64] == train_set[:]  # 16 of 80 rows are replayed text: 20%
+    replayed = mixed.select(range(64, 80))["input_ids"]
+    assert set(map(tuple, replayed)) <= set(map(tuple, replay["input_ids"]))  # drawn again where 16 > len(replay)
+    assert with_replay(train_set, replay, 20.0, 7)["input_ids"] == mixed["input_ids"]
 
 
 def run_training(tiny_model_dir: Path, train_set, out: Path, params: FinetuneParams = PARAMS):
