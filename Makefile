@@ -12,7 +12,8 @@ export PATH := $(BIN):$(PATH)
 # Bytecode is written the first time a process imports a module, and reused after: every stage is a fresh
 # process, and without the cache each would compile its imports again. Some images turn the cache off
 # (PYTHONDONTWRITEBYTECODE); what make runs has it on. Compiling what is imported, rather than all 24,000 installed
-# modules at install (pip's default), saves about 45 s of a fresh install here.
+# modules at install (pip's default): a fresh install here takes 29 s instead of 109 s, and the first imports of the
+# pipeline's libraries then compile about 5,000 modules once (about 27 s).
 unexport PYTHONDONTWRITEBYTECODE
 
 # torch goes through pip, so that pip's own configuration (a CUDA index, local wheels) picks the build; the rest
