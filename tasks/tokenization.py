@@ -299,6 +299,12 @@ def tokenizer_state(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str | None
             tokenizer.chat_template)
 
 
+def save_reproducibly(dataset: Dataset, tag: str, out_dir: Path) -> None:
+    """Save a plain dataset over the same Arrow data, fingerprinted with `tag` (see `fingerprint`) and with no
+    record of temporary files in its info, so that the same inputs give the same bytes."""
+    Dataset(dataset.data, info=DatasetInfo(features=dataset.features), fingerprint=tag).save_to_disk(str(out_dir))
+
+
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -330,9 +336,7 @@ def tokenize_file(tokenizer: PreTrainedTokenizerBase, parquet: Path, out_dir: Pa
                 remove_columns=rows.column_names, features=features_for(data_format),
                 cache_file_name=str(Path(work) / "tokens.arrow"),
                 load_from_cache_file=False, new_fingerprint=tag, desc=f"tokenize {parquet.stem}")
-        # A plain dataset over the same Arrow data: no record of the temporary files in the saved info.
-        Dataset(tokenized.data, info=DatasetInfo(features=features_for(data_format)),
-                fingerprint=tag).save_to_disk(str(out_dir))
+        save_reproducibly(tokenized, tag, out_dir)
         stats = token_stats(tokenized, max_length)
         if data_format in ("chat", "preference"):  # a row per conversation or pair, none for one with no answer left
             stats["dropped"] = len(rows) - len(tokenized)
@@ -353,13 +357,9 @@ def tokenize_replay_text(tokenizer: PreTrainedTokenizerBase, jsonl: Path, out_di
     if "text" not in frame.columns or frame.empty:
         raise UserError(f'tokenize.replay_text {jsonl} has no rows with a "text" value; point it at a file with '
                         'one per line, such as data/general/replay.jsonl')
-    rows = tokenize_rows({"text": frame["text"].astype(str).tolist()}, tokenizer, "text", None, max_length)
-    tag = fingerprint(file_digest(jsonl), tokenizer_state(tokenizer), max_length)
-    # Built with a fingerprint of its inputs, so the same inputs give the same bytes (see `fingerprint`).
-    dataset = Dataset(Dataset.from_dict(rows, features=FEATURES).data, info=DatasetInfo(features=FEATURES),
-                      fingerprint=tag)
-    dataset.save_to_disk(str(out_dir))
-    return token_stats(dataset, max_length)
+    chunks = tokenize_split.fn(tokenizer, frame[["text"]].astype(str), "text", None, max_length)
+    save_reproducibly(chunks, fingerprint(file_digest(jsonl), tokenizer_state(tokenizer), max_length), out_dir)
+    return token_stats(chunks, max_length)
 
 
 def token_stats(dataset: Dataset, max_length: int) -> dict[str, float]:

@@ -165,7 +165,7 @@ def with_replay(train_set: Dataset, replay: Dataset, replay_pct: float, seed: in
     count = round(len(train_set) * replay_pct / (100 - replay_pct))
     draw = torch.Generator().manual_seed(seed)
     picks = torch.randint(len(replay), (count,), generator=draw).tolist()
-    return concatenate_datasets([train_set, replay.select(picks).cast(train_set.features)])
+    return concatenate_datasets([train_set, replay.select(picks)])
 
 
 def training_fingerprint(params: FinetuneParams, seed: int, inputs: list[Path]) -> str:
