@@ -41,7 +41,7 @@ def environment(**extra: str) -> dict[str, str]:
 
 def stages_run(output: str) -> list[str]:
     """Stage names in the order `dvc repro` / `dvc exp run` ran them."""
-    return re.findall(r"Running stage '([\w-]+)'", output)
+    return re.findall(r"Running stage '([\w@-]+)'", output)
 
 
 def free_port() -> int:

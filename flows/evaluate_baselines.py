@@ -19,12 +19,9 @@ from flows.stage import run_stage, start_stage_run
 from tasks.inference import example_records, held_out, score_model
 from tasks.models import load_model, pick_device
 from tasks.params import Params
-from tasks.prompting import build_index, contexts, few_shot_rows, retrieve, searched_texts
+from tasks.prompting import NO_TRUNCATION, build_index, contexts, few_shot_rows, retrieve, searched_texts
 from tasks.score_files import ScoreFile
 from tasks.tokenization import answerable, tokenize_split
-
-NO_TRUNCATION = 1 << 20  # few-shot prompts are scored whole; truncating them would cut the answer
-
 
 @dataclass(frozen=True)
 class Paths:

@@ -51,11 +51,22 @@ def git_revision() -> str:
     return rev + ("-dirty" if dirty else "")
 
 
-def run_labels() -> list[str]:
-    """Tags for the stage's Prefect run: stage name, DVC experiment (set by `dvc exp run`), git revision."""
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a portfolio stage works on: one specialization, or one multi-task model (None: neither)."""
+
+    specialization: str | None = None
+    multitask: str | None = None
+
+
+def run_labels(target: Target) -> list[str]:
+    """Tags for the stage's Prefect run: stage name, DVC experiment (set by `dvc exp run`), git revision, and the
+    specialization or multi-task model a portfolio stage works on."""
     main = sys.modules["__main__"].__spec__
     stage = main.name.rsplit(".", 1)[-1] if main else "unknown"
-    return [f"stage:{stage}", f"experiment:{os.environ.get('DVC_EXP_NAME', 'workspace')}", f"git:{git_revision()}"]
+    return [f"stage:{stage}", f"experiment:{os.environ.get('DVC_EXP_NAME', 'workspace')}", f"git:{git_revision()}",
+            *([f"specialization:{target.specialization}"] if target.specialization else []),
+            *([f"multitask:{target.multitask}"] if target.multitask else [])]
 
 
 def start_stage_run(flow: Any, flow_run: Any, state: Any) -> None:
@@ -65,33 +76,39 @@ def start_stage_run(flow: Any, flow_run: Any, state: Any) -> None:
     minutes); this hook runs in the main thread after it, and replaces it (tasks/interrupts.py)."""
     stop_at_once()
     labels = dict(tag.split(":", 1) for tag in flow_run.tags if ":" in tag)
-    flow_run_logger(flow_run, flow).info("stage %s, DVC experiment %s, git revision %s", labels.get("stage"),
-                                         labels.get("experiment"), labels.get("git"))
+    target = labels.get("specialization") or labels.get("multitask")
+    flow_run_logger(flow_run, flow).info("stage %s%s, DVC experiment %s, git revision %s", labels.get("stage"),
+                                         f"@{target}" if target else "", labels.get("experiment"), labels.get("git"))
 
 
-def stage_paths(paths_type: type[P], argv: list[str] | None = None) -> P:
+def stage_arguments(paths_type: type[P], argv: list[str] | None = None) -> tuple[P, Target]:
     """The stage's inputs and outputs from its command line, `--name path` for each field of the dataclass
     `paths_type`: dvc.yaml writes them into every stage's `cmd`, so they are declared once, next to its deps
-    and outs. A missing or unknown one exits 2 with argparse's usage line."""
+    and outs; and `--specialization NAME` or `--multitask NAME` for a portfolio stage. A missing or unknown one exits 2 with argparse's
+    usage line."""
     main = sys.modules["__main__"].__spec__
     parser = argparse.ArgumentParser(prog=f"python -m {main.name if main else 'flows.<stage>'}",
                                      description="A tailor stage; dvc.yaml gives these paths.")
     for field in dataclasses.fields(paths_type):  # type: ignore[arg-type]
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=Path, required=True)
-    return paths_type(**vars(parser.parse_args(argv)))
+    parser.add_argument("--specialization", help="a name under params.yaml's specializations")
+    parser.add_argument("--multitask", help="a name under params.yaml's multitask")
+    given = vars(parser.parse_args(argv))
+    target = Target(given.pop("specialization"), given.pop("multitask"))
+    return paths_type(**given), target
 
 
 def run_stage(stage: Callable[[Params, P], object], paths_type: type[P]) -> None:
     """Read the paths, validate params.yaml, run the stage's flow; exit 2 with a one-line-per-problem message on
     user error."""
-    paths = stage_paths(paths_type)
+    paths, target = stage_arguments(paths_type)
     stop_at_once()  # SIGTERM like Ctrl-C; training replaces this with a stop at the next step boundary
     # Prefect's console handler sits on the root logger; its run loggers propagate to it.
     for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         handler.addFilter(HideUserErrorTracebacks())
     try:
-        params = load_params()
-        with tags(*run_labels()):
+        params = load_params(specialization=target.specialization, multitask=target.multitask)
+        with tags(*run_labels(target)):
             stage(params, paths)
     except UserError as exc:
         print(f"\ntailor: {exc}", file=sys.stderr)

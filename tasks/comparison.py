@@ -81,6 +81,11 @@ def most_frequent_label(labels: list[str]) -> str:
     return spelling[max(counts, key=lambda label: counts[label])]
 
 
+def constant_answer(label: str, count: int) -> Scores:
+    """The majority-class baseline's scores: `label` answered to every one of `count` examples, at no cost."""
+    return Scores(nll=[0.0] * count, target_tokens=[1] * count, prompt_tokens=[0] * count, predictions=[label] * count)
+
+
 OTHER_ANSWER = "(not a label)"
 
 
@@ -100,9 +105,7 @@ def against_majority(scores: ScoreFile, label: str, samples: int, confidence: fl
     label), with paired-bootstrap intervals of the difference, and each approach's confusions. An approach that is
     not better than that constant answer has learned nothing the label counts did not already say."""
     count = len(scores.examples)
-    constant = Scores(nll=[0.0] * count, target_tokens=[1] * count, prompt_tokens=[0] * count,
-                      predictions=[label] * count)
-    approaches = {**scores.approaches, MAJORITY: constant}
+    approaches = {**scores.approaches, MAJORITY: constant_answer(label, count)}
     functions = {name: fn for name, fn in TaskMetrics(scores.task, approaches, scores.references()).functions().items()
                  if name not in LIKELIHOOD}  # the constant answer has no likelihood to compare
     single, paired = paired_bootstrap(list(approaches), functions, count, samples, confidence, seed)

@@ -7,6 +7,7 @@ the whole pipeline: keep it to the schema and its parsing. Each default equals t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -255,6 +256,16 @@ class PromoteParams(Section):
     merge: bool = Field(False, description="also write the adapter merged into the base weights")
 
 
+# The sections a specialization sets over the top-level ones. dvc.yaml tracks each per specialization
+# (`specializations.<name>.finetune`), and DVC refuses a params dependency on a key that is absent: so each is
+# written out, `{}` where it keeps the top-level values. seed and base_model are shared: one base model for all.
+SPECIALIZATION_SECTIONS = ("data", "validate", "tokenize", "finetune", "baselines", "evaluate", "promote")
+# Shared by every specialization: the base model's chat template is built once (base_model stage); replayed and
+# forgetting text are one general text, so every specialist's forgetting is measured on the same ground.
+SHARED_KEYS = ("tokenize.chat_template", "tokenize.replay_text", "evaluate.forgetting_text")
+SPECIALIZATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
 class Params(Section):
     seed: int = Field(42, ge=0)
     base_model: BaseModelParams
@@ -265,6 +276,71 @@ class Params(Section):
     baselines: BaselinesParams
     evaluate: EvaluateParams
     promote: PromoteParams = PromoteParams()
+    specializations: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name -> the sections it sets over the top-level ones; each has its own "
+                                          "stages in dvc.yaml (portfolio_<stage>@<name>) and outputs")
+    multitask: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="name -> the specializations one multi-task model is trained on, each "
+                                          "with its sampling weight (its share of the training examples)")
+
+    def specialized(self, name: str) -> Params:
+        """The params of specialization `name`: the top-level sections with its own set over them."""
+        merged = self.model_dump(mode="json", by_alias=True, exclude={"specializations", "multitask"})
+        for section, settings in self.specializations[name].items():
+            merged[section] = deep_merge(merged[section], settings or {})
+        return Params.model_validate(merged)
+
+    def mix_shares(self, multitask: str) -> dict[str, float]:
+        """Each specialization's share of the multi-task model's training examples, summing to 1."""
+        weights = self.multitask[multitask]
+        return {name: weight / sum(weights.values()) for name, weight in weights.items()}
+
+    @field_validator("specializations")
+    @classmethod
+    def specialization_shape(cls, specializations: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, sections in specializations.items():
+            if not SPECIALIZATION_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a usable name: lower-case letters, digits, - and _, starting "
+                                 "with a letter or digit (it names stages and folders)")
+            if not isinstance(sections, dict):
+                raise ValueError(f"{name}: give a mapping of sections ({', '.join(SPECIALIZATION_SECTIONS)})")
+            unknown = sorted(set(sections) - set(SPECIALIZATION_SECTIONS))
+            if unknown:
+                raise ValueError(f"{name}.{unknown[0]}: not a section a specialization sets (seed and base_model "
+                                 f"are shared); use {', '.join(SPECIALIZATION_SECTIONS)}")
+            missing = [section for section in SPECIALIZATION_SECTIONS if section not in sections]
+            if missing:
+                raise ValueError(f"{name}: add {', '.join(f'`{m}: {{}}`' for m in missing)}: dvc.yaml tracks each "
+                                 "section of a specialization, so each is written out, empty when it keeps the "
+                                 "top-level values")
+            for section, settings in sections.items():
+                if not isinstance(settings, dict | None):
+                    raise ValueError(f"{name}.{section}: give a mapping of its keys, or {{}}")
+            data = sections["data"] or {}
+            if "train" not in data or "eval" not in data:
+                raise ValueError(f"{name}.data: give its own train and eval files (dvc.yaml tracks them)")
+            for key in SHARED_KEYS:
+                section, field = key.split(".")
+                if field in (sections[section] or {}):
+                    raise ValueError(f"{name}.{key}: shared by every specialization; set it at the top level")
+        return specializations
+
+    @model_validator(mode="after")
+    def mixtures_of_specializations(self) -> Params:
+        for model, weights in self.multitask.items():
+            if not SPECIALIZATION_NAME.fullmatch(model):
+                raise ValueError(f"multitask.{model}: not a usable name: lower-case letters, digits, - and _")
+            if not weights:
+                raise ValueError(f"multitask.{model}: name the specializations it learns, each with a weight, "
+                                 f"e.g. {{{', '.join(f'{n}: 1' for n in self.specializations) or 'tickets: 1'}}}")
+            for name, weight in weights.items():
+                if name not in self.specializations:
+                    raise ValueError(f"multitask.{model}.{name}: no such specialization; name one of "
+                                     f"{sorted(self.specializations)}")
+                if weight <= 0:
+                    raise ValueError(f"multitask.{model}.{name}: a sampling weight is above 0 (given: {weight}); "
+                                     "leave the specialization out to train without it")
+        return self
 
     def task(self) -> str:
         """The evaluation task: evaluate.task, "text" for plain-text data (nothing to generate), and for
@@ -287,6 +363,15 @@ class Params(Section):
         return self
 
 
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """base with override's keys set over it, mappings merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict)
+                       else value)
+    return merged
+
+
 def describe_error(error: dict[str, Any]) -> str:
     """One line per pydantic error: key path, the problem, and what was given."""
     path = ".".join(str(p) for p in error["loc"] if p not in ("pypi_gguf", "local", "hub"))
@@ -301,20 +386,42 @@ def describe_error(error: dict[str, Any]) -> str:
 
 
 def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
-    """Validate raw params; every problem is reported with its key path, or a UserError is raised."""
+    """Validate raw params and every specialization's; every problem is reported with its key path, or a
+    UserError is raised."""
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         lines = [describe_error(e) for e in exc.errors()]
         raise UserError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    lines = []
+    for name in params.specializations:
+        try:
+            params.specialized(name)
+        except ValidationError as exc:
+            lines += [f"specializations.{name}.{describe_error(e)}" for e in exc.errors()]
+    if lines:
+        raise UserError(f"{source} is invalid:\n  " + "\n  ".join(lines))
+    return params
 
 
-def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml before any work starts."""
+def load_params(path: Path = PARAMS_FILE, specialization: str | None = None, multitask: str | None = None) -> Params:
+    """Read and validate params.yaml before any work starts. With `specialization`, that one's params; with
+    `multitask`, the params with only that multi-task model under `multitask` (the one its stages build)."""
     if not path.is_file():
         raise UserError(f"{path} not found; run from the repository root, where params.yaml lives")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
-    return parse_params(raw, str(path))
+    params = parse_params(raw, str(path))
+    if specialization is not None:
+        if specialization not in params.specializations:
+            raise UserError(f"{path} has no specialization {specialization!r} under specializations; "
+                            f"it has {sorted(params.specializations) or 'none'}")
+        return params.specialized(specialization)
+    if multitask is not None:
+        if multitask not in params.multitask:
+            raise UserError(f"{path} has no multi-task model {multitask!r} under multitask; "
+                            f"it has {sorted(params.multitask) or 'none'}")
+        return params.model_copy(update={"multitask": {multitask: params.multitask[multitask]}})
+    return params

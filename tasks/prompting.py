@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.tokenization import Context, asked
 
+NO_TRUNCATION = 1 << 20  # prompts with examples in context are scored whole; truncating them would cut the answer
 WORD = re.compile(r"\w+")
 EMBED_ROWS = 16_384  # texts embedded per call (the demo's 2,100 fit in one call: the same vectors as one call)
 SCAN_ROWS = 65_536  # stored vectors compared with the queries at a time (96 MB of MiniLM vectors)

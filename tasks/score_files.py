@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,11 +46,13 @@ class ScoreFile:
     examples: list[dict[str, str]]  # what each score is about: prompt and response, or the text scored
     approaches: dict[str, Scores]
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "examples": self.examples,
+                "approaches": {a: asdict(s) for a, s in self.approaches.items()}}
+
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"task": self.task, "examples": self.examples,
-                                    "approaches": {a: asdict(s) for a, s in self.approaches.items()}},
-                                   ensure_ascii=False) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(self.as_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod
     def read(cls, path: Path) -> ScoreFile:

@@ -14,14 +14,15 @@ from benchmarks.harness import copy_repository, environment
 
 def tiny_project(dest: Path, model_dir: Path, train_rows: int, eval_rows: int,
                  **sections: dict[str, Any]) -> Path:
-    """A copy of the repository on the first rows of the demo data, with model_dir as the base model and each
-    given params section updated; committed, so DVC experiments can start from it."""
+    """A copy of the repository on the first rows of the demo data, with model_dir as the base model, no
+    specializations, and each given params section updated; committed, so DVC experiments can start from it."""
     root = copy_repository(dest)
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
         path = root / "data" / "demo" / f"{split}.jsonl"
         path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]), encoding="utf-8")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["base_model"] = {"source": "local", "path": str(model_dir)}
+    params["specializations"], params["multitask"] = {}, {}  # the demo portfolio only where a test sets one
     for section, updates in sections.items():
         params[section].update(updates)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.stage import stage_paths
+from flows.stage import Target, stage_arguments
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# A portfolio stage (foreach over the specializations) is checked as DVC would expand it for one named "x".
+DECLARED = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+STAGES = {name: yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", "x")) if "foreach" in stage else stage
+          for name, stage in DECLARED.items()}
 
 
 def code_files(module: str, found: set[str] | None = None) -> set[str]:
@@ -51,7 +54,11 @@ def test_stage_deps_list_exactly_its_code(stage: str) -> None:
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_paths_are_its_deps_and_outs_and_the_flow_reads_them_all(stage: str) -> None:
     module, args = command(stage)
-    paths = stage_paths(importlib.import_module(module).Paths, args)  # every field given, no unknown one
+    paths, target = stage_arguments(importlib.import_module(module).Paths, args)  # no field missing or unknown
+    # A stage run per specialization is told which; one per multi-task model, which model.
+    foreach = DECLARED[stage].get("foreach")
+    assert target == {None: Target(), "${specializations}": Target(specialization="x"),
+                      "${multitask}": Target(multitask="x")}[foreach]
     given = {str(value) for value in vars(paths).values()}
     data_deps = {d for d in declared(stage, "deps") if not d.endswith(".py") and not d.startswith("${")}
     outs = declared(stage, "outs", "metrics", "plots")

@@ -1,0 +1,50 @@
+"""Stage mix: a multi-task model's training set, from the tokenized train splits of the specializations that
+params.yaml's `multitask` names for it, in its proportions (finetune_multitask then trains on it)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import load_from_disk
+from prefect import flow
+
+from flows.stage import run_stage, start_stage_run
+from tasks.errors import UserError
+from tasks.mixing import mixture
+from tasks.params import Params
+from tasks.tokenization import fingerprint, save_reproducibly
+
+
+@dataclass(frozen=True)
+class Paths:
+    tokenized: Path  # one folder per specialization, each with its train split (Arrow)
+    out: Path  # the mixed training set (Arrow)
+    stats: Path  # examples drawn from each specialization (a DVC metrics file)
+
+
+@flow(name="mix", on_running=[start_stage_run])
+def mix_flow(params: Params, paths: Paths) -> dict[str, int]:
+    (model, weights), = params.multitask.items()  # the stage's own (flows/stage.py)
+    parts = {name: load_from_disk(str(paths.tokenized / name / "train")) for name in weights}
+    # Read from the data rather than the params, so that no other setting of a specialization re-runs this stage.
+    preference = [name for name, part in parts.items() if "rejected_ids" in part.column_names]
+    if preference:
+        raise UserError(f"multitask.{model}: {', '.join(preference)} hold preference pairs, which supervised "
+                        "multi-task training cannot learn from; leave them out of it")
+    mixed, counts = mixture(parts, params.mix_shares(model), params.seed)
+    # The same parts, weights and seed give the same bytes: a re-run leaves the multi-task training up to date.
+    tag = fingerprint(counts, params.seed, {name: part._fingerprint for name, part in parts.items()})
+    with tempfile.TemporaryDirectory() as work:  # the drawn rows, written out of the tokenize stages' folders
+        save_reproducibly(mixed.flatten_indices(cache_file_name=f"{work}/mixed.arrow"), tag, paths.out)
+    stats = {"examples": len(mixed), "drawn": counts,
+             "available": {name: len(part) for name, part in parts.items()}}
+    paths.stats.parent.mkdir(parents=True, exist_ok=True)
+    paths.stats.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    return counts
+
+
+if __name__ == "__main__":
+    run_stage(mix_flow, Paths)

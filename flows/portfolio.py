@@ -1,0 +1,152 @@
+"""Stage portfolio: every approach on every specialization's held-out set, and which to serve for each task.
+
+Each specialization's evaluate stage scored its own specialist and the baselines on its held-out set; this stage
+adds, on every set, the other specialists, the multi-task model and the task's specialist with retrieval in
+context, then compares them all with paired intervals (tasks/portfolio.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from datasets import Dataset
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from transformers import AutoTokenizer
+
+from flows.stage import run_stage, start_stage_run
+from tasks.comparison import most_frequent_label
+from tasks.errors import UserError
+from tasks.inference import attach_candidate, example_records, held_out, score_model
+from tasks.models import load_model, pick_device
+from tasks.params import Params
+from tasks.portfolio import (
+    MULTITASK,
+    SPECIALIST,
+    WITH_RETRIEVAL,
+    Column,
+    column_record,
+    plot_heatmap,
+    portfolio_record,
+    render_portfolio,
+)
+from tasks.prompting import NO_TRUNCATION, contexts, retrieve, searched_texts
+from tasks.score_files import ScoreFile, Scores
+from tasks.tokenization import answerable, tokenize_split
+
+
+@dataclass(frozen=True)
+class Paths:
+    base: Path  # the base model directory
+    validated: Path  # per specialization: train.parquet and eval.parquet
+    index: Path  # per specialization: the retrieval index of its training examples
+    adapters: Path  # per specialization: its specialist
+    multitask_adapter: Path  # the multi-task model
+    reports: Path  # per specialization: scores.json, training.json, promotion.json
+    multitask_training: Path  # the multi-task model's training summary
+    scores: Path  # every approach's per-example scores, per specialization
+    matrix: Path  # the cross-evaluation and recommendations (a DVC metrics file)
+    report: Path  # the same, for people (markdown)
+    heatmap: Path  # approaches by specializations (PNG)
+
+
+@dataclass
+class HeldOut:
+    """One specialization's held-out examples, tokenized as its evaluate stage did, alone and with retrieval."""
+
+    params: Params
+    plain: Dataset
+    with_retrieval: Dataset
+    scores: ScoreFile  # its evaluate stage's: its specialist (finetuned) and the baselines
+
+
+def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, HeldOut]:
+    sets = {}
+    for name in params.specializations:
+        spec = params.specialized(name)
+        data_format, tokenize = spec.data.format, spec.tokenize
+        train = pd.read_parquet(paths.validated / name / "train.parquet")
+        evaluation = answerable(held_out(paths.validated / name / "eval.parquet", spec.evaluate.max_examples),
+                                tokenizer, data_format, tokenize.system_prompt, tokenize.max_length)
+        plain = tokenize_split(tokenizer, evaluation, data_format, tokenize.system_prompt, tokenize.max_length)
+        scores = ScoreFile.read(paths.reports / name / "scores.json")
+        if example_records(plain, tokenizer, data_format) != scores.examples:
+            raise UserError(f"{paths.reports / name / 'scores.json'} scored other examples than this stage; run "
+                            "`dvc repro`")
+        nearest = retrieve(paths.index / name, searched_texts(evaluation, data_format), spec.baselines.retrieval_k)
+        generate = spec.task() != "text"
+        with_retrieval = tokenize_split(tokenizer, evaluation, data_format, tokenize.system_prompt,
+                                        NO_TRUNCATION if generate else tokenize.max_length,
+                                        contexts(train, nearest, data_format))
+        sets[name] = HeldOut(spec, plain, with_retrieval, scores)
+    return sets
+
+
+def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path) -> dict[str, dict[str, Scores]]:
+    """Each adapter on every held-out set but its own task's (scored there by evaluate), where its specialist is
+    scored with retrieval in context instead; one adapter loaded at a time, merged into a fresh base."""
+    scored: dict[str, dict[str, Scores]] = {name: {} for name in sets}
+    for approach, adapter in adapters.items():
+        model, tokenizer = load_model(base, pick_device("auto"))
+        candidate = attach_candidate(model, adapter)
+        for name, held in sets.items():
+            own = approach == SPECIALIST + name
+            evaluate = held.params.evaluate
+            scored[name][WITH_RETRIEVAL if own else approach] = score_model(
+                candidate, tokenizer, held.with_retrieval if own else held.plain, evaluate.batch_size,
+                evaluate.max_new_tokens, held.params.task() != "text")
+        del candidate, model
+    return scored
+
+
+def training_seconds(summary: Path) -> float:
+    return float(json.loads(summary.read_text(encoding="utf-8"))["train_seconds"])
+
+
+@flow(name="portfolio", on_running=[start_stage_run])
+def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
+    if not params.specializations:
+        raise UserError("params.yaml has no specializations; add them under `specializations:` (see README)")
+    names = list(params.specializations)
+    tokenizer = AutoTokenizer.from_pretrained(paths.base)
+    sets = held_out_sets(params, paths, tokenizer)
+    adapters = {**{SPECIALIST + name: paths.adapters / name for name in names}, MULTITASK: paths.multitask_adapter}
+    cross = cross_scores(sets, adapters, paths.base)
+    seconds = {**{SPECIALIST + name: training_seconds(paths.reports / name / "training.json") for name in names},
+               MULTITASK: training_seconds(paths.multitask_training)}
+    columns, score_files = {}, {}
+    for name, held in sets.items():
+        own = held.scores.approaches
+        approaches = {**{a: (own["finetuned"] if a == SPECIALIST + name else cross[name][a]) for a in adapters},
+                      WITH_RETRIEVAL: cross[name][WITH_RETRIEVAL],
+                      **{a: s for a, s in own.items() if a != "finetuned"}}
+        score_files[name] = ScoreFile(held.scores.task, held.scores.examples, approaches)
+        spec = held.params
+        majority = None
+        if spec.task() == "classification" and spec.data.format == "instruction":  # labels are the responses
+            majority = most_frequent_label(list(pd.read_parquet(paths.validated / name / "train.parquet",
+                                                                columns=["response"])["response"]))
+        column = Column(name, spec.promote.metric, score_files[name], majority)
+        columns[name] = column_record(column, {**seconds, WITH_RETRIEVAL: seconds[SPECIALIST + name]},
+                                      spec.evaluate.bootstrap_samples, spec.evaluate.confidence, params.seed)
+    promotions = {name: json.loads((paths.reports / name / "promotion.json").read_text(encoding="utf-8"))
+                  for name in names}
+    record = portfolio_record(columns, promotions)
+    paths.scores.parent.mkdir(parents=True, exist_ok=True)
+    paths.scores.write_text(json.dumps({n: f.as_dict() for n, f in score_files.items()}, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
+    paths.matrix.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    report = render_portfolio(record, params.evaluate.confidence)
+    paths.report.write_text(report, encoding="utf-8")
+    plot_heatmap(record, str(paths.heatmap))
+    create_markdown_artifact(key="portfolio-report", markdown=report,
+                             description=record["recommendation"]["portfolio"])
+    return record
+
+
+if __name__ == "__main__":
+    run_stage(portfolio_flow, Paths)
