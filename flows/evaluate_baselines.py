@@ -23,6 +23,7 @@ from tasks.prompting import NO_TRUNCATION, build_index, contexts, few_shot_rows,
 from tasks.score_files import ScoreFile
 from tasks.tokenization import answerable, tokenize_split
 
+
 @dataclass(frozen=True)
 class Paths:
     base: Path  # the base model directory

@@ -4,6 +4,7 @@ params.yaml's `multitask` names for it, in its proportions (finetune_multitask t
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tasks.tokenization import fingerprint, save_reproducibly
 @dataclass(frozen=True)
 class Paths:
     tokenized: Path  # one folder per specialization, each with its train split (Arrow)
-    out: Path  # the mixed training set (Arrow)
+    out: Path  # train: the mixed training set; replay: the replay text (Arrow)
     stats: Path  # examples drawn from each specialization (a DVC metrics file)
 
 
@@ -37,8 +38,11 @@ def mix_flow(params: Params, paths: Paths) -> dict[str, int]:
     mixed, counts = mixture(parts, params.mix_shares(model), params.seed)
     # The same parts, weights and seed give the same bytes: a re-run leaves the multi-task training up to date.
     tag = fingerprint(counts, params.seed, {name: part._fingerprint for name, part in parts.items()})
+    shutil.rmtree(paths.out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as work:  # the drawn rows, written out of the tokenize stages' folders
-        save_reproducibly(mixed.flatten_indices(cache_file_name=f"{work}/mixed.arrow"), tag, paths.out)
+        save_reproducibly(mixed.flatten_indices(cache_file_name=f"{work}/mixed.arrow"), tag, paths.out / "train")
+    # The replay text, for finetune.replay_pct, as the first specialization's tokenize stage wrote it.
+    shutil.copytree(paths.tokenized / next(iter(weights)) / "replay", paths.out / "replay")
     stats = {"examples": len(mixed), "drawn": counts,
              "available": {name: len(part) for name, part in parts.items()}}
     paths.stats.parent.mkdir(parents=True, exist_ok=True)

@@ -287,43 +287,13 @@ class Params(Section):
         """The params of specialization `name`: the top-level sections with its own set over them."""
         merged = self.model_dump(mode="json", by_alias=True, exclude={"specializations", "multitask"})
         for section, settings in self.specializations[name].items():
-            merged[section] = deep_merge(merged[section], settings or {})
+            merged[section] = deep_merge(merged[section], settings)
         return Params.model_validate(merged)
 
     def mix_shares(self, multitask: str) -> dict[str, float]:
         """Each specialization's share of the multi-task model's training examples, summing to 1."""
         weights = self.multitask[multitask]
         return {name: weight / sum(weights.values()) for name, weight in weights.items()}
-
-    @field_validator("specializations")
-    @classmethod
-    def specialization_shape(cls, specializations: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for name, sections in specializations.items():
-            if not SPECIALIZATION_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a usable name: lower-case letters, digits, - and _, starting "
-                                 "with a letter or digit (it names stages and folders)")
-            if not isinstance(sections, dict):
-                raise ValueError(f"{name}: give a mapping of sections ({', '.join(SPECIALIZATION_SECTIONS)})")
-            unknown = sorted(set(sections) - set(SPECIALIZATION_SECTIONS))
-            if unknown:
-                raise ValueError(f"{name}.{unknown[0]}: not a section a specialization sets (seed and base_model "
-                                 f"are shared); use {', '.join(SPECIALIZATION_SECTIONS)}")
-            missing = [section for section in SPECIALIZATION_SECTIONS if section not in sections]
-            if missing:
-                raise ValueError(f"{name}: add {', '.join(f'`{m}: {{}}`' for m in missing)}: dvc.yaml tracks each "
-                                 "section of a specialization, so each is written out, empty when it keeps the "
-                                 "top-level values")
-            for section, settings in sections.items():
-                if not isinstance(settings, dict | None):
-                    raise ValueError(f"{name}.{section}: give a mapping of its keys, or {{}}")
-            data = sections["data"] or {}
-            if "train" not in data or "eval" not in data:
-                raise ValueError(f"{name}.data: give its own train and eval files (dvc.yaml tracks them)")
-            for key in SHARED_KEYS:
-                section, field = key.split(".")
-                if field in (sections[section] or {}):
-                    raise ValueError(f"{name}.{key}: shared by every specialization; set it at the top level")
-        return specializations
 
     @model_validator(mode="after")
     def mixtures_of_specializations(self) -> Params:
@@ -363,6 +333,30 @@ class Params(Section):
         return self
 
 
+def specialization_problems(name: str, sections: dict[str, Any]) -> list[str]:
+    """What is wrong with the shape of specialization `name` (its values are checked once merged), one line each."""
+    where = f"specializations.{name}"
+    if not SPECIALIZATION_NAME.fullmatch(name):
+        return [f"{where}: not a usable name: lower-case letters, digits, - and _, starting with a letter or digit "
+                "(it names stages and folders)"]
+    problems = [f"{where}.{section}: not a section a specialization sets (seed and base_model are shared); use "
+                f"{', '.join(SPECIALIZATION_SECTIONS)}" for section in sections if section not in SPECIALIZATION_SECTIONS]
+    missing = [section for section in SPECIALIZATION_SECTIONS if section not in sections]
+    if missing:
+        problems.append(f"{where}: add {', '.join(f'`{m}: {{}}`' for m in missing)}; dvc.yaml tracks each section "
+                        "of a specialization, so each is written out, empty when it keeps the top-level values")
+    problems += [f"{where}.{section}: give a mapping of its keys, or {{}}" for section, settings in sections.items()
+                 if not isinstance(settings, dict)]
+    data = sections.get("data")
+    if isinstance(data, dict) and not {"train", "eval"} <= set(data):
+        problems.append(f"{where}.data: give its own train and eval files (dvc.yaml tracks them)")
+    for key in SHARED_KEYS:
+        section, field = key.split(".")
+        if isinstance(sections.get(section), dict) and field in sections[section]:
+            problems.append(f"{where}.{key}: shared by every specialization; set it at the top level")
+    return problems
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """base with override's keys set over it, mappings merged key by key, anything else replaced."""
     merged = dict(base)
@@ -394,7 +388,11 @@ def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
         lines = [describe_error(e) for e in exc.errors()]
         raise UserError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
     lines = []
-    for name in params.specializations:
+    for name, sections in params.specializations.items():
+        problems = specialization_problems(name, sections)
+        lines += problems
+        if problems:
+            continue
         try:
             params.specialized(name)
         except ValidationError as exc:

@@ -42,7 +42,7 @@ def serving_rank(approach: str) -> int:
 
 def adapters(approach: str) -> int:
     """Adapters to serve for the approach on one task (the multi-task one serves every task with one)."""
-    return int(approach == MULTITASK or approach == WITH_RETRIEVAL or approach.startswith(SPECIALIST))
+    return int(approach in (MULTITASK, WITH_RETRIEVAL) or approach.startswith(SPECIALIST))
 
 
 def gain_record(gain: Interval) -> dict[str, Any]:
@@ -134,11 +134,14 @@ def render_portfolio(record: dict[str, Any], confidence: float) -> str:
     lines += ["", "## Per task: the best approach, by how much, at what cost", ""]
     for name, c in tasks.items():
         costs = c["costs"][c["recommended"]]
-        lines.append(f"- **{name}**: best {c['best']} ({c['metric']} {c['scores'][c['best']]['value']:.3g}), "
-                     f"{verdict_text(c['margin'])} than {c['runner_up']} by {interval_text(c['margin'], True)}; "
-                     f"tied with the best: {', '.join(c['tied_with_best'])}. Recommended: **{c['recommended']}** "
-                     f"(the cheapest of those to serve: {costs['adapters']} adapter, {costs['training_seconds']:g} s "
-                     f"of training, {costs['prompt_tokens_per_example']:g} prompt tokens per answer).")
+        margin = c["margin"]
+        lines.append(f"- **{name}**: best {c['best']} ({c['metric']} {c['scores'][c['best']]['value']:.3g}), ahead of "
+                     f"{c['runner_up']} by {interval_text(margin, True)} "
+                     f"({'significant' if margin['better'] else 'not significant'}); tied with the best: "
+                     f"{', '.join(c['tied_with_best'])}. Recommended: **{c['recommended']}**, the cheapest of those "
+                     f"to serve ({costs['adapters']} adapter{'s' * (costs['adapters'] != 1)}, "
+                     f"{costs['training_seconds']:g} s of training, {costs['prompt_tokens_per_example']:g} prompt "
+                     "tokens per answer).")
         if MAJORITY in c:
             check = c[MAJORITY]["recommended_vs_majority"]
             lines.append(f"  Against always answering \"{c[MAJORITY]['label']}\": {interval_text(check, True)}, "

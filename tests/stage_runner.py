@@ -68,6 +68,12 @@ def stage_command(root: Path, stage: str) -> list[str]:
     return shlex.split(yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["cmd"])
 
 
+def pipeline_stages(root: Path) -> list[str]:
+    """The stages of the top-level specialization: every stage of dvc.yaml but the portfolio's (foreach) ones."""
+    return [name for name, stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items()
+            if "foreach" not in stage]
+
+
 def run(root: Path, *command: str, timeout: int = 900, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """Run a command in root and wait for it."""
     return subprocess.run(list(command), cwd=root, env=environment(**extra_env), capture_output=True, text=True,

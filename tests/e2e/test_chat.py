@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from bare_model import build_bare_model
-from stage_runner import TINY_PARAMS, run, set_params, tiny_project, use_raw_data
+from stage_runner import TINY_PARAMS, pipeline_stages, run, set_params, tiny_project, use_raw_data
 from transformers import AutoTokenizer
 
 from benchmarks.harness import stages_run
@@ -53,7 +52,7 @@ def chat_project(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> 
 def test_conversations_run_every_stage_and_every_approach_answers_the_last_turn(chat_project: Path) -> None:
     result = run(chat_project, "dvc", "exp", "run")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(stages_run(result.stdout)) == sorted(yaml.safe_load((chat_project / "dvc.yaml").read_text())["stages"])
+    assert sorted(stages_run(result.stdout)) == sorted(pipeline_stages(chat_project))
 
     tokenizer = AutoTokenizer.from_pretrained(chat_project / "models/base")
     assert tokenizer.chat_template == NAMED_TEMPLATES["chatml"] and tokenizer.eos_token == "<|im_end|>"

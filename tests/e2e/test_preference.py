@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from stage_runner import TINY_PARAMS, run, set_params, tiny_project, use_raw_data
+from stage_runner import TINY_PARAMS, pipeline_stages, run, set_params, tiny_project, use_raw_data
 
 from benchmarks.harness import stages_run
 
@@ -43,8 +42,7 @@ def test_dpo_on_preference_pairs_runs_every_stage_and_scores_every_approach(pref
     result = run(preference_project, "dvc", "exp", "run", "-S", "finetune.method=dpo", "-S", "finetune.dpo.beta=0.2",
                  "-S", "promote.metric=preference_accuracy")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    stages = yaml.safe_load((preference_project / "dvc.yaml").read_text())["stages"]
-    assert sorted(stages_run(result.stdout)) == sorted(stages)
+    assert sorted(stages_run(result.stdout)) == sorted(pipeline_stages(preference_project))
 
     tokens = json.loads((preference_project / "reports/tokenize.json").read_text())["train"]
     assert tokens["examples"] + tokens["dropped"] == 160 and tokens["dropped"] > 0

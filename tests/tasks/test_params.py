@@ -141,6 +141,65 @@ def test_every_knob_is_in_params_yaml_with_the_schema_default() -> None:
     """`dvc exp show` lists only what params.yaml holds, and a removed key falls back to the schema's default:
     both must say the same."""
     shipped = flat(SHIPPED)
-    defaults = schema_defaults(Params)
+    # The portfolio maps ship the demo portfolio; their default (none) is what a repository without one writes.
+    defaults = {k: v for k, v in schema_defaults(Params).items() if k not in ("specializations", "multitask")}
     assert sorted(set(defaults) - set(shipped)) == []
     assert {k: v for k, v in defaults.items() if shipped[k] != v} == {}
+
+
+def test_a_specialization_sets_its_sections_over_the_top_level_ones() -> None:
+    params = load_params(REPO / "params.yaml")
+    classifier = params.specialized("classification")
+    assert classifier.evaluate.task == "classification" and classifier.promote.metric == "macro_f1"
+    assert classifier.evaluate.max_new_tokens == 8 and classifier.evaluate.batch_size == params.evaluate.batch_size
+    assert classifier.finetune == params.finetune and classifier.seed == params.seed
+    assert classifier.data.train == Path("data/portfolio/classification/train.jsonl")
+    assert classifier.data.columns == params.data.columns  # nested sections merge key by key
+    assert load_params(REPO / "params.yaml", specialization="translation").promote.metric == "chrf"
+    with pytest.raises(UserError, match="no specialization 'tickets' under specializations; it has"):
+        load_params(REPO / "params.yaml", specialization="tickets")
+
+
+def test_multitask_shares_sum_to_one_and_the_stage_sees_its_own_model() -> None:
+    params = load_params(REPO / "params.yaml", multitask="all")
+    assert list(params.multitask) == ["all"]
+    raw = copy.deepcopy(SHIPPED)
+    raw["multitask"] = {"two": {"classification": 3, "translation": 1}}
+    assert parse_params(raw).mix_shares("two") == {"classification": 0.75, "translation": 0.25}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"finetune": {"learning_rate": -1}},
+     "specializations.classification.finetune.learning_rate: Input should be greater than 0 (given: -1)"),
+    ({"finetune": {"learnig_rate": 0.1}}, "specializations.classification.finetune.learnig_rate: unknown key"),
+    ({"promote": {"metric": "rouge_l"}}, "specializations.classification.promote.metric: rouge_l is not computed "
+                                         "for evaluate.task classification"),
+    ({"finetune": None}, "specializations.classification.finetune: give a mapping of its keys, or {}"),
+    ({"seed": 1}, "specializations.classification.seed: not a section a specialization sets (seed and base_model "
+                  "are shared)"),
+    ({"evaluate": {"forgetting_text": "x.jsonl"}}, "specializations.classification.evaluate.forgetting_text: shared "
+                                                   "by every specialization; set it at the top level"),
+    ({"data": {"train": "t.jsonl"}}, "specializations.classification.data: give its own train and eval files"),
+])
+def test_a_specialization_error_names_its_key(change: dict, expected: str) -> None:
+    raw = copy.deepcopy(SHIPPED)
+    raw["specializations"]["classification"].update(change)
+    assert expected in error_for(raw)
+
+
+def test_a_specialization_writes_out_every_section_dvc_tracks() -> None:
+    raw = copy.deepcopy(SHIPPED)
+    del raw["specializations"]["summarization"]["finetune"]
+    assert "specializations.summarization: add `finetune: {}`; dvc.yaml tracks each section" in error_for(raw)
+    raw["specializations"]["Bad Name"] = raw["specializations"].pop("summarization")
+    raw["multitask"] = {}
+    assert "specializations.Bad Name: not a usable name" in error_for(raw)
+
+
+@pytest.mark.parametrize(("multitask", "expected"), [
+    ({"all": {"tickets": 1}}, "multitask.all.tickets: no such specialization; name one of ['classification'"),
+    ({"all": {"translation": 0}}, "multitask.all.translation: a sampling weight is above 0 (given: 0.0)"),
+    ({"all": {}}, "multitask.all: name the specializations it learns, each with a weight, e.g. {classification: 1"),
+])
+def test_a_multitask_model_names_specializations_with_positive_weights(multitask: dict, expected: str) -> None:
+    assert expected in error_for({**SHIPPED, "multitask": multitask})
