@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test ui serve bench clean
+.PHONY: install run portfolio test ui serve bench clean
 
 # Bytecode is written the first time a process imports a module, and reused after: every stage is a fresh
 # process, and without the cache each would compile its imports again. Some images turn the cache off
@@ -28,10 +28,18 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	dvc repro
+	dvc repro promote
 	@head -n 11 reports/specialization.md | tail -n 7
 	@tail -n 1 reports/specialization.md
 	@grep -h '"reason"' reports/promotion.json
+
+# The portfolio of params.yaml (shipped: the demo portfolio): every specialization, the multi-task model MULTITASK
+# of params.yaml's `multitask`, and the cross-evaluation; prints the matrix and the recommendations.
+MULTITASK ?= all
+portfolio: install
+	dvc repro portfolio@$(MULTITASK)
+	@sed -n '/^| approach/,/^$$/p' reports/portfolio/$(MULTITASK)/portfolio.md
+	@sed -n '/^## Recommendation/,$$p' reports/portfolio/$(MULTITASK)/portfolio.md
 
 # Three pytest workers, each test process on one thread. Most tests run stage processes, which spend about a sixth
 # of their time waiting (on the Prefect server, on their children), so with two workers on two cores a sixth of the

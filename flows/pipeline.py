@@ -24,7 +24,7 @@ from flows.stage import git_revision
 from tasks.dag import declared_paths
 from tasks.errors import UserError
 from tasks.lineage import dvc_status
-from tasks.params import PARAMS_FILE, load_params
+from tasks.params import PARAMS_FILE, Params, load_params
 from tasks.retries import TRANSIENT_RETRIES
 
 
@@ -69,16 +69,29 @@ def check_settings(settings: list[str]) -> None:
             raise UserError(str(exc).replace(str(trial), f"{PARAMS_FILE} with {', '.join(settings)}", 1)) from None
 
 
+def targets(specializations: list[str] | None, params: Params) -> list[str]:
+    """The DVC stages a run asks for: none named (the whole DAG), or the promotion of each named specialization of
+    the portfolio, which DVC builds with everything it needs and nothing else."""
+    if specializations is None:
+        return []
+    unknown = sorted(set(specializations) - set(params.specializations))
+    if unknown or not specializations:
+        raise UserError(f"specializations {unknown or '[]'}: name some of params.yaml's "
+                        f"{sorted(params.specializations) or 'specializations (it has none)'}, or leave the "
+                        "parameter empty to run the whole pipeline")
+    return [f"portfolio_promote@{name}" for name in specializations]
+
+
 @task(**TRANSIENT_RETRIES)
-def pending_changes() -> dict[str, Any]:
+def pending_changes(stages: list[str]) -> dict[str, Any]:
     """What `dvc status` says changed since the last run: empty when the outputs match the data, params and code."""
-    return dvc_status()
+    return dvc_status(stages)
 
 
 @task(cache_policy=NO_CACHE)
-def run_experiment(name: str, settings: list[str]) -> None:
-    """`dvc exp run`: the whole DAG, re-running only what changed, recorded as experiment `name`."""
-    args = ["exp", "run", "--name", name]
+def run_experiment(name: str, settings: list[str], stages: list[str]) -> None:
+    """`dvc exp run`: the whole DAG or `stages`, re-running only what changed, recorded as experiment `name`."""
+    args = ["exp", "run", "--name", name, *stages]
     for setting in settings:
         args += ["--set-param", setting]
     result = dvc(*args)
@@ -94,9 +107,19 @@ def push_to_remote() -> None:
         raise subprocess.CalledProcessError(pushed.returncode, pushed.args, pushed.stdout)
 
 
+def outcome(stage: str, key: str | None = None) -> dict[str, Any]:
+    """A promotion stage's decision, and the candidate's value of the metric it was decided on."""
+    paths = declared_paths(stage, key)
+    decision = json.loads(paths["decision"].read_text(encoding="utf-8"))
+    metrics = json.loads(paths["metrics"].read_text(encoding="utf-8"))
+    return {"promoted": decision["promoted"], "reason": decision["reason"],
+            decision["metric"]: metrics["finetuned"].get(decision["metric"])}
+
+
 @flow(name="specialize")
 def specialize(learning_rate: float | None = None, max_steps: int | None = None, lora_r: int | None = None,
-               settings: list[str] | None = None, force: bool = False, push: bool = True) -> dict[str, Any]:
+               settings: list[str] | None = None, specializations: list[str] | None = None, force: bool = False,
+               push: bool = True) -> dict[str, Any]:
     """Run the specialization pipeline as a DVC experiment when anything changed; push a promoted model.
 
     Args:
@@ -104,32 +127,37 @@ def specialize(learning_rate: float | None = None, max_steps: int | None = None,
         max_steps: finetune.max_steps for this run (empty: params.yaml's).
         lora_r: finetune.lora.r for this run (empty: params.yaml's).
         settings: more params as key=value, e.g. evaluate.max_examples=32 (as `dvc exp run -S` takes them).
+        specializations: only these of params.yaml's portfolio, each up to its promotion (empty: the whole
+            pipeline: the top-level specialization, every one of the portfolio, the multi-task models and the
+            cross-evaluation).
         force: run the pipeline even when nothing changed since the last run.
-        push: `dvc push` the results when the model is promoted.
+        push: `dvc push` the results when a model is promoted.
     """
     logger = get_run_logger()
     overrides = settings_from(learning_rate, max_steps, lora_r, settings or [])
     check_settings(overrides)
-    changes = pending_changes()
+    stages = targets(specializations, load_params())
+    changes = pending_changes(stages)
     if not changes and not overrides and not force:
         logger.info("nothing changed since the last run (data, params and code match dvc.lock); not retraining")
         return {"ran": False, "reason": "nothing changed since the last run"}
-    logger.info("running the pipeline: %s", ", ".join(overrides) or f"changed since the last run: {sorted(changes)}")
+    logger.info("running %s: %s", ", ".join(stages) or "the pipeline",
+                ", ".join(overrides) or f"changed since the last run: {sorted(changes)}")
     name = f"prefect-{flow_run.get_name()}"
-    run_experiment(name, overrides)
-    promoted = declared_paths("promote")
-    decision = json.loads(promoted["decision"].read_text(encoding="utf-8"))
-    metric = decision["metric"]
-    finetuned = json.loads(promoted["metrics"].read_text(encoding="utf-8"))["finetuned"].get(metric)
-    if decision["promoted"] and push:
+    run_experiment(name, overrides, stages)
+    names = specializations if specializations is not None else list(load_params().specializations)
+    outcomes = {**({} if specializations is not None else {"top-level": outcome("promote")}),
+                **{name: outcome("portfolio_promote", name) for name in names}}
+    promoted = any(o["promoted"] for o in outcomes.values())
+    if promoted and push:
         push_to_remote()
     summary = {"ran": True, "experiment": name, "settings": overrides, "git_revision": git_revision(),
-               "promoted": decision["promoted"], "reason": decision["reason"], metric: finetuned,
-               "pushed": decision["promoted"] and push}
+               "promoted": promoted, **({"reason": outcomes["top-level"]["reason"]} if "top-level" in outcomes
+                                        else {}), "outcomes": outcomes, "pushed": promoted and push}
     create_markdown_artifact(
         key="specialize-run",
         markdown="## Specialization run\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in summary.items())
         + f"\n\nCompare with other runs: `dvc exp show`; this one is `{name}`.",
-        description=f"{name}: {'promoted' if decision['promoted'] else 'not promoted'}",
+        description=f"{name}: {'promoted' if promoted else 'not promoted'}",
     )
     return summary

@@ -16,10 +16,12 @@ from tasks.errors import UserError
 DVC_FILE = Path("dvc.yaml")
 
 
-def declared_paths(stage: str, dvc_file: Path = DVC_FILE) -> dict[str, Path]:
-    """The `--name path` arguments of the stage's command in dvc.yaml, by name (dashes as underscores)."""
+def declared_paths(stage: str, key: str | None = None, dvc_file: Path = DVC_FILE) -> dict[str, Path]:
+    """The `--name path` arguments of the stage's command in dvc.yaml, by name (dashes as underscores); for a
+    portfolio stage (foreach), those of its run for `key`."""
     if not dvc_file.is_file():
         raise UserError(f"{dvc_file} not found; run from the repository root, where dvc.yaml lives")
-    words = shlex.split(yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"][stage]["cmd"])
-    options = words[3:]  # after `python -m flows.<stage>`
+    declared = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"][stage]
+    command = declared["cmd"] if key is None else declared["do"]["cmd"].replace("${key}", key)
+    options = shlex.split(command)[3:]  # after `python -m flows.<stage>`
     return {name.removeprefix("--").replace("-", "_"): Path(value) for name, value in zip(options[::2], options[1::2])}

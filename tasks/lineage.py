@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -81,9 +81,11 @@ def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_pa
     }
 
 
-def dvc_status() -> dict[str, Any]:
-    """`dvc status --json`: per stage, what changed since dvc.lock was written (empty: everything is up to date)."""
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], capture_output=True, text=True)
+def dvc_status(targets: Sequence[str] = ()) -> dict[str, Any]:
+    """`dvc status --json`: per stage (of `targets` and what they need, or all), what changed since dvc.lock was
+    written (empty: everything is up to date)."""
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *targets], capture_output=True,
+                            text=True)
     if status.returncode != 0:
         raise UserError(f"`dvc status` failed; run from the repository root:\n{status.stderr.strip()}")
     return json.loads(status.stdout or "{}")

@@ -36,3 +36,20 @@ def test_bad_settings_are_named_before_anything_runs(setting: str, named: str) -
         check_settings.fn([setting])
     assert named in str(error.value), str(error.value)
     assert "params.yaml with " in str(error.value) or "overrides" in str(error.value)
+
+
+def test_a_run_of_chosen_specializations_asks_dvc_for_their_promotions_only() -> None:
+    from flows.pipeline import targets
+    from tasks.dag import declared_paths
+    from tasks.params import load_params
+
+    params = load_params()
+    assert targets(None, params) == []  # the whole DAG
+    assert targets(["translation", "classification"], params) == ["portfolio_promote@translation",
+                                                                  "portfolio_promote@classification"]
+    with pytest.raises(UserError, match=r"specializations \['tickets'\]: name some of params.yaml's \['class"):
+        targets(["tickets", "translation"], params)
+    with pytest.raises(UserError, match=r"specializations \[\]: name some"):
+        targets([], params)
+    assert declared_paths("portfolio_promote", "translation")["decision"] == \
+        Path("reports/specializations/translation/promotion.json")
