@@ -1,6 +1,7 @@
 """The `tailor` command: `tailor check` validates params.yaml without running anything; `tailor lineage` prints a
 promoted model's lineage and checks it against dvc.lock; `tailor serve` serves the promoted model over an
-OpenAI-compatible API. No stage imports this module."""
+OpenAI-compatible API; `tailor register` records the promoted models in the GTO registry. No stage imports this
+module."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def export(out: Path, outtype: str) -> int:
     return 0
 
 
+def register(stage: str) -> int:
+    from tasks.registry import register_promoted
+
+    print("\n".join(register_promoted(load_params(), stage)))
+    return 0
+
+
 def stop_serving(signum: int, frame: FrameType | None) -> None:
     # LitServe's monitor thread would log the manager process's end, which we cause, as a crash with a traceback.
     logging.disable(logging.CRITICAL)
@@ -50,11 +58,14 @@ def stop_serving(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(host: str, port: int, extra: list[str], max_batch_size: int) -> None:
-    """The promote stage's production model as `production` and its base model as `base`, plus any --model."""
+    """The promote stage's production model as `production`, its base model as `base`, each specialization's
+    production model under its name, plus any --model."""
     from tasks.serving import ServedModel, build_server  # torch and the server load only for this command
 
     paths = declared_paths("promote")
-    models = [ServedModel("production", paths["production"]), ServedModel("base", paths["base"])]
+    models = [ServedModel("production", paths["production"]), ServedModel("base", paths["base"]),
+              *(ServedModel(name, declared_paths("portfolio_promote", name)["production"])
+                for name in load_params().specializations)]
     for entry in extra:
         name, _, path = entry.partition("=")
         if not name or not path or name in {m.name for m in models}:
@@ -88,12 +99,17 @@ def main() -> None:
                                                   "(llama.cpp, Ollama), checked against each other")
     exporting.add_argument("--out", type=Path, default=Path("models/export"))
     exporting.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
+    registering = commands.add_parser("register", help="register each promoted model not registered yet (GTO: a "
+                                                       "version tag and a stage, on HEAD; `gto show` lists them)")
+    registering.add_argument("--stage", default="prod", help="the stage assigned to each new version (default prod)")
     args = parser.parse_args()
     try:
         if args.command == "check":
             sys.exit(check(args.params))
         if args.command == "export":
             sys.exit(export(args.out, args.outtype))
+        if args.command == "register":
+            sys.exit(register(args.stage))
         if args.command == "serve":
             serve(args.host, args.port, args.model, args.max_batch_size)
         sys.exit(show_lineage(args.model_dir or declared_paths("promote")["production"]))

@@ -263,7 +263,11 @@ SPECIALIZATION_SECTIONS = ("data", "validate", "tokenize", "finetune", "baseline
 # Shared by every specialization: the base model's chat template is built once (base_model stage); replayed and
 # forgetting text are one general text, so every specialist's forgetting is measured on the same ground.
 SHARED_KEYS = ("tokenize.chat_template", "tokenize.replay_text", "evaluate.forgetting_text")
-SPECIALIZATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+# A specialization names stages, folders and its artifact in the model registry (GTO's rule: no _ or trailing -).
+SPECIALIZATION_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+MAIN_ARTIFACT = "main"  # the top-level specialization's name in the model registry
+# Names the top-level models already have: in the registry (main) and in `tailor serve` (production, base).
+RESERVED_NAMES = (MAIN_ARTIFACT, "production", "base")
 
 
 class Params(Section):
@@ -299,7 +303,7 @@ class Params(Section):
     def mixtures_of_specializations(self) -> Params:
         for model, weights in self.multitask.items():
             if not SPECIALIZATION_NAME.fullmatch(model):
-                raise ValueError(f"multitask.{model}: not a usable name: lower-case letters, digits, - and _")
+                raise ValueError(f"multitask.{model}: not a usable name: lower-case letters, digits and -")
             if not weights:
                 raise ValueError(f"multitask.{model}: name the specializations it learns, each with a weight, "
                                  f"e.g. {{{', '.join(f'{n}: 1' for n in self.specializations) or 'tickets: 1'}}}")
@@ -336,9 +340,10 @@ class Params(Section):
 def specialization_problems(name: str, sections: dict[str, Any]) -> list[str]:
     """What is wrong with the shape of specialization `name` (its values are checked once merged), one line each."""
     where = f"specializations.{name}"
-    if not SPECIALIZATION_NAME.fullmatch(name):
-        return [f"{where}: not a usable name: lower-case letters, digits, - and _, starting with a letter or digit "
-                "(it names stages and folders)"]
+    if not SPECIALIZATION_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        return [f"{where}: not a usable name: lower-case letters, digits and -, starting and ending with a letter "
+                f"or digit, and none of {', '.join(RESERVED_NAMES)} (it names stages, folders, and a model in the "
+                "registry and in `tailor serve`, where those name the top-level ones)"]
     problems = [f"{where}.{section}: not a section a specialization sets (seed and base_model are shared); use "
                 f"{', '.join(SPECIALIZATION_SECTIONS)}" for section in sections if section not in SPECIALIZATION_SECTIONS]
     missing = [section for section in SPECIALIZATION_SECTIONS if section not in sections]

@@ -4,7 +4,7 @@ conversations' last answers scored for all four approaches, then the promotion g
 
 The base model is a tiny pretrained-only one (no chat template, no chat tokens), with `tokenize.chat_template:
 chatml` chosen in params: the pipeline adds the template's tokens, trains their rows, and the specialist learns to
-end its turns where the generalist never does. (Plain text on a base model with no template: test_formats.py.)"""
+end its turns where the generalist never does. (Plain text: test_portfolio.py.)"""
 
 from __future__ import annotations
 

@@ -32,7 +32,10 @@ SPECIALIZATIONS = {
              "baselines": {"retriever": "bm25"}, "evaluate": {}, "promote": {"metric": "perplexity"}},
     "labels": {"data": {"train": "data/raw/labels/train.jsonl", "eval": "data/raw/labels/eval.jsonl"},
                "validate": {"allowed_responses": LABELS}, "tokenize": {}, "finetune": {"learning_rate": 0.02},
-               "baselines": {"system_prompt": "Answer with the module the described callable belongs to."},
+               # BM25 here too: the MiniLM retriever runs in test_pipeline's project, and loading it costs seconds
+               # in each of this module's retrieval stages.
+               "baselines": {"system_prompt": "Answer with the module the described callable belongs to.",
+                             "retriever": "bm25"},
                "evaluate": {"task": "classification", "max_new_tokens": 4}, "promote": {"metric": "macro_f1"}},
 }
 STAGES = ("validate", "tokenize", "finetune", "evaluate_baselines", "evaluate", "promote")
@@ -158,6 +161,23 @@ def test_a_repro_with_nothing_changed_runs_nothing(built) -> None:
     root, _, _ = built
     result = run(root, "dvc", "repro", "portfolio@both")
     assert result.returncode == 0 and stages_run(result.stdout) == [], result.stdout[-2000:]
+
+
+def test_promoted_models_are_registered_once_each(built) -> None:
+    root = built[0]
+    run(root, "git", "add", "-A")
+    run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "the portfolio's results")
+    first = run(root, "tailor", "register")
+    assert first.returncode == 0, first.stderr[-2000:]
+    promoted = {n for n in SPECIALIZATIONS if read(root, f"reports/specializations/{n}/promotion.json")["promoted"]}
+    assert promoted, "the tiny docs specialist passes its gates (perplexity), so something is registered"
+    for name in SPECIALIZATIONS:
+        assert (f"{name}: registered v0.0.1, stage prod" in first.stdout) == (name in promoted), first.stdout
+    assert "main: no production model yet" in first.stdout  # the top-level specialization was not built here
+    shown = json.loads(run(root, "gto", "show", "--json").stdout)
+    assert {name: entry["stage"]["prod"] for name, entry in shown.items()} == {name: "v0.0.1" for name in promoted}
+    again = run(root, "tailor", "register")
+    assert all(f"{name}: v0.0.1 is this production model already" in again.stdout for name in promoted)
 
 
 def test_one_learning_rate_reruns_only_that_specialization(built) -> None:

@@ -1,0 +1,55 @@
+"""The model registry: each promoted model a GTO artifact version (git tags on the commit that records it in
+dvc.lock), assigned to a stage, so that `gto show` lists every model a team serves, with its version.
+
+No stage imports this module: registering happens after the pipeline's results are committed (`tailor register`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tasks.dag import declared_paths
+from tasks.errors import UserError
+from tasks.lineage import LOCK_FILE, locked_hashes
+from tasks.params import MAIN_ARTIFACT, Params
+
+
+def production_dirs(params: Params) -> dict[str, Path]:
+    """Artifact name -> production directory: the top-level specialization's, then each of the portfolio's."""
+    return {MAIN_ARTIFACT: declared_paths("promote")["production"],
+            **{name: declared_paths("portfolio_promote", name)["production"] for name in params.specializations}}
+
+
+def register_promoted(params: Params, stage: str) -> list[str]:
+    """Register each production model that dvc.lock records and the registry does not have yet as the next
+    version of its artifact, on HEAD, and assign it `stage`; one line per artifact saying what happened."""
+    import gto.api  # loads git machinery: only for this command
+    from gto.exceptions import ArtifactNotFound
+
+    pending = subprocess.run(["git", "status", "--porcelain", "--", str(LOCK_FILE)], capture_output=True, text=True)
+    if pending.returncode != 0 or pending.stdout.strip():
+        raise UserError(f"{LOCK_FILE} has uncommitted changes (or this is no git repository): commit the "
+                        "pipeline's results first, since a registered version points at the commit that records "
+                        "its model")
+    locked = locked_hashes()
+    lines = []
+    for name, production in production_dirs(params).items():
+        if not (production / "lineage.json").is_file():
+            lines.append(f"{name}: no production model yet (never promoted)")
+            continue
+        if str(production) not in locked:
+            raise UserError(f"{production} is not in {LOCK_FILE}; run `dvc repro` and commit its results")
+        # The model's content hash in dvc.lock names it in the registry: the same model is never registered twice.
+        marker = f"{production} md5 {locked[str(production)]}"
+        try:
+            latest = gto.api.show(".", name)[0]
+        except ArtifactNotFound:
+            latest = None
+        if latest is not None and any(marker in r["message"] for r in latest["registrations"]):
+            lines.append(f"{name}: {latest['version']} is this production model already")
+            continue
+        version = gto.api.register(".", name, "HEAD", message=f"tailor: {marker}").version
+        gto.api.assign(".", name, stage, version=version)
+        lines.append(f"{name}: registered {version}, stage {stage} ({marker})")
+    return lines
