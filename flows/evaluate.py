@@ -18,6 +18,7 @@ from tasks.inference import (
     attach_candidate,
     example_records,
     general_perplexity,
+    general_text_set,
     held_out,
     score_model,
 )
@@ -25,7 +26,6 @@ from tasks.models import load_model, padding_id, pick_device
 from tasks.params import Params
 from tasks.reporting import plot_chart, render_report
 from tasks.score_files import ScoreFile
-from tasks.tables import read_table
 from tasks.tokenization import answerable, last_turn_only, tokenize_split
 
 
@@ -56,9 +56,8 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     if examples != baselines.examples:
         raise UserError(f"{paths.baselines} scored other examples than this stage; run `dvc repro`")
     pad_id = padding_id(tokenizer)
-    general = read_table(settings.forgetting_text).head(settings.forgetting_max_chunks)
-    general_set = tokenize_split(tokenizer, general, "text", None, params.tokenize.max_length)
-    general_set = general_set.select(range(min(settings.forgetting_max_chunks, len(general_set))))
+    general_set = general_text_set(tokenizer, settings.forgetting_text, settings.forgetting_max_chunks,
+                                   params.tokenize.max_length)
     base_general = general_perplexity(model, general_set, pad_id, settings.batch_size)
     candidate = attach_candidate(model, paths.adapter)
     finetuned = score_model(candidate, tokenizer, dataset, settings.batch_size, settings.max_new_tokens,

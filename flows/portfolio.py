@@ -19,10 +19,17 @@ from prefect.artifacts import create_markdown_artifact
 from transformers import AutoTokenizer
 
 from flows.stage import run_stage, start_stage_run
-from tasks.comparison import most_frequent_label
+from tasks.comparison import forgetting_record, most_frequent_label
 from tasks.errors import UserError
-from tasks.inference import attach_candidate, example_records, held_out, score_model
-from tasks.models import load_model, pick_device
+from tasks.inference import (
+    attach_candidate,
+    example_records,
+    general_perplexity,
+    general_text_set,
+    held_out,
+    score_model,
+)
+from tasks.models import load_model, padding_id, pick_device
 from tasks.params import Params
 from tasks.portfolio import (
     MULTITASK,
@@ -86,13 +93,18 @@ def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, Hel
     return sets
 
 
-def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path) -> dict[str, dict[str, Scores]]:
+def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path, general: Dataset,
+                 batch_size: int) -> tuple[dict[str, dict[str, Scores]], dict[str, float]]:
     """Each adapter on every held-out set but its own task's (scored there by evaluate), where its specialist is
-    scored with retrieval in context instead; one adapter loaded at a time, merged into a fresh base."""
+    scored with retrieval in context instead; one adapter loaded at a time, merged into a fresh base. And the
+    perplexity of the base model and of each adapter on the same general text."""
     scored: dict[str, dict[str, Scores]] = {name: {} for name in sets}
+    model, tokenizer = load_model(base, pick_device("auto"))
+    perplexity = {"generalist": general_perplexity(model, general, padding_id(tokenizer), batch_size)}
     for approach, adapter in adapters.items():
         model, tokenizer = load_model(base, pick_device("auto"))
         candidate = attach_candidate(model, adapter)
+        perplexity[approach] = general_perplexity(candidate, general, padding_id(tokenizer), batch_size)
         for name, held in sets.items():
             own = approach == SPECIALIST + name
             evaluate = held.params.evaluate
@@ -100,7 +112,12 @@ def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path
                 candidate, tokenizer, held.with_retrieval if own else held.plain, evaluate.batch_size,
                 evaluate.max_new_tokens, held.params.task() != "text")
         del candidate, model
-    return scored
+    return scored, perplexity
+
+
+def forgetting_records(perplexity: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each fine-tuned model's perplexity on the general text against the base model's (the generalist)."""
+    return {a: forgetting_record(perplexity["generalist"], p) for a, p in perplexity.items() if a != "generalist"}
 
 
 def training_seconds(summary: Path) -> float:
@@ -115,7 +132,10 @@ def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(paths.base)
     sets = held_out_sets(params, paths, tokenizer)
     adapters = {**{SPECIALIST + name: paths.adapters / name for name in names}, MULTITASK: paths.multitask_adapter}
-    cross = cross_scores(sets, adapters, paths.base)
+    # Forgetting on one ground for every model: the top-level forgetting text, chunked at the top-level max_length.
+    general = general_text_set(tokenizer, params.evaluate.forgetting_text, params.evaluate.forgetting_max_chunks,
+                               params.tokenize.max_length)
+    cross, perplexity = cross_scores(sets, adapters, paths.base, general, params.evaluate.batch_size)
     seconds = {**{SPECIALIST + name: training_seconds(paths.reports / name / "training.json") for name in names},
                MULTITASK: training_seconds(paths.multitask_training)}
     columns, score_files = {}, {}
@@ -135,7 +155,7 @@ def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
                                       spec.evaluate.bootstrap_samples, spec.evaluate.confidence, params.seed)
     promotions = {name: json.loads((paths.reports / name / "promotion.json").read_text(encoding="utf-8"))
                   for name in names}
-    record = portfolio_record(columns, promotions)
+    record = portfolio_record(columns, promotions, forgetting_records(perplexity), params.promote.max_forgetting)
     paths.scores.parent.mkdir(parents=True, exist_ok=True)
     paths.scores.write_text(json.dumps({n: f.as_dict() for n, f in score_files.items()}, ensure_ascii=False) + "\n",
                             encoding="utf-8")

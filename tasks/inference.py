@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from tasks.models import padding_id
 from tasks.score_files import Scores
-from tasks.tokenization import IGNORE_INDEX
+from tasks.tables import read_table
+from tasks.tokenization import IGNORE_INDEX, tokenize_split
 
 
 def held_out(eval_file: Path, max_examples: int) -> pd.DataFrame:
@@ -67,6 +68,12 @@ def reference_nll(model: PreTrainedModel, dataset: Dataset, batch_size: int, pad
             nll[index] = float(losses[row].sum())
             counts[index] = int((targets[row] != IGNORE_INDEX).sum())
     return nll, counts
+
+
+def general_text_set(tokenizer: PreTrainedTokenizerBase, text_file: Path, max_chunks: int, max_length: int) -> Dataset:
+    """The general-domain text forgetting is measured on: its first max_chunks chunks of max_length tokens."""
+    chunks = tokenize_split(tokenizer, read_table(text_file).head(max_chunks), "text", None, max_length)
+    return chunks.select(range(min(max_chunks, len(chunks))))
 
 
 def general_perplexity(model: PreTrainedModel, dataset: Dataset, pad_id: int, batch_size: int) -> float:

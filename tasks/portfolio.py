@@ -87,9 +87,11 @@ def column_record(column: Column, training_seconds: dict[str, float], samples: i
     return record
 
 
-def portfolio_record(columns: dict[str, dict[str, Any]], promotions: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """reports/portfolio.json: per task its column record and promotion decision, then the portfolio's
-    recommendation: what to serve for each task, and whether one multi-task model would do for all."""
+def portfolio_record(columns: dict[str, dict[str, Any]], promotions: dict[str, dict[str, Any]],
+                     forgetting: dict[str, dict[str, float]], max_forgetting: float) -> dict[str, Any]:
+    """reports/portfolio.json: per task its column record and promotion decision; each fine-tuned model's
+    forgetting of general text against the promotion gate's limit; then the portfolio's recommendation: what to
+    serve for each task, and whether one multi-task model would do for all."""
     multitask_everywhere = all(MULTITASK in c["tied_with_best"] for c in columns.values())
     chosen = {name: c["recommended"] for name, c in columns.items()}
     served = {SPECIALIST + name if a in (WITH_RETRIEVAL, SPECIALIST + name) else a
@@ -102,6 +104,9 @@ def portfolio_record(columns: dict[str, dict[str, Any]], promotions: dict[str, d
                    f"multi-task model trails the best approach on "
                    + ", ".join(n for n, c in columns.items() if MULTITASK not in c["tied_with_best"]))
     return {"tasks": {name: {**c, "promotion": promotions[name]} for name, c in columns.items()},
+            "forgetting": {a: {**f, "within_limit": f["relative_increase"] <= max_forgetting}
+                           for a, f in forgetting.items()},
+            "max_forgetting": max_forgetting,
             "recommendation": {"per_task": chosen, "portfolio": verdict, "multitask_everywhere": multitask_everywhere,
                                "adapters_to_serve": len(served)}}
 
@@ -162,6 +167,13 @@ def render_portfolio(record: dict[str, Any], confidence: float) -> str:
         for a, gain in c["forgetting"].items():
             lines.append(f"| {a.removeprefix(SPECIALIST)} | {name} | {interval_text(gain, True)} | "
                          f"{verdict_text(gain)} |")
+    lines += ["", "## Forgetting of general text", "",
+              f"Perplexity on the general-domain text (the same chunks for every model), base model "
+              f"{next(iter(record['forgetting'].values()))['base_perplexity']:.4g}; the promotion gate allows a "
+              f"rise of {record['max_forgetting']:.0%}.", "",
+              "| model | perplexity | change | within the gate |", "|---|---|---|---|"]
+    lines += [f"| {a} | {f['finetuned_perplexity']:.4g} | {f['relative_increase']:+.1%} | "
+              f"{'yes' if f['within_limit'] else '**no**'} |" for a, f in record["forgetting"].items()]
     lines += ["", "## Promotion per specialization", ""]
     lines += [f"- {name}: {'promoted' if c['promotion']['promoted'] else 'not promoted'} "
               f"({c['promotion']['reason']})" for name, c in tasks.items()]

@@ -120,9 +120,11 @@ def test_each_specialization_has_its_stages_and_the_matrix_compares_every_approa
         assert column["promotion"]["promoted"] == decision["promoted"]
         assert (root / f"models/specializations/production/{name}/lineage.json").is_file() == decision["promoted"]
     assert "majority_class" in matrix["tasks"]["labels"]
+    assert set(matrix["forgetting"]) == {"specialist:docs", "specialist:labels", "multitask"}
     assert set(matrix["recommendation"]["per_task"]) == set(SPECIALIZATIONS)
     report = (root / "reports/portfolio/both/portfolio.md").read_text()
-    for heading in ("## One multi-task model or N specialists?", "## Cross-task forgetting", "## Recommendation"):
+    for heading in ("## One multi-task model or N specialists?", "## Cross-task forgetting",
+                    "## Forgetting of general text", "## Recommendation"):
         assert heading in report
     assert (root / "reports/portfolio/both/portfolio.png").stat().st_size > 10_000
     # Each stage's Prefect run is tagged with its specialization or multi-task model (its first line says so).

@@ -49,18 +49,22 @@ def test_the_portfolio_recommends_one_multitask_model_only_where_it_ties_everywh
                "b": column_record(column("b", {**ties, "specialist:b": 40, "specialist:a": 20}), SECONDS, 300, 0.95, 0)}
     promotions = {"a": {"promoted": True, "reason": "all gates passed"},
                   "b": {"promoted": False, "reason": "failed: forgetting"}}
-    record = portfolio_record(columns, promotions)
+    forgetting = {"specialist:a": {"base_perplexity": 20.0, "finetuned_perplexity": 40.0, "relative_increase": 1.0},
+                  "multitask": {"base_perplexity": 20.0, "finetuned_perplexity": 22.0, "relative_increase": 0.1}}
+    record = portfolio_record(columns, promotions, forgetting, 0.25)
+    assert [record["forgetting"][a]["within_limit"] for a in forgetting] == [False, True]
     assert record["recommendation"]["multitask_everywhere"] and record["recommendation"]["adapters_to_serve"] == 1
     assert record["recommendation"]["portfolio"].startswith("serve the multi-task model for all 2 tasks")
     report = render_portfolio(record, 0.95)
     assert "| specialist:a | **1 [1, 1]** |" in report and "- b: not promoted (failed: forgetting)" in report
     assert "| b | a |" in report  # b's specialist on a's task, in the forgetting table
+    assert "| specialist:a | 40 | +100.0% | **no** |" in report and "| multitask | 22 | +10.0% | yes |" in report
     plot_heatmap(record, str(tmp_path / "heatmap.png"))
     assert (tmp_path / "heatmap.png").stat().st_size > 5_000
 
     columns["b"] = column_record(column("b", {**ties, "specialist:b": 40, "specialist:a": 20, "multitask": 20}), SECONDS,
                                  300, 0.95, 0)
-    record = portfolio_record(columns, promotions)
+    record = portfolio_record(columns, promotions, forgetting, 0.25)
     assert not record["recommendation"]["multitask_everywhere"]
     assert record["recommendation"]["per_task"]["b"] in ("specialist:b", "finetuned+retrieval")
     assert record["recommendation"]["portfolio"].endswith("trails the best approach on b")
