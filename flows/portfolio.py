@@ -152,7 +152,8 @@ def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
                                                                 columns=["response"])["response"]))
         column = Column(name, spec.promote.metric, score_files[name], majority)
         columns[name] = column_record(column, {**seconds, WITH_RETRIEVAL: seconds[SPECIALIST + name]},
-                                      spec.evaluate.bootstrap_samples, spec.evaluate.confidence, params.seed)
+                                      spec.promote.min_relative_improvement, spec.evaluate.bootstrap_samples,
+                                      spec.evaluate.confidence, params.seed)
     promotions = {name: json.loads((paths.reports / name / "promotion.json").read_text(encoding="utf-8"))
                   for name in names}
     record = portfolio_record(columns, promotions, forgetting_records(perplexity), params.promote.max_forgetting)

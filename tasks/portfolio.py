@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from tasks.comparison import MAJORITY, constant_answer  # noqa: E402
 from tasks.metrics import lower_is_better  # noqa: E402
+from tasks.promotion import margin_gate  # noqa: E402
 from tasks.score_files import ScoreFile  # noqa: E402
 from tasks.scoring import LIKELIHOOD, TaskMetrics, best  # noqa: E402
 from tasks.statistics import Interval, paired_bootstrap  # noqa: E402
@@ -24,6 +25,7 @@ MULTITASK = "multitask"  # one adapter trained on every specialization's data
 WITH_RETRIEVAL = "finetuned+retrieval"  # the task's own specialist with the retrieved training examples in context
 # Cheapest to serve first: of the approaches tied with the best on a task, the first of these is recommended.
 SERVING_ORDER = ("generalist", "prompted", "retrieval", MULTITASK, SPECIALIST, WITH_RETRIEVAL)
+BASELINES = ("generalist", "prompted", "retrieval")
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,11 @@ def gain_record(gain: Interval) -> dict[str, Any]:
     return {**gain.as_dict(), "better": gain.better, "worse": gain.high < 0}
 
 
-def column_record(column: Column, training_seconds: dict[str, float], samples: int, confidence: float,
-                  seed: int) -> dict[str, Any]:
-    """`training_seconds`: each trained approach's training time. Every approach's metric on this column with intervals, the best and the recommended approach, the costs,
-    the multi-task model against this task's specialist, the other specialists against the generalist (their
+def column_record(column: Column, training_seconds: dict[str, float], min_relative_improvement: float,
+                  samples: int, confidence: float, seed: int) -> dict[str, Any]:
+    """Every approach's metric on this column with intervals, the best and the recommended approach, the costs
+    (`training_seconds`: each trained approach's), the multi-task model against this task's specialist and against
+    the best baseline as the promotion gate compares them, the other specialists against the generalist (their
     cross-task forgetting), and the majority-class check for label tasks."""
     metric, own = column.metric, SPECIALIST + column.name
     approaches = dict(column.scores.approaches)
@@ -70,6 +73,7 @@ def column_record(column: Column, training_seconds: dict[str, float], samples: i
     runner_up = best([a for a in contenders if a != winner], metric, single)
     tied = [a for a in contenders if a == winner or not gain(winner, a).better]
     recommended = min(tied, key=serving_rank)
+    best_baseline = best(list(BASELINES), metric, single)
     record: dict[str, Any] = {
         "metric": metric, "examples": count,
         "scores": {a: single[a][metric].as_dict() for a in approaches},
@@ -78,6 +82,9 @@ def column_record(column: Column, training_seconds: dict[str, float], samples: i
         "costs": {a: {"adapters": adapters(a), "training_seconds": training_seconds.get(a, 0.0),
                       **approaches[a].cost()} for a in contenders},
         "multitask_vs_specialist": gain_record(gain(MULTITASK, own)),
+        "multitask_beats_best_baseline": margin_gate(
+            "beats_best_baseline", metric, gain(MULTITASK, best_baseline), single[best_baseline][metric].value,
+            min_relative_improvement, f"best baseline ({best_baseline})").as_dict(),
         "forgetting": {a: gain_record(gain(a, "generalist")) for a in contenders
                        if a.startswith(SPECIALIST) and a != own},
     }
@@ -93,6 +100,9 @@ def portfolio_record(columns: dict[str, dict[str, Any]], promotions: dict[str, d
     forgetting of general text against the promotion gate's limit; then the portfolio's recommendation: what to
     serve for each task, and whether one multi-task model would do for all."""
     multitask_everywhere = all(MULTITASK in c["tied_with_best"] for c in columns.values())
+    multitask_forgets = not forgetting[MULTITASK]["relative_increase"] <= max_forgetting
+    promotable = [name for name, c in columns.items()
+                  if c["multitask_beats_best_baseline"]["status"] == "pass" and not multitask_forgets]
     chosen = {name: c["recommended"] for name, c in columns.items()}
     served = {SPECIALIST + name if a in (WITH_RETRIEVAL, SPECIALIST + name) else a
               for name, a in chosen.items() if adapters(a)}
@@ -108,7 +118,7 @@ def portfolio_record(columns: dict[str, dict[str, Any]], promotions: dict[str, d
                            for a, f in forgetting.items()},
             "max_forgetting": max_forgetting,
             "recommendation": {"per_task": chosen, "portfolio": verdict, "multitask_everywhere": multitask_everywhere,
-                               "adapters_to_serve": len(served)}}
+                               "adapters_to_serve": len(served), "multitask_passes_gates_for": promotable}}
 
 
 def interval_text(value: dict[str, Any], signed: bool = False) -> str:
@@ -153,12 +163,14 @@ def render_portfolio(record: dict[str, Any], confidence: float) -> str:
                          + ("better." if check["better"] else "**not better than the majority class**."))
     lines += ["", "## One multi-task model or N specialists?", "",
               "The multi-task model's metric minus each task's own specialist's (positive: the multi-task model is "
-              "better).", "", "| task | multi-task | specialist | difference | verdict |", "|---|---|---|---|---|"]
+              "better), and the promotion gate against the best baseline, as each specialist faced it.", "",
+              "| task | multi-task | specialist | difference | verdict | beats the best baseline |",
+              "|---|---|---|---|---|---|"]
     for name, c in tasks.items():
-        gain = c["multitask_vs_specialist"]
+        gain, gate = c["multitask_vs_specialist"], c["multitask_beats_best_baseline"]
         lines.append(f"| {name} | {interval_text(c['scores'][MULTITASK])} | "
                      f"{interval_text(c['scores'][SPECIALIST + name])} | {interval_text(gain, True)} | "
-                     f"{verdict_text(gain)} |")
+                     f"{verdict_text(gain)} | {gate['status']}: {gate['detail']} |")
     lines += ["", "## Cross-task forgetting", "",
               "Each specialist on the other tasks, minus the generalist (the base model) there: negative means "
               "fine-tuning on its own task cost the others.", "", "| specialist | on task | difference | verdict |",
@@ -180,7 +192,10 @@ def render_portfolio(record: dict[str, Any], confidence: float) -> str:
     recommendation = record["recommendation"]
     lines += ["", "## Recommendation", ""]
     lines += [f"- {name}: **{approach}**" for name, approach in recommendation["per_task"].items()]
-    lines += ["", f"Portfolio: {recommendation['portfolio']}.", ""]
+    promotable = recommendation["multitask_passes_gates_for"]
+    lines += ["", f"Portfolio: {recommendation['portfolio']}.",
+              "", f"The multi-task model passes the promotion gates (best baseline, forgetting) for: "
+              f"{', '.join(promotable) if promotable else 'no task'}.", ""]
     return "\n".join(lines)
 
 

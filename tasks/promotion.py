@@ -31,6 +31,9 @@ class Gate:
     status: str  # pass | fail | skipped
     detail: str
 
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
     @property
     def passed(self) -> bool:
         return self.status != "fail"
@@ -172,6 +175,6 @@ def hold_production_place(production_dir: Path, reason: str) -> None:
 
 def decision_record(gates: list[Gate], metric: str) -> dict[str, Any]:
     promoted = all(g.passed for g in gates)
-    return {"promoted": promoted, "metric": metric, "gates": [{**asdict(g), "passed": g.passed} for g in gates],
+    return {"promoted": promoted, "metric": metric, "gates": [g.as_dict() for g in gates],
             "reason": "all gates passed" if promoted else
             "failed: " + ", ".join(g.name for g in gates if not g.passed) + "; production left unchanged"}

@@ -29,7 +29,7 @@ SECONDS = {"specialist:a": 100.0, "specialist:b": 90.0, "multitask": 150.0, "fin
 def test_ties_go_to_the_cheapest_approach_and_the_multitask_model_is_compared_with_the_specialist() -> None:
     record = column_record(column("a", {"specialist:a": 40, "specialist:b": 0, "multitask": 39, "finetuned+retrieval": 40,
                                         "generalist": 8, "prompted": 10, "retrieval": 12}),
-                           SECONDS, samples=300, confidence=0.95, seed=0)
+                           SECONDS, 0.05, samples=300, confidence=0.95, seed=0)
     assert record["best"] in ("specialist:a", "finetuned+retrieval")
     assert set(record["tied_with_best"]) == {"specialist:a", "finetuned+retrieval", "multitask"}
     assert record["recommended"] == "multitask"  # one adapter for every task, statistically tied with the best
@@ -45,8 +45,9 @@ def test_ties_go_to_the_cheapest_approach_and_the_multitask_model_is_compared_wi
 def test_the_portfolio_recommends_one_multitask_model_only_where_it_ties_everywhere(tmp_path: Path) -> None:
     ties = {"specialist:a": 40, "specialist:b": 30, "multitask": 39, "finetuned+retrieval": 40, "generalist": 8,
             "prompted": 10, "retrieval": 12}
-    columns = {"a": column_record(column("a", ties), SECONDS, 300, 0.95, 0),
-               "b": column_record(column("b", {**ties, "specialist:b": 40, "specialist:a": 20}), SECONDS, 300, 0.95, 0)}
+    b_scores = {**ties, "specialist:b": 40, "specialist:a": 20}
+    columns = {"a": column_record(column("a", ties), SECONDS, 0.05, 300, 0.95, 0),
+               "b": column_record(column("b", b_scores), SECONDS, 0.05, 300, 0.95, 0)}
     promotions = {"a": {"promoted": True, "reason": "all gates passed"},
                   "b": {"promoted": False, "reason": "failed: forgetting"}}
     forgetting = {"specialist:a": {"base_perplexity": 20.0, "finetuned_perplexity": 40.0, "relative_increase": 1.0},
@@ -54,6 +55,7 @@ def test_the_portfolio_recommends_one_multitask_model_only_where_it_ties_everywh
     record = portfolio_record(columns, promotions, forgetting, 0.25)
     assert [record["forgetting"][a]["within_limit"] for a in forgetting] == [False, True]
     assert record["recommendation"]["multitask_everywhere"] and record["recommendation"]["adapters_to_serve"] == 1
+    assert record["recommendation"]["multitask_passes_gates_for"] == ["a", "b"]  # 39/40 right against 12/40
     assert record["recommendation"]["portfolio"].startswith("serve the multi-task model for all 2 tasks")
     report = render_portfolio(record, 0.95)
     assert "| specialist:a | **1 [1, 1]** |" in report and "- b: not promoted (failed: forgetting)" in report
@@ -62,9 +64,9 @@ def test_the_portfolio_recommends_one_multitask_model_only_where_it_ties_everywh
     plot_heatmap(record, str(tmp_path / "heatmap.png"))
     assert (tmp_path / "heatmap.png").stat().st_size > 5_000
 
-    columns["b"] = column_record(column("b", {**ties, "specialist:b": 40, "specialist:a": 20, "multitask": 20}), SECONDS,
-                                 300, 0.95, 0)
+    columns["b"] = column_record(column("b", {**b_scores, "multitask": 10}), SECONDS, 0.05, 300, 0.95, 0)
     record = portfolio_record(columns, promotions, forgetting, 0.25)
     assert not record["recommendation"]["multitask_everywhere"]
+    assert record["recommendation"]["multitask_passes_gates_for"] == ["a"]
     assert record["recommendation"]["per_task"]["b"] in ("specialist:b", "finetuned+retrieval")
     assert record["recommendation"]["portfolio"].endswith("trails the best approach on b")
