@@ -57,21 +57,26 @@ def stop_serving(signum: int, frame: FrameType | None) -> None:
     os._exit(0)
 
 
-def serve(host: str, port: int, extra: list[str], max_batch_size: int) -> None:
-    """The promote stage's production model as `production`, its base model as `base`, each specialization's
-    production model under its name, plus any --model."""
-    from tasks.serving import ServedModel, build_server  # torch and the server load only for this command
-
+def served_models(extra: list[str]) -> list[tuple[str, Path]]:
+    """(name, directory) of each model served: the promote stage's production model as `production`, its base
+    model as `base`, each specialization's production model under its name, then each --model NAME=PATH."""
     paths = declared_paths("promote")
-    models = [ServedModel("production", paths["production"]), ServedModel("base", paths["base"]),
-              *(ServedModel(name, declared_paths("portfolio_promote", name)["production"])
+    models = [("production", paths["production"]), ("base", paths["base"]),
+              *((name, declared_paths("portfolio_promote", name)["production"])
                 for name in load_params().specializations)]
     for entry in extra:
         name, _, path = entry.partition("=")
-        if not name or not path or name in {m.name for m in models}:
+        if not name or not path or name in {served for served, _ in models}:
             raise UserError(f"--model {entry}: give NAME=PATH with a name not served already")
-        models.append(ServedModel(name, Path(path)))
-    server = build_server(models, paths["base"], host, max_batch_size)
+        models.append((name, Path(path)))
+    return models
+
+
+def serve(host: str, port: int, extra: list[str], max_batch_size: int) -> None:
+    from tasks.serving import ServedModel, build_server  # torch and the server load only for this command
+
+    models = [ServedModel(name, path) for name, path in served_models(extra)]
+    server = build_server(models, declared_paths("promote")["base"], host, max_batch_size)
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or kill: one line, no process left (workers included)
         signal.signal(signum, stop_serving)
     print(f"tailor: serving {', '.join(m.name for m in models)} at http://{host}:{port}/v1 (OpenAI-compatible; "

@@ -1,4 +1,5 @@
-"""The deployment flow checks `-S` settings with DVC's own override grammar before it starts an experiment."""
+"""The deployment flow checks `-S` settings with DVC's own override grammar before it starts an experiment, and asks DVC
+for the chosen specializations only; `tailor serve` serves each specialization under its name."""
 
 from __future__ import annotations
 
@@ -53,3 +54,16 @@ def test_a_run_of_chosen_specializations_asks_dvc_for_their_promotions_only() ->
         targets([], params)
     assert declared_paths("portfolio_promote", "translation")["decision"] == \
         Path("reports/specializations/translation/promotion.json")
+
+
+def test_tailor_serve_serves_each_specialization_under_its_name() -> None:
+    from tasks.cli import served_models
+
+    served = dict(served_models(["candidate=models/adapter"]))
+    assert served == {"production": Path("models/production"), "base": Path("models/base"),
+                      "classification": Path("models/specializations/production/classification"),
+                      "summarization": Path("models/specializations/production/summarization"),
+                      "translation": Path("models/specializations/production/translation"),
+                      "candidate": Path("models/adapter")}
+    with pytest.raises(UserError, match="--model translation=x: give NAME=PATH with a name not served already"):
+        served_models(["translation=x"])
