@@ -1,13 +1,15 @@
 """A portfolio of two specializations in one repository, through `dvc repro` and `dvc exp run`, on data written
 here under the user's own column names: `docs`, plain text (continued pretraining on a domain's documents, with
-general text replayed in training, the BM25 retriever) and `labels` (the demo portfolio's classifier), each with its
-own stages and outputs, a multi-task model trained on both (text and instructions mixed), and the cross-evaluation
-of every approach on both held-out sets. Then what a user relies on: a no-op repro runs nothing; one
-specialization's learning rate re-runs only its training and what depends on it; a broken file in one
-specialization stops at its validate and leaves the other's outputs alone.
+general text replayed in training) and `chat`, a ShareGPT-spelled file of multi-turn conversations, each with its
+own stages and outputs, a multi-task model trained on both (text and conversations mixed), and the
+cross-evaluation of every approach on both held-out sets. Then what a user relies on: a no-op repro runs nothing;
+the promoted models are registered once; one specialization's learning rate re-runs only its training and what
+depends on it; a broken file in one specialization stops at its validate and leaves the other's outputs alone.
 
-The instruction format runs end to end in test_pipeline's project, conversations in test_chat's, preference pairs
-in test_preference's; plain text runs here."""
+The base model is a tiny pretrained-only one (no chat template, no chat tokens), with `tokenize.chat_template:
+chatml` chosen in params: the pipeline adds the template's tokens, trains their rows, and the chat specialist
+learns to end its turns where the generalist never does. The instruction format runs end to end in test_pipeline's
+project, preference pairs in test_preference's; plain text and conversations run here."""
 
 from __future__ import annotations
 
@@ -18,31 +20,42 @@ from typing import Any
 
 import pytest
 import yaml
+from bare_model import build_bare_model
 from stage_runner import TINY_PARAMS, run, tiny_project
+from transformers import AutoTokenizer
 
 from benchmarks.harness import stages_run
+from tasks.chat_templates import NAMED_TEMPLATES
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-LABELS = ["asyncio", "datetime", "decimal", "logging", "os", "socket", "tarfile", "zipfile"]
+SHAREGPT = {"user": "human", "assistant": "gpt"}
 SPECIALIZATIONS = {
     "docs": {"data": {"train": "data/raw/docs/train.jsonl", "eval": "data/raw/docs/eval.jsonl", "format": "text",
                       "columns": {"text": "body"}},
              "validate": {}, "tokenize": {"max_length": 48}, "finetune": {"replay_pct": 20.0},
              "baselines": {"retriever": "bm25"}, "evaluate": {}, "promote": {"metric": "perplexity"}},
-    "labels": {"data": {"train": "data/raw/labels/train.jsonl", "eval": "data/raw/labels/eval.jsonl"},
-               "validate": {"allowed_responses": LABELS}, "tokenize": {}, "finetune": {"learning_rate": 0.02},
-               # BM25 here too: the MiniLM retriever runs in test_pipeline's project, and loading it costs seconds
-               # in each of this module's retrieval stages.
-               "baselines": {"system_prompt": "Answer with the module the described callable belongs to.",
-                             "retriever": "bm25"},
-               "evaluate": {"task": "classification", "max_new_tokens": 4}, "promote": {"metric": "macro_f1"}},
+    "chat": {"data": {"train": "data/raw/chat/train.jsonl", "eval": "data/raw/chat/eval.jsonl", "format": "chat",
+                      "columns": {"messages": "conversations"},
+                      "messages": {"role": "from", "content": "value", "roles": {"human": "user", "gpt": "assistant"}}},
+             # The longest conversations (a third) lose their oldest exchange.
+             "validate": {}, "tokenize": {"max_length": 192},
+             "finetune": {"learning_rate": 0.02, "max_steps": 20, "save_steps": 10},
+             "baselines": {}, "evaluate": {"max_new_tokens": 32},  # room for an answer to end
+             "promote": {}},
 }
 STAGES = ("validate", "tokenize", "finetune", "evaluate_baselines", "evaluate", "promote")
 
 
 def first_rows(source: Path, rows: int) -> str:
     return "".join(source.read_text(encoding="utf-8").splitlines(keepends=True)[:rows])
+
+
+def sharegpt(split: str, rows: int) -> str:
+    """The first rows of a demo chat split as ShareGPT writes them: `conversations` of `from`/`value` messages."""
+    lines = first_rows(REPO / f"data/demo_chat/{split}.jsonl", rows).splitlines()
+    return "".join(json.dumps({"conversations": [{"from": SHAREGPT.get(m["role"], m["role"]), "value": m["content"]}
+                                                 for m in json.loads(line)["messages"]]}) + "\n" for line in lines)
 
 
 def documents(source: Path, rows: int) -> str:
@@ -52,19 +65,23 @@ def documents(source: Path, rows: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def portfolio(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
-    # The top-level data (the replayed text is tokenized with it) kept small: the portfolio is what runs here.
-    root = tiny_project(tmp_path_factory.mktemp("portfolio"), tiny_model_dir, 60, 8, **TINY_PARAMS)
+def portfolio(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
+    # Pretrained a little on the demo text (loss 3.8, ~5 s): under LoRA a random model learns too little in a test's
+    # few steps to show whether it ends its turns, and a less pretrained one (loss 4.7) did not end them reliably.
+    base_model_dir = build_bare_model(tmp_path_factory.mktemp("base-llm"), pretrain_steps=100)
+    # BM25: the MiniLM retriever runs in test_pipeline's project, and loading it costs seconds in each stage here.
+    root = tiny_project(tmp_path_factory.mktemp("portfolio"), base_model_dir, 60, 8, **{
+        **TINY_PARAMS, "tokenize": {"chat_template": "chatml"},
+        "baselines": {**TINY_PARAMS["baselines"], "retriever": "bm25"}})
     for name in SPECIALIZATIONS:
         (root / "data/raw" / name).mkdir(parents=True)
     for split, rows in (("train", 200), ("eval", 12)):
         (root / f"data/raw/docs/{split}.jsonl").write_text(documents(REPO / f"data/demo/{split}.jsonl", rows))
-    for split, rows in (("train", 120), ("eval", 16)):
-        (root / f"data/raw/labels/{split}.jsonl").write_text(
-            first_rows(REPO / f"data/portfolio/classification/{split}.jsonl", rows))
+    for split, rows in (("train", 240), ("eval", 24)):
+        (root / f"data/raw/chat/{split}.jsonl").write_text(sharegpt(split, rows))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["specializations"] = SPECIALIZATIONS
-    params["multitask"] = {"both": {"docs": 1, "labels": 2}}
+    params["multitask"] = {"both": {"docs": 1, "chat": 2}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(root, "git", "add", "-A")
     run(root, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "a portfolio")
@@ -93,34 +110,34 @@ def test_each_specialization_has_its_stages_and_the_matrix_compares_every_approa
     assert expected | {"mix@both", "finetune_multitask@both", "portfolio@both"} <= set(ran)
     assert not {"finetune", "evaluate", "promote"} & set(ran)  # the top-level specialization is not built
     assert ran.index("portfolio@both") == len(ran) - 1
-    # The mixture: as many examples as both train sets hold, two thirds drawn from labels.
+    # The mixture: as many examples as both train sets hold, two thirds drawn from the conversations.
     mix = read(root, "reports/multitask/both/mix.json")
     total = sum(mix["available"].values())
-    assert mix["examples"] == total and mix["available"]["labels"] == 120
-    assert mix["drawn"] == {"docs": round(total / 3), "labels": round(total * 2 / 3)}
+    assert mix["examples"] == total and mix["available"]["chat"] == read(
+        root, "reports/specializations/chat/tokenize.json")["train"]["examples"]
+    assert mix["drawn"] == {"docs": round(total / 3), "chat": round(total * 2 / 3)}
     matrix = read(root, "reports/portfolio/both/portfolio.json")
     assert set(matrix["tasks"]) == set(SPECIALIZATIONS)
-    approaches = {"specialist:docs", "specialist:labels", "multitask", "finetuned+retrieval", "generalist", "prompted",
+    approaches = {"specialist:docs", "specialist:chat", "multitask", "finetuned+retrieval", "generalist", "prompted",
                   "retrieval"}
     for name, column in matrix["tasks"].items():
         metric = SPECIALIZATIONS[name]["promote"].get("metric", "perplexity")
         assert column["metric"] == metric
         scores = column["scores"]
-        assert set(scores) == approaches | ({"majority_class"} if name == "labels" else set())
+        assert set(scores) == approaches
         assert all(s["ci_low"] <= s["value"] <= s["ci_high"] for s in scores.values())
         # The task's own specialist in the matrix is the one its evaluate stage scored.
         own = read(root, f"reports/specializations/{name}/metrics.json")["finetuned"]
         assert scores[f"specialist:{name}"]["value"] == pytest.approx(own[metric], abs=1e-4)
         assert column["recommended"] in column["tied_with_best"] and column["best"] in scores
-        other = "labels" if name == "docs" else "docs"
+        other = "chat" if name == "docs" else "docs"
         assert set(column["forgetting"]) == {f"specialist:{other}"}
         assert {"value", "ci_low", "ci_high", "better"} <= set(column["multitask_vs_specialist"])
         # Promotion per specialization: its production model exists exactly when its gates passed.
         decision = read(root, f"reports/specializations/{name}/promotion.json")
         assert column["promotion"]["promoted"] == decision["promoted"]
         assert (root / f"models/specializations/production/{name}/lineage.json").is_file() == decision["promoted"]
-    assert "majority_class" in matrix["tasks"]["labels"]
-    assert set(matrix["forgetting"]) == {"specialist:docs", "specialist:labels", "multitask"}
+    assert set(matrix["forgetting"]) == {"specialist:docs", "specialist:chat", "multitask"}
     assert set(matrix["recommendation"]["per_task"]) == set(SPECIALIZATIONS)
     report = (root / "reports/portfolio/both/portfolio.md").read_text()
     for heading in ("## One multi-task model or N specialists?", "## Cross-task forgetting",
@@ -128,7 +145,7 @@ def test_each_specialization_has_its_stages_and_the_matrix_compares_every_approa
         assert heading in report
     assert (root / "reports/portfolio/both/portfolio.png").stat().st_size > 10_000
     # Each stage's Prefect run is tagged with its specialization or multi-task model (its first line says so).
-    assert "stage finetune@labels, DVC experiment workspace" in output
+    assert "stage finetune@chat, DVC experiment workspace" in output
     assert "stage mix@both" in output and "stage portfolio@both" in output
 
 
@@ -159,6 +176,40 @@ def test_plain_text_runs_every_stage_and_compares_every_approach(built) -> None:
                                                                                              "forgetting"}
 
 
+def test_conversations_run_every_stage_and_every_approach_answers_the_last_turn(built) -> None:
+    root = built[0]
+    reports = root / "reports/specializations/chat"
+    tokenizer = AutoTokenizer.from_pretrained(root / "models/base")
+    assert tokenizer.chat_template == NAMED_TEMPLATES["chatml"] and tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [600, 601]  # added to the 600
+    adapter = read(root, "models/specializations/adapter/chat/adapter_config.json")
+    assert adapter["trainable_token_indices"] == {"model.embed_tokens": [600, 601], "lm_head": [600, 601]}
+    tokens = json.loads((reports / "tokenize.json").read_text())
+    assert tokens["train"]["examples"] + tokens["train"]["dropped"] == 240
+    assert 0 < tokens["train"]["truncated_pct"] < 100  # some conversations were fitted by dropping old exchanges
+    assert tokens["train"]["target_tokens"] > 0 and tokens["train"]["padding_pct"] == 0.0
+    metrics = json.loads((reports / "metrics.json").read_text())
+    for approach in ("generalist", "prompted", "retrieval", "finetuned"):
+        assert metrics[approach]["rouge_l_ci_low"] <= metrics[approach]["rouge_l"] <= metrics[approach]["rouge_l_ci_high"]
+    # The in-context baselines show whole training conversations before the held-out one.
+    assert metrics["retrieval"]["prompt_tokens_per_example"] > 2 * metrics["generalist"]["prompt_tokens_per_example"]
+    scores = json.loads((reports / "scores.json").read_text())
+    first = scores["examples"][0]
+    assert first["prompt"].count(" / ") == 2  # every user turn of the held-out conversation was in view
+    assert first["response"] == json.loads(sharegpt("eval", 1))["conversations"][-1]["value"]
+    assert all(len(s["predictions"]) == len(scores["examples"]) for s in scores["approaches"].values())
+    # Runaway rates (answers that never wrote the end-of-turn token): the generalist has never seen the template's
+    # end-of-turn token; the specialist learned to write it. Measured: 100% and 0% of 16 answers.
+    assert metrics["generalist"]["runaway_pct"] >= 90 and metrics["finetuned"]["runaway_pct"] <= 25, metrics
+    ablation = metrics["context_ablation"]
+    assert ablation["metric"] == "perplexity"
+    assert ablation["without_history"]["value"] != ablation["with_history"]["value"]
+    gain = ablation["history_gain"]
+    assert gain["ci_low"] <= gain["value"] <= gain["ci_high"]
+    report = (reports / "specialization.md").read_text()
+    assert "## Does the specialist use the conversation?" in report and "runaway pct" in report
+
+
 def test_a_repro_with_nothing_changed_runs_nothing(built) -> None:
     root, _, _ = built
     result = run(root, "dvc", "repro", "portfolio@both")
@@ -185,11 +236,14 @@ def test_promoted_models_are_registered_once_each(built) -> None:
 def test_one_learning_rate_reruns_only_that_specialization(built) -> None:
     root, _, _ = built
     docs_before = tree_digest(root, "models/specializations/adapter/docs", "reports/specializations/docs")
-    result = run(root, "dvc", "exp", "run", "-S", "specializations.labels.finetune.learning_rate=0.01",
-                 "portfolio@both")
+    result = run(root, "dvc", "exp", "run", "-S", "specializations.chat.finetune.learning_rate=0.01",
+                 "portfolio_promote@chat")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(stages_run(result.stdout)) == sorted(["portfolio_finetune@labels", "portfolio_evaluate@labels",
-                                                       "portfolio_promote@labels", "portfolio@both"])
+    assert stages_run(result.stdout) == ["portfolio_finetune@chat", "portfolio_evaluate@chat",
+                                         "portfolio_promote@chat"]
+    # Of the rest, only the matrix (which scores the new specialist) is out of date.
+    remaining = run(root, "dvc", "repro", "--dry", "portfolio@both")
+    assert stages_run(remaining.stdout) == ["portfolio@both"], remaining.stdout[-2000:]
     assert tree_digest(root, "models/specializations/adapter/docs", "reports/specializations/docs") == docs_before
 
 
@@ -197,10 +251,10 @@ def test_a_broken_file_stops_at_its_specializations_validate(built) -> None:
     root, _, _ = built
     kept = ("models/specializations/production", "reports/specializations/docs", "data/specializations/validated")
     before = tree_digest(root, *kept)
-    with (root / "data/raw/labels/train.jsonl").open("a") as handle:
-        handle.write('{"prompt": "broken line\n')
+    with (root / "data/raw/chat/train.jsonl").open("a") as handle:
+        handle.write('{"conversations": [broken line\n')
     result = run(root, "dvc", "repro", "portfolio@both")
     assert result.returncode != 0
-    assert stages_run(result.stdout) == ["portfolio_validate@labels"], result.stdout[-2000:]
-    assert "data/raw/labels/train.jsonl" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert stages_run(result.stdout) == ["portfolio_validate@chat"], result.stdout[-2000:]
+    assert "data/raw/chat/train.jsonl" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert tree_digest(root, *kept) == before

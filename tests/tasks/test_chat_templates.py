@@ -1,6 +1,7 @@
 """Chat templates chosen in params for a base model without one: each renders as its family's instruct models do,
 the special tokens it needs are added with embedding rows, its end-of-turn token becomes eos, and LoRA trains and
-saves exactly the new rows. The end-to-end run through `dvc repro` is tests/e2e/test_chat.py (with `dvc exp run`)."""
+saves exactly the new rows. The end-to-end run through `dvc repro` is the conversations specialization of
+tests/e2e/test_portfolio.py."""
 
 from __future__ import annotations
 
