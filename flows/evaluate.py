@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage, start_stage_run
-from tasks.comparison import compare, forgetting_record, most_frequent_label
+from tasks.comparison import compare, forgetting_record, majority_label
 from tasks.errors import UserError
 from tasks.inference import (
     attach_candidate,
@@ -72,10 +71,7 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
                                       True)
     scores = ScoreFile(params.task(), examples, {**baselines.approaches, "finetuned": finetuned})
     training = json.loads(paths.training.read_text(encoding="utf-8"))
-    majority = None
-    if params.task() == "classification" and params.data.format == "instruction":  # labels are the responses
-        majority = most_frequent_label(list(pd.read_parquet(paths.validated / "train.parquet",
-                                                            columns=["response"])["response"]))
+    majority = majority_label(params.task(), params.data.format, paths.validated / "train.parquet")
     comparison = compare(scores, training["train_seconds"], forgetting, params.promote.metric,
                          settings.bootstrap_samples, settings.confidence, params.seed, without_history, majority)
     result = comparison.record()

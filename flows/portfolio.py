@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from transformers import AutoTokenizer
 
 from flows.stage import run_stage, start_stage_run
-from tasks.comparison import forgetting_record, most_frequent_label
+from tasks.comparison import forgetting_record, majority_label
 from tasks.errors import UserError
 from tasks.inference import (
     attach_candidate,
@@ -146,10 +146,7 @@ def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
                       **{a: s for a, s in own.items() if a != "finetuned"}}
         score_files[name] = ScoreFile(held.scores.task, held.scores.examples, approaches)
         spec = held.params
-        majority = None
-        if spec.task() == "classification" and spec.data.format == "instruction":  # labels are the responses
-            majority = most_frequent_label(list(pd.read_parquet(paths.validated / name / "train.parquet",
-                                                                columns=["response"])["response"]))
+        majority = majority_label(spec.task(), spec.data.format, paths.validated / name / "train.parquet")
         column = Column(name, spec.promote.metric, score_files[name], majority)
         columns[name] = column_record(column, {**seconds, WITH_RETRIEVAL: seconds[SPECIALIST + name]},
                                       spec.promote.min_relative_improvement, spec.evaluate.bootstrap_samples,

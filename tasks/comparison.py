@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from tasks.metrics import lower_is_better
 from tasks.reporting import recommendation
@@ -84,6 +87,14 @@ def most_frequent_label(labels: list[str]) -> str:
 def constant_answer(label: str, count: int) -> Scores:
     """The majority-class baseline's scores: `label` answered to every one of `count` examples, at no cost."""
     return Scores(nll=[0.0] * count, target_tokens=[1] * count, prompt_tokens=[0] * count, predictions=[label] * count)
+
+
+def majority_label(task: str, data_format: str, train_file: Path) -> str | None:
+    """For a label task (classification on instruction data, whose responses are the labels), the most frequent
+    label of the validated training split; None for any other task."""
+    if task != "classification" or data_format != "instruction":
+        return None
+    return most_frequent_label(list(pd.read_parquet(train_file, columns=["response"])["response"]))
 
 
 OTHER_ANSWER = "(not a label)"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.comparison import against_majority, confusions, most_frequent_label
+import pandas as pd
+
+from tasks.comparison import against_majority, confusions, majority_label, most_frequent_label
 from tasks.reporting import majority_section, plot_chart, recommendation, verdict
 from tasks.score_files import ScoreFile, Scores
 from tasks.statistics import Interval
@@ -70,3 +72,11 @@ def test_a_label_model_that_learned_only_the_label_counts_is_named() -> None:
     assert "- prompted: exact_match" in section and "better on exact_match, accuracy, macro_f1" in section
     assert "| 2 | 2 | 1 |" in section  # finetuned: two of the three "2"s answered "1"
     assert confusions(["yes", "Maybe."], ["yes", "no"]) == {"no": {"(not a label)": 1}, "yes": {"yes": 1}}
+
+
+def test_the_majority_label_is_read_for_label_tasks_only(tmp_path: Path) -> None:
+    train = tmp_path / "train.parquet"
+    pd.DataFrame({"prompt": ["a", "b", "c"], "response": ["os", "Logging.", "logging"]}).to_parquet(train)
+    assert majority_label("classification", "instruction", train) == "Logging."  # counted normalized, first spelling
+    assert majority_label("free_text", "instruction", train) is None
+    assert majority_label("classification", "chat", train) is None  # a conversation's answers are no label column
