@@ -99,10 +99,11 @@ def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path
     scored with retrieval in context instead; one adapter loaded at a time, merged into a fresh base. And the
     perplexity of the base model and of each adapter on the same general text."""
     scored: dict[str, dict[str, Scores]] = {name: {} for name in sets}
-    model, tokenizer = load_model(base, pick_device("auto"))
-    perplexity = {"generalist": general_perplexity(model, general, padding_id(tokenizer), batch_size)}
+    perplexity: dict[str, float] = {}
     for approach, adapter in adapters.items():
         model, tokenizer = load_model(base, pick_device("auto"))
+        if not perplexity:  # the base model's, on the first load, before an adapter is merged into it
+            perplexity["generalist"] = general_perplexity(model, general, padding_id(tokenizer), batch_size)
         candidate = attach_candidate(model, adapter)
         perplexity[approach] = general_perplexity(candidate, general, padding_id(tokenizer), batch_size)
         for name, held in sets.items():
