@@ -34,12 +34,15 @@ run: install
 	@grep -h '"reason"' reports/promotion.json
 
 # The portfolio of params.yaml (shipped: the demo portfolio): every specialization, the multi-task model MULTITASK
-# of params.yaml's `multitask`, and the cross-evaluation; prints the matrix and the recommendations.
+# of params.yaml's `multitask`, the cross-evaluation and the multi-task model's promotion task by task; prints the
+# matrix, the recommendations and what the multi-task model serves.
 MULTITASK ?= all
 portfolio: install
-	dvc repro portfolio@$(MULTITASK)
+	dvc repro promote_multitask@$(MULTITASK)
 	@sed -n '/^| approach/,/^$$/p' reports/portfolio/$(MULTITASK)/portfolio.md
 	@sed -n '/^## Recommendation/,$$p' reports/portfolio/$(MULTITASK)/portfolio.md
+	@python -c "import json; d = json.load(open('reports/multitask/$(MULTITASK)/promotion.json')); \
+	print('\n'.join(f'multi-task model, {n}: {t[\"reason\"]}' for n, t in d['tasks'].items()))"
 
 # Three pytest workers, each test process on one thread. Most tests run stage processes, which spend about a sixth
 # of their time waiting (on the Prefect server, on their children), so with two workers on two cores a sixth of the

@@ -57,13 +57,24 @@ def stop_serving(signum: int, frame: FrameType | None) -> None:
     os._exit(0)
 
 
+def serving_folder(specialization: str, multitask: list[str]) -> Path:
+    """What serves a specialization: the multi-task model's folder for it where promote_multitask promoted one
+    (the first multi-task model of params.yaml that has one), else the specialization's own production model."""
+    for model in multitask:
+        folder = declared_paths("promote_multitask", model)["production"] / specialization
+        if (folder / "lineage.json").is_file():
+            return folder
+    return declared_paths("portfolio_promote", specialization)["production"]
+
+
 def served_models(extra: list[str]) -> list[tuple[str, Path]]:
     """(name, directory) of each model served: the promote stage's production model as `production`, its base
-    model as `base`, each specialization's production model under its name, then each --model NAME=PATH."""
+    model as `base`, each specialization's production model (or the multi-task model, where it won that task)
+    under its name, then each --model NAME=PATH."""
     paths = declared_paths("promote")
+    params = load_params()
     models = [("production", paths["production"]), ("base", paths["base"]),
-              *((name, declared_paths("portfolio_promote", name)["production"])
-                for name in load_params().specializations)]
+              *((name, serving_folder(name, list(params.multitask))) for name in params.specializations)]
     for entry in extra:
         name, _, path = entry.partition("=")
         if not name or not path or name in {served for served, _ in models}:

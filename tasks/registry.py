@@ -14,11 +14,26 @@ from tasks.errors import UserError
 from tasks.lineage import LOCK_FILE, locked_hashes
 from tasks.params import MAIN_ARTIFACT, Params
 
+MULTITASK_ARTIFACT = "multitask-{}"  # a multi-task model's name in the registry
+
 
 def production_dirs(params: Params) -> dict[str, Path]:
-    """Artifact name -> production directory: the top-level specialization's, then each of the portfolio's."""
-    return {MAIN_ARTIFACT: declared_paths("promote")["production"],
+    """Artifact name -> production directory: the top-level specialization's, each of the portfolio's, then each
+    multi-task model's (a folder per task it serves)."""
+    dirs = {MAIN_ARTIFACT: declared_paths("promote")["production"],
             **{name: declared_paths("portfolio_promote", name)["production"] for name in params.specializations}}
+    for model in params.multitask:
+        name = MULTITASK_ARTIFACT.format(model)
+        if name in dirs:
+            raise UserError(f"specializations.{name}: the registry names multi-task model {model!r} so; rename "
+                            "the specialization")
+        dirs[name] = declared_paths("promote_multitask", model)["production"]
+    return dirs
+
+
+def promoted(production: Path) -> bool:
+    """Whether a production directory holds a promoted model: its own, or (a multi-task model's) one per task."""
+    return (production / "lineage.json").is_file() or any(production.glob("*/lineage.json"))
 
 
 def register_promoted(params: Params, stage: str) -> list[str]:
@@ -35,7 +50,7 @@ def register_promoted(params: Params, stage: str) -> list[str]:
     locked = locked_hashes()
     lines = []
     for name, production in production_dirs(params).items():
-        if not (production / "lineage.json").is_file():
+        if not promoted(production):
             lines.append(f"{name}: no production model yet (never promoted)")
             continue
         if str(production) not in locked:

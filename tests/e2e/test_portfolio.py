@@ -1,10 +1,11 @@
 """A portfolio of two specializations in one repository, through `dvc repro` and `dvc exp run`, on data written
 here under the user's own column names: `docs`, plain text (continued pretraining on a domain's documents, with
 general text replayed in training) and `chat`, a ShareGPT-spelled file of multi-turn conversations, each with its
-own stages and outputs, a multi-task model trained on both (text and conversations mixed), and the
-cross-evaluation of every approach on both held-out sets. Then what a user relies on: a no-op repro runs nothing;
-the promoted models are registered once; one specialization's learning rate re-runs only its training and what
-depends on it; a broken file in one specialization stops at its validate and leaves the other's outputs alone.
+own stages and outputs, a multi-task model trained on both (text and conversations mixed), the cross-evaluation
+of every approach on both held-out sets, and the multi-task model's promotion task by task. Then what a user
+relies on: a no-op repro runs nothing; the promoted models are registered once; one specialization's learning
+rate re-runs only its training and what depends on it; a broken file in one specialization stops at its validate
+and leaves the other's outputs alone.
 
 The base model is a tiny pretrained-only one (no chat template, no chat tokens), with `tokenize.chat_template:
 chatml` chosen in params: the pipeline adds the template's tokens, trains their rows, and the chat specialist
@@ -90,7 +91,7 @@ def portfolio(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Pat
 
 @pytest.fixture(scope="module")
 def built(portfolio: Path) -> tuple[Path, list[str], str]:
-    result = run(portfolio, "dvc", "repro", "portfolio@both")
+    result = run(portfolio, "dvc", "repro", "promote_multitask@both")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return portfolio, stages_run(result.stdout), result.stdout + result.stderr
 
@@ -109,7 +110,7 @@ def test_each_specialization_has_its_stages_and_the_matrix_compares_every_approa
     expected = {f"portfolio_{stage}@{name}" for stage in STAGES for name in SPECIALIZATIONS}
     assert expected | {"mix@both", "finetune_multitask@both", "portfolio@both"} <= set(ran)
     assert not {"finetune", "evaluate", "promote"} & set(ran)  # the top-level specialization is not built
-    assert ran.index("portfolio@both") == len(ran) - 1
+    assert ran[-2:] == ["portfolio@both", "promote_multitask@both"]
     # The mixture: as many examples as both train sets hold, two thirds drawn from the conversations.
     mix = read(root, "reports/multitask/both/mix.json")
     total = sum(mix["available"].values())
@@ -139,6 +140,20 @@ def test_each_specialization_has_its_stages_and_the_matrix_compares_every_approa
         assert (root / f"models/specializations/production/{name}/lineage.json").is_file() == decision["promoted"]
     assert set(matrix["forgetting"]) == {"specialist:docs", "specialist:chat", "multitask"}
     assert set(matrix["recommendation"]["per_task"]) == set(SPECIALIZATIONS)
+    # The multi-task model, task by task: a folder where it passed a specialist's gates (and so serves the task).
+    multitask = read(root, "reports/multitask/both/promotion.json")
+    assert set(multitask["outcomes"]) == set(SPECIALIZATIONS)
+    for name, decision in multitask["tasks"].items():
+        gates = {g["name"] for g in decision["gates"]}
+        assert gates == {"finite_metrics", "beats_best_baseline", "beats_production", "forgetting",
+                         "beats_multitask_production"}
+        assert decision["outcome"] in ("promoted", "not promoted")  # no earlier version on a first run
+        served = root / f"models/multitask/both/production/{name}"
+        assert (served / "lineage.json").is_file() == (decision["outcome"] == "promoted") == (name in multitask["serves"])
+        # It faces the specialist in production, where there is one.
+        status = next(g["status"] for g in decision["gates"] if g["name"] == "beats_production")
+        assert (status == "skipped") == (not read(root, f"reports/specializations/{name}/promotion.json")["promoted"])
+    assert (root / "models/multitask/both/production/README.md").is_file()
     report = (root / "reports/portfolio/both/portfolio.md").read_text()
     for heading in ("## One multi-task model or N specialists?", "## Cross-task forgetting",
                     "## Forgetting of general text", "## Recommendation"):
@@ -146,7 +161,7 @@ def test_each_specialization_has_its_stages_and_the_matrix_compares_every_approa
     assert (root / "reports/portfolio/both/portfolio.png").stat().st_size > 10_000
     # Each stage's Prefect run is tagged with its specialization or multi-task model (its first line says so).
     assert "stage finetune@chat, DVC experiment workspace" in output
-    assert "stage mix@both" in output and "stage portfolio@both" in output
+    assert "stage mix@both" in output and "stage portfolio@both" in output and "stage promote_multitask@both" in output
 
 
 def test_plain_text_runs_every_stage_and_compares_every_approach(built) -> None:
@@ -212,7 +227,7 @@ def test_conversations_run_every_stage_and_every_approach_answers_the_last_turn(
 
 def test_a_repro_with_nothing_changed_runs_nothing(built) -> None:
     root, _, _ = built
-    result = run(root, "dvc", "repro", "portfolio@both")
+    result = run(root, "dvc", "repro", "promote_multitask@both")
     assert result.returncode == 0 and stages_run(result.stdout) == [], result.stdout[-2000:]
 
 
@@ -224,7 +239,9 @@ def test_promoted_models_are_registered_once_each(built) -> None:
     assert first.returncode == 0, first.stderr[-2000:]
     promoted = {n for n in SPECIALIZATIONS if read(root, f"reports/specializations/{n}/promotion.json")["promoted"]}
     assert promoted, "the tiny docs specialist passes its gates (perplexity), so something is registered"
-    for name in SPECIALIZATIONS:
+    if read(root, "reports/multitask/both/promotion.json")["serves"]:
+        promoted.add("multitask-both")
+    for name in (*SPECIALIZATIONS, "multitask-both"):
         assert (f"{name}: registered v0.0.1, stage prod" in first.stdout) == (name in promoted), first.stdout
     assert "main: no production model yet" in first.stdout  # the top-level specialization was not built here
     shown = json.loads(run(root, "gto", "show", "--json").stdout)
@@ -241,19 +258,20 @@ def test_one_learning_rate_reruns_only_that_specialization(built) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert stages_run(result.stdout) == ["portfolio_finetune@chat", "portfolio_evaluate@chat",
                                          "portfolio_promote@chat"]
-    # Of the rest, only the matrix (which scores the new specialist) is out of date.
-    remaining = run(root, "dvc", "repro", "--dry", "portfolio@both")
-    assert stages_run(remaining.stdout) == ["portfolio@both"], remaining.stdout[-2000:]
+    # Of the rest, only the matrix (which scores the new specialist) and what it decides are out of date.
+    remaining = run(root, "dvc", "repro", "--dry", "promote_multitask@both")
+    assert stages_run(remaining.stdout) == ["portfolio@both", "promote_multitask@both"], remaining.stdout[-2000:]
     assert tree_digest(root, "models/specializations/adapter/docs", "reports/specializations/docs") == docs_before
 
 
 def test_a_broken_file_stops_at_its_specializations_validate(built) -> None:
     root, _, _ = built
-    kept = ("models/specializations/production", "reports/specializations/docs", "data/specializations/validated")
+    kept = ("models/specializations/production", "models/multitask/both/production", "reports/specializations/docs",
+            "data/specializations/validated")
     before = tree_digest(root, *kept)
     with (root / "data/raw/chat/train.jsonl").open("a") as handle:
         handle.write('{"conversations": [broken line\n')
-    result = run(root, "dvc", "repro", "portfolio@both")
+    result = run(root, "dvc", "repro", "promote_multitask@both")
     assert result.returncode != 0
     assert stages_run(result.stdout) == ["portfolio_validate@chat"], result.stdout[-2000:]
     assert "data/raw/chat/train.jsonl" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The deployment flow checks `-S` settings with DVC's own override grammar before it starts an experiment, and asks DVC
-for the chosen specializations only; `tailor serve` serves each specialization under its name."""
+for the chosen specializations only; `tailor serve` serves each specialization under its name (the multi-task model's
+folder for a task it won); the registry lists the multi-task model."""
 
 from __future__ import annotations
 
@@ -67,3 +68,22 @@ def test_tailor_serve_serves_each_specialization_under_its_name() -> None:
                       "candidate": Path("models/adapter")}
     with pytest.raises(UserError, match="--model translation=x: give NAME=PATH with a name not served already"):
         served_models(["translation=x"])
+
+
+def test_a_task_the_multitask_model_won_is_served_by_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.cli import served_models
+    from tasks.params import load_params
+    from tasks.registry import production_dirs, promoted
+
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "models/multitask/all/production"
+    (folder / "summarization").mkdir(parents=True)
+    (folder / "summarization/lineage.json").write_text("{}")
+    served = dict(served_models([]))
+    assert served["summarization"] == Path("models/multitask/all/production/summarization")
+    assert served["translation"] == Path("models/specializations/production/translation")
+    dirs = production_dirs(load_params())
+    assert dirs["multitask-all"] == Path("models/multitask/all/production") and promoted(dirs["multitask-all"])
+    assert not promoted(dirs["translation"])
