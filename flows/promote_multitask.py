@@ -52,7 +52,8 @@ def promote_multitask_flow(params: Params, paths: Paths) -> dict[str, Any]:
                                spec.evaluate.confidence, params.seed)
         if decision.outcome == PROMOTED:
             validation = json.loads((paths.reports / name / "validation.json").read_text(encoding="utf-8"))
-            lineage = build_lineage(spec.model_dump(mode="json", by_alias=True), decision.metrics,
+            # The params it was trained with: the top-level sections and its mixture, as its stages read them.
+            lineage = build_lineage(params.model_dump(mode="json", by_alias=True), decision.metrics,
                                     validation["success"], git_revision(), models=[paths.adapter, paths.base])
             publish_production(paths.adapter, paths.base, served, lineage, decision.gates, spec.promote.merge,
                                decision.candidate)
