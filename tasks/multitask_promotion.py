@@ -39,10 +39,10 @@ class TaskDecision:
     def record(self, metric: str) -> dict[str, Any]:
         failed = "failed: " + ", ".join(g.name for g in self.gates if not g.passed)
         reason = {PROMOTED: "all gates passed; it serves this task",
-                  NOT_PROMOTED: f"{failed}; the specialist serves this task",
-                  KEPT: f"{failed}; its earlier version, which still beats the specialist, serves on",
+                  NOT_PROMOTED: f"{failed}; it does not serve this task",
+                  KEPT: f"{failed}; its earlier version still beats the specialist in production and serves on",
                   RETIRED: f"{failed}; its earlier version no longer beats the specialist in production and was "
-                           "retired: the specialist serves this task"}[self.outcome]
+                           "retired"}[self.outcome]
         record = {**decision_record(self.gates, metric), "outcome": self.outcome, "reason": reason}
         if self.kept_because is not None:
             record["earlier_version_vs_specialist"] = self.kept_because.as_dict()
@@ -94,6 +94,6 @@ def serving_note(outcomes: dict[str, str]) -> str:
     serving = [name for name, outcome in outcomes.items() if outcome in (PROMOTED, KEPT)]
     return ("# The multi-task model in production\n\n"
             + (f"It serves {', '.join(serving)}: one folder each, with its model card, lineage and held-out "
-               "scores. " if serving else "It serves no task: each specialization's own specialist does. ")
-            + "Every other task is served by its specialist (models/specializations/production/<name>); the "
+               "scores; every other task" if serving else "It serves no task; each task")
+            + " is served by its specialist in production (models/specializations/production/<name>). The "
               "decision per task, with every gate: reports/multitask/<name>/promotion.json.\n")
