@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -204,10 +203,18 @@ def test_a_training_knob_reruns_training_onward_only(project: Path) -> None:
 def test_two_repros_at_once_one_waits_its_turn(project: Path) -> None:
     before = digest(project, OUTPUTS)
     first = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "promote"], cwd=project,
-                             env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(3)  # the first run holds DVC's repository lock while its stage runs (about 10 s)
+                             env=environment(PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    # The first run holds DVC's repository lock while its stage runs (a few seconds: the stage's imports and its
+    # Prefect run); the second starts once the stage has, rather than after a fixed wait a fast machine outruns.
+    started = []
+    for line in first.stdout:  # type: ignore[union-attr]
+        started.append(line)
+        if line.startswith("Running stage 'promote'"):
+            break
     second = run(project, "dvc", "repro")
-    output, _ = first.communicate(timeout=300)
+    rest, _ = first.communicate(timeout=300)
+    output = "".join(started) + rest
     assert first.returncode == 0, output[-3000:]
     assert second.returncode != 0
     assert "is busy, it is being blocked by" in second.stderr or "Unable to acquire lock" in second.stderr
