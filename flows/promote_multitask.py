@@ -61,9 +61,10 @@ def promote_multitask_flow(params: Params, paths: Paths) -> dict[str, Any]:
             retire(served)
         tasks[name] = decision.record(spec.promote.metric)
     outcomes = {name: record["outcome"] for name, record in tasks.items()}
-    (paths.production / "README.md").write_text(serving_note(outcomes), encoding="utf-8")
-    record = {"serves": [name for name in tasks if (paths.production / name / "lineage.json").is_file()],
-              "outcomes": outcomes, "tasks": tasks}
+    # What `tailor serve` will load (tasks/cli.serving_folder): the folders left with a model in them.
+    serves = [name for name in tasks if (paths.production / name / "lineage.json").is_file()]
+    (paths.production / "README.md").write_text(serving_note(serves), encoding="utf-8")
+    record = {"serves": serves, "outcomes": outcomes, "tasks": tasks}
     paths.decision.parent.mkdir(parents=True, exist_ok=True)
     paths.decision.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     summary = ", ".join(f"{name}: {outcome}" for name, outcome in outcomes.items())

@@ -89,9 +89,8 @@ def retire(served: Path) -> None:
     shutil.rmtree(staging)
 
 
-def serving_note(outcomes: dict[str, str]) -> str:
+def serving_note(serving: list[str]) -> str:
     """The production folder's README: which tasks the multi-task model serves (one folder each)."""
-    serving = [name for name, outcome in outcomes.items() if outcome in (PROMOTED, KEPT)]
     return ("# The multi-task model in production\n\n"
             + (f"It serves {', '.join(serving)}: one folder each, with its model card, lineage and held-out "
                "scores; every other task" if serving else "It serves no task; each task")

@@ -1,6 +1,7 @@
 """The promote_multitask stage's flow on a portfolio's made-up results (a real LoRA adapter of the tiny model): the
-multi-task model is published for the task it wins, with its model card, lineage and held-out scores, and `tailor
-serve` then serves it under the task's name; once a better specialist is in production it is retired."""
+multi-task model is published for the task it wins, with its model card, lineage and held-out scores, kept on a
+re-run, and retired once a better specialist is in production (which folder `tailor serve` then loads:
+tests/flows/test_pipeline.py)."""
 
 from __future__ import annotations
 

@@ -96,5 +96,5 @@ def test_an_earlier_version_serves_on_while_it_beats_the_specialist_and_is_retir
 
 
 def test_the_production_folder_says_which_tasks_it_serves() -> None:
-    assert "It serves a, c: one folder each" in serving_note({"a": PROMOTED, "b": RETIRED, "c": KEPT})
-    assert "It serves no task; each task is served by its specialist" in serving_note({"a": NOT_PROMOTED})
+    assert "It serves a, c: one folder each" in serving_note(["a", "c"])
+    assert "It serves no task; each task is served by its specialist" in serving_note([])
