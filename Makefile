@@ -54,18 +54,23 @@ test: install
 
 # A local Prefect server (127.0.0.1, SQLite under ~/.prefect), the deployments of prefect.yaml, and a process
 # worker that runs them; Ctrl-C stops all of it. The UI is told its API's address: without PREFECT_UI_API_URL it
-# would call 127.0.0.1:4200 whatever PREFECT_PORT is.
+# would call 127.0.0.1:4200 whatever PREFECT_PORT is. The API asks for a login (PREFECT_SERVER_API_AUTH_STRING,
+# user:password; a random one unless you set it) and answers cross-origin calls from its own UI only: without both,
+# any web page the operator opens could start a run through the open API on loopback.
 PREFECT_PORT ?= 4200
 ui: install
 	@trap 'kill 0' EXIT; \
+	export PREFECT_SERVER_API_AUTH_STRING="$${PREFECT_SERVER_API_AUTH_STRING:-admin:$$(python -c 'import secrets; print(secrets.token_urlsafe(18))')}"; \
+	export PREFECT_API_AUTH_STRING="$$PREFECT_SERVER_API_AUTH_STRING"; \
 	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS=http://127.0.0.1:$(PREFECT_PORT) \
 	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > prefect-server.log 2>&1 & \
 	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
 	python -c "import time, urllib.request as u; exec('while True:\n try: u.urlopen(\'$$PREFECT_API_URL/health\'); break\n except OSError: time.sleep(1)')"; \
 	prefect work-pool create tailor --type process --overwrite > /dev/null; \
 	prefect --no-prompt deploy --all > /dev/null; \
-	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (deployment specialize/weekly; Ctrl-C stops the server and worker)"; \
-	echo "Other shells: export PREFECT_API_URL=$$PREFECT_API_URL  (stage runs then show in the UI and start faster)"; \
+	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  log in with: $$PREFECT_API_AUTH_STRING  (deployment specialize/weekly; Ctrl-C stops the server and worker)"; \
+	echo "Other shells: export PREFECT_API_URL=$$PREFECT_API_URL PREFECT_API_AUTH_STRING='$$PREFECT_API_AUTH_STRING'  (stage runs then show in the UI and start faster)"; \
 	prefect worker start --pool tailor
 
 # The promoted model (and the base model) over an OpenAI-compatible API on 127.0.0.1:8000; see README.

@@ -47,6 +47,16 @@ def settings_from(learning_rate: float | None, max_steps: int | None, lora_r: in
     return [f"{key}={value}" for key, value in fields.items() if value is not None] + list(settings)
 
 
+# Keys a run's `settings` may not touch anywhere in params.yaml: whoever can start a deployment run (the Prefect form,
+# its API) could otherwise point the worker at any Hub repository and run its Python (`trust_remote_code`).
+FORM_REFUSED_KEYS = frozenset({"base_model", "trust_remote_code"})
+
+
+def setting_key(setting: str) -> str:
+    """The dotted key of a `dvc exp run -S` override: `+a.b=1`, `++a.b=1`, `~a.b` all name `a.b`."""
+    return setting.split("=", 1)[0].lstrip("+~").strip()
+
+
 @task(cache_policy=NO_CACHE)
 def check_settings(settings: list[str]) -> None:
     """Apply the settings to a copy of params.yaml exactly as `dvc exp run -S` will (DVC's own Hydra override
@@ -54,6 +64,10 @@ def check_settings(settings: list[str]) -> None:
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides
 
+    refused = [setting for setting in settings if FORM_REFUSED_KEYS & set(setting_key(setting).split("."))]
+    if refused:
+        raise UserError(f"settings {refused}: the base model (its source, repository, revision, remote code) cannot "
+                        "be changed from a deployment run; edit params.yaml's base_model in the repository instead")
     with tempfile.TemporaryDirectory(prefix="tailor-settings-") as work:
         trial = Path(work) / PARAMS_FILE.name
         shutil.copyfile(PARAMS_FILE, trial)

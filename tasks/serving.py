@@ -7,12 +7,16 @@ checked before they are queued, so one bad request gets its own 4xx and never fa
 All LoRA specialists share one copy of the base weights: each is a named adapter on one PEFT model, and a batch
 that mixes specialists (and the base model) runs in one `generate` call with a per-row adapter (PEFT's mixed
 adapter batches). A promotion swaps the production directory in one atomic step (tasks/atomic_dir.py); before
-each batch the worker compares each served directory's identity (its inode) with the one it loaded and loads
-the new version beside the old, so no request sees a half-written model and none waits for a restart.
+each batch the worker compares each served directory's fingerprint (its files' names, sizes, modification times
+and the bytes of the small ones) with the one it loaded and loads the new version beside the old, so no request
+sees a half-written model and none waits for a restart. Not the directory's inode: ext4 hands a freed inode to the
+next new directory, so two promotions in a row give back the first version's inode.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -43,6 +47,7 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 DEFAULT_MAX_TOKENS = 256
 ROLES = {"system", "user", "assistant"}
 API_KEY_ENV = "TAILOR_API_KEY"
+FINGERPRINTED_BYTES = 64 * 1024  # files up to this size (configs, lineage, card) count with their bytes
 
 
 @dataclass(frozen=True)
@@ -60,12 +65,19 @@ class ServedModel:
             return "full"
         return None
 
-    def identity(self) -> int | None:
-        """Changes when a promotion swaps the directory (a new inode); None while it is missing."""
+    def identity(self) -> str | None:
+        """A fingerprint that changes with every promotion into the directory; None while it is missing or is being
+        swapped under the walk (the next batch looks again)."""
+        digest = hashlib.sha256()
         try:
-            return self.path.stat().st_ino
-        except FileNotFoundError:
+            for file in sorted(path for path in self.path.rglob("*") if path.is_file()):
+                stat = file.stat()
+                digest.update(f"{file.relative_to(self.path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+                if stat.st_size <= FINGERPRINTED_BYTES:
+                    digest.update(file.read_bytes())
+        except OSError:
             return None
+        return digest.hexdigest() if self.path.is_dir() else None
 
 
 def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -226,7 +238,7 @@ class SpecialistAPI(ls.LitAPI):
         self.device = pick_device("cuda" if device.startswith("cuda") else "cpu")
         base, self.tokenizer = load_model(self.base, self.device)
         self.peft: Any = base  # becomes a PeftModel with the first adapter
-        self.loaded: dict[str, tuple[int | None, str]] = {}  # name -> (identity, adapter name or "full")
+        self.loaded: dict[str, tuple[str | None, str]] = {}  # name -> (identity, adapter name or "full")
         self.full: dict[str, Any] = {}
         self.generation_lock = threading.Lock()
         self.refresh()
@@ -237,7 +249,7 @@ class SpecialistAPI(ls.LitAPI):
             identity, kind = model.identity(), model.kind()
             if model.path.resolve() == self.base.resolve():
                 continue  # the base model itself: rows for it run with the adapters off
-            if kind is None or self.loaded.get(model.name, (None, ""))[0] == identity:
+            if kind is None or identity is None or self.loaded.get(model.name, (None, ""))[0] == identity:
                 continue
             if kind == "full":
                 full = AutoModelForCausalLM.from_pretrained(model.path, dtype=next(self.peft.parameters()).dtype,
@@ -245,7 +257,7 @@ class SpecialistAPI(ls.LitAPI):
                 if model.identity() == identity:  # not swapped again while loading
                     self.full[model.name], self.loaded[model.name] = full, (identity, "full")
                 continue
-            adapter = f"{model.name}_{identity}".replace(".", "_").replace("-", "_")
+            adapter = f"{model.name}_{identity[:16]}".replace(".", "_").replace("-", "_")
             if isinstance(self.peft, PeftModel):
                 self.peft.load_adapter(model.path, adapter_name=adapter)
             else:
@@ -256,6 +268,7 @@ class SpecialistAPI(ls.LitAPI):
                 continue
             previous = self.loaded.get(model.name)
             self.loaded[model.name] = (identity, adapter)
+            self.full.pop(model.name, None)  # a full model replaced by an adapter must stop answering
             if previous and previous[1] != "full":
                 self.peft.delete_adapter(previous[1])
 
@@ -351,7 +364,9 @@ class BearerAuth:
         self.app, self.expected = app, f"Bearer {key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != self.expected:
+        # A constant-time compare: `!=` stops at the first differing byte, which times out the key byte by byte.
+        sent = dict(scope["headers"]).get(b"authorization", b"")
+        if scope["type"] == "http" and not hmac.compare_digest(sent, self.expected):
             await openai_error(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`",
                                code="invalid_api_key")(scope, receive, send)
             return

@@ -182,6 +182,22 @@ def test_a_promotion_is_served_without_a_restart(server: Server) -> None:
     assert ask(client, "production", PROMPTS[1]) == reference_answers(server.root, "models/production")[1]
 
 
+def test_two_promotions_while_idle_serve_the_newest(server: Server) -> None:
+    """v1 -> v2 -> v3 with no request between: the swaps hand v3 the inode v1 had, and v3 must answer."""
+    client = server.client()
+    production = server.root / "models/production"
+    kept = server.root / "kept-production"
+    shutil.copytree(production, kept)
+    expected = ask(client, "candidate", PROMPTS[2])
+    try:
+        write_dir_atomically(production, lambda staging: shutil.copytree(kept, staging, copy_function=shutil.copy))
+        write_dir_atomically(production, lambda staging: shutil.copytree(server.root / "candidate", staging))
+        assert ask(client, "production", PROMPTS[2]) == expected
+    finally:
+        write_dir_atomically(production, lambda staging: shutil.copytree(kept, staging))
+        shutil.rmtree(kept)
+
+
 def test_listening_beyond_loopback_needs_an_api_key(first_build, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     models = [ServedModel("production", first_build.root / "models/production")]

@@ -40,6 +40,18 @@ def test_bad_settings_are_named_before_anything_runs(setting: str, named: str) -
     assert "params.yaml with " in str(error.value) or "overrides" in str(error.value)
 
 
+@pytest.mark.parametrize("setting", [
+    "base_model.source=hub", "+base_model.repo_id=attacker/x", "base_model.trust_remote_code=true",
+    "++base_model.revision=main", "~base_model.path", "+specializations.demo.base_model.source=hub",
+    "+multitask.all.trust_remote_code=true",
+])
+def test_the_form_cannot_change_the_base_model_or_allow_remote_code(setting: str) -> None:
+    params = (REPO / "params.yaml").read_bytes()
+    with pytest.raises(UserError, match="cannot be changed from a deployment run"):
+        check_settings.fn(["finetune.learning_rate=0.001", setting])
+    assert (REPO / "params.yaml").read_bytes() == params
+
+
 def test_a_run_of_chosen_specializations_asks_dvc_for_their_promotions_only() -> None:
     from flows.pipeline import targets
     from tasks.dag import declared_paths
