@@ -47,6 +47,11 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 DEFAULT_MAX_TOKENS = 256
 ROLES = {"system", "user", "assistant"}
 API_KEY_ENV = "TAILOR_API_KEY"
+# Limits like Hugging Face TGI's: each stop string is searched for at every token, and a body is parsed and
+# tokenized before the model worker sees it, so one client could otherwise tie up the server.
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256
+MAX_BODY_BYTES = 1024 * 1024
 FINGERPRINTED_BYTES = 64 * 1024  # files up to this size (configs, lineage, card) count with their bytes
 
 
@@ -96,11 +101,17 @@ class RequestProblem(HTTPException):
 
 def message_text(content: Any, index: int) -> str:
     """A message's text: a string, or a list of text parts (images and audio are not served)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(getattr(part, "type", None) == "text" for part in content):
-        return "".join(part.text for part in content)
-    raise RequestProblem(400, f"messages[{index}].content must be text", f"messages[{index}].content")
+    if isinstance(content, list) and all(getattr(part, "type", None) == "text" and isinstance(
+            getattr(part, "text", None), str) for part in content):
+        content = "".join(part.text for part in content)
+    if not isinstance(content, str):
+        raise RequestProblem(400, f"messages[{index}].content must be text", f"messages[{index}].content")
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800": the tokenizer would fail with a 500
+        raise RequestProblem(400, f"messages[{index}].content is not valid Unicode text",
+                             f"messages[{index}].content") from None
+    return content
 
 
 def conversation(request: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -143,6 +154,10 @@ def check_request(request: ChatCompletionRequest, available: Sequence[str], toke
         raise RequestProblem(400, f"top_p must be in (0, 1], got {request.top_p}", "top_p")
     if request.n is not None and not 1 <= request.n <= 8:
         raise RequestProblem(400, f"n must be between 1 and 8, got {request.n}", "n")
+    stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    if len(stops) > MAX_STOP_STRINGS or any(len(stop) > MAX_STOP_CHARS for stop in stops):
+        raise RequestProblem(400, f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} "
+                             "characters each", "stop")
     if request.tools or request.response_format:
         raise RequestProblem(400, "tools and response_format are not supported by this server", "tools")
     length = len(prompt_ids(tokenizer, conversation(request)))
@@ -364,9 +379,10 @@ class BearerAuth:
         self.app, self.expected = app, f"Bearer {key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # A constant-time compare: `!=` stops at the first differing byte, which times out the key byte by byte.
-        sent = dict(scope["headers"]).get(b"authorization", b"")
-        if scope["type"] == "http" and not hmac.compare_digest(sent, self.expected):
+        # Only http scopes carry headers (the lifespan scope that starts LitServe's workers has none). A constant-
+        # time compare: `!=` stops at the first differing byte, which times out the key byte by byte.
+        if scope["type"] == "http" and not hmac.compare_digest(
+                dict(scope["headers"]).get(b"authorization", b""), self.expected):
             await openai_error(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`",
                                code="invalid_api_key")(scope, receive, send)
             return
@@ -392,6 +408,7 @@ def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch
     api = SpecialistAPI(models, base, max_batch_size)
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     server = ls.LitServer(api, accelerator=accelerator, devices=1, timeout=600,
+                          max_payload_size=MAX_BODY_BYTES,
                           middlewares=[(BearerAuth, {"key": key})] if key else [])
     spec: SpecialistSpec = api.spec  # type: ignore[assignment]
 

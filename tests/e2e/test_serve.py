@@ -142,6 +142,14 @@ def test_openai_client_gets_each_models_answers_streaming_or_not_and_under_concu
     ({"model": "production", "messages": [{"role": "user", "content": "word " * 2000}]}, 400,
      "context_length_exceeded"),
     ("{not json", 400, "not valid JSON"),
+    # The security corpus of the serving surface: limits like TGI's, and bodies that used to answer 500.
+    ({"model": "production", "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]},
+     400, "stop"),
+    ({"model": "production", "messages": [{"role": "user", "content": "hi"}], "stop": ["x" * 10_000]}, 400, "stop"),
+    ({"model": "production", "messages": [{"role": "user", "content": [{"type": "text", "image_url": "x"}]}]}, 400,
+     "content"),
+    ('{"model": "production", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, "valid Unicode"),
+    ({"model": "production", "messages": [{"role": "user", "content": "x" * 2_000_000}]}, 413, "413"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_stays_up(server: Server, body: object, status: int,
                                                                 named: str) -> None:
@@ -151,7 +159,7 @@ def test_bad_requests_get_openai_errors_and_the_server_stays_up(server: Server, 
                           json=None if content else body, timeout=60)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert named in str(error) and {"message", "type", "param", "code"} <= error.keys()
+    assert named in f"{error} {response.status_code}" and {"message", "type", "param", "code"} <= error.keys()
     assert server.client().models.list().data
 
 
