@@ -1,13 +1,24 @@
 # Quickstart: `make run` (set up, then run the pipeline) and `make test` (set up, then the test suite).
 VENV ?= .venv
 PYTHON ?= python3
-# The CPU build keeps a fresh install small. On a GPU machine: make run TORCH_SPEC=torch
-# (or install the CUDA torch you want into .venv first; an existing torch is never replaced).
-TORCH_SPEC ?= torch==2.13.0
+# The environment is locked: every package pinned with its hashes, for Linux x86-64 and aarch64 (Python 3.11+).
+# TORCH picks the lock: cpu (locks/cpu.txt: the CPU build of torch on x86-64, a small install) or cuda
+# (locks/cuda.txt: PyPI's CUDA build): `make run TORCH=cuda` on a GPU machine.
+TORCH ?= cpu
+LOCK := locks/$(TORCH).txt
+TORCH_VERSION := 2.13.0
+# Where pip finds the CPU build of torch for x86-64 (PyPI has the CUDA build only). pip's own configuration (local
+# wheels, a mirror) is read too, and an index it cannot reach is skipped after a few seconds.
+TORCH_INDEX_cpu := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(TORCH_INDEX_$(TORCH))
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
+# What a lock is made from: pyproject.toml's dependency lists. Each lock's first line carries this digest, so an edit
+# to them that was not re-locked stops `make install` instead of installing something else than the lock says.
+LOCK_INPUTS = $(shell $(PYTHON) -c 'import hashlib, json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	print(hashlib.sha256(json.dumps([p["requires-python"], p["dependencies"], p["optional-dependencies"]]).encode()).hexdigest())')
 
-.PHONY: install run portfolio test ui serve bench clean
+.PHONY: install lock run portfolio test ui serve bench clean
 
 # Bytecode is written the first time a process imports a module, and reused after: every stage is a fresh
 # process, and without the cache each would compile its imports again. Some images turn the cache off
@@ -16,16 +27,43 @@ export PATH := $(BIN):$(PATH)
 # pipeline's libraries then compile about 5,000 modules once (about 27 s).
 unexport PYTHONDONTWRITEBYTECODE
 
-# torch goes through pip, so that pip's own configuration (a CUDA index, local wheels) picks the build; the rest
-# through uv, which resolves and installs the same versions as pip in about a minute instead of three.
-$(VENV)/.installed: pyproject.toml
+# torch (and uv) go through pip, so that pip's configuration and TORCH_INDEX find the build the lock names (its
+# hashes check it; reinstalled, as pip counts 2.13.0+cpu as 2.13.0 and would keep the other build); then uv makes the
+# environment exactly the lock (adding, upgrading and removing; about a minute, pip takes three) and adds tailor
+# itself. $(VENV)/tailor-lock names the lock installed: the lineage of every promoted model records it.
+locked = awk '/^$(1)==/ { keep = 1 } keep { print } keep && !/\\$$/ { keep = 0 }' $(LOCK) > $(VENV)/$(1)-lock.txt
+$(VENV)/.installed-$(TORCH): pyproject.toml $(LOCK)
+	@grep -q "^# pyproject.toml dependencies: $(LOCK_INPUTS)$$" $(LOCK) || { echo "tailor: pyproject.toml's \
+	dependencies differ from those $(LOCK) was made from: run \`make lock\` (then \`dvc repro\`, and commit both locks)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "uv>=0.9"
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet --no-compile "$(TORCH_SPEC)"
-	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -e ".[dev]"
+	rm -f $(VENV)/.installed-* $(VENV)/tailor-lock
+	$(call locked,torch) && $(BIN)/python -m pip install --quiet --no-compile --no-deps --require-hashes \
+		--force-reinstall --retries 0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r $(VENV)/torch-lock.txt
+	$(call locked,uv) && $(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(VENV)/uv-lock.txt
+	$(BIN)/python -m uv pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	echo "$(LOCK) $$(sha256sum $(LOCK) | cut -d ' ' -f 1)" > $(VENV)/tailor-lock
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-$(TORCH)
+
+# Re-resolves both locks from pyproject.toml, newest versions within its ranges, torch at TORCH_VERSION. Then
+# `dvc repro` (new libraries can change the models' bytes) and commit pyproject.toml, locks/ and dvc.lock together.
+# Without the PyTorch index, name a folder that holds the CPU wheel: make lock TORCH_WHEELS=/path/to/wheels
+TORCH_WHEELS ?=
+LOCK_FLAGS = --quiet --universal --generate-hashes --python-version 3.11 --extra dev --custom-compile-command "make lock"
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv>=0.9"
+	mkdir -p locks
+	# On Linux x86-64 the CPU build; elsewhere PyPI's build (on Linux aarch64 that is CUDA-enabled: it runs on CPU)
+	printf "torch==$(TORCH_VERSION)+cpu ; sys_platform == 'linux' and platform_machine == 'x86_64'\ntorch==$(TORCH_VERSION) ; sys_platform != 'linux' or platform_machine != 'x86_64'\n" > $(VENV)/torch-cpu.txt
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/torch-cuda.txt
+	$(BIN)/python -m uv pip compile pyproject.toml $(LOCK_FLAGS) --overrides $(VENV)/torch-cpu.txt \
+		$(if $(TORCH_WHEELS),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_INDEX_cpu) --index-strategy unsafe-best-match) \
+		--output-file $(VENV)/cpu.txt
+	$(BIN)/python -m uv pip compile pyproject.toml $(LOCK_FLAGS) --overrides $(VENV)/torch-cuda.txt --output-file $(VENV)/cuda.txt
+	for kind in cpu cuda; do { echo "# pyproject.toml dependencies: $(LOCK_INPUTS)"; cat $(VENV)/$$kind.txt; } > locks/$$kind.txt; done
 
 run: install
 	dvc repro promote

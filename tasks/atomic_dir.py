@@ -41,13 +41,35 @@ def staging_dir(target: Path) -> Path:
     return target.with_name(target.name + ".tmp")
 
 
+def sync_tree(folder: Path) -> None:
+    """Flush a folder's files and directory entries to disk. Before a swap: without it, a power loss soon after can
+    leave the new name holding empty or short files (the rename reaches the disk before the data it names)."""
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
+        if not path.is_symlink():
+            fsync(path)
+
+
+def fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(staging_dir(target)), then swap the staging directory in for target."""
+    """Call write(staging_dir(target)), then swap the staging directory in for target; a write that fails leaves
+    target as it was and no staging directory behind."""
     restore_interrupted(target)
     staging = staging_dir(target)
     shutil.rmtree(staging, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    write(staging)
+    try:
+        write(staging)
+        sync_tree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if not target.exists():
         staging.rename(target)
     elif exchange(staging, target):
@@ -57,4 +79,5 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         target.rename(previous)
         staging.rename(target)
         shutil.rmtree(previous)
+    fsync(target.parent)  # the swap itself
     return target

@@ -1,8 +1,10 @@
-"""Lineage of a promoted model: what it was built from (dvc.lock hashes, params, git revision, libraries), and the
-check behind `tailor lineage`, which compares it with the current dvc.lock and workspace."""
+"""Lineage of a promoted model: what it was built from (dvc.lock hashes, params, git revision, the environment's
+lock and libraries), and the check behind `tailor lineage`, which compares it with the current dvc.lock,
+workspace and environment."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from tasks.params import load_params
 
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "prefect", "dvc", "great-expectations", "dvclive")
 LOCK_FILE = Path("dvc.lock")
+# Written by `make install`: which environment lock (locks/cpu.txt or locks/cuda.txt) it installed, and its sha256.
+ENVIRONMENT_MARKER = Path(sys.prefix) / "tailor-lock"
 
 
 def locked_hashes(lock_file: Path = LOCK_FILE) -> dict[str, str]:
@@ -39,6 +43,53 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def environment_lock(marker: Path = ENVIRONMENT_MARKER) -> dict[str, str] | None:
+    """{"file", "sha256"} of the lock this environment was installed from; None when it was not installed by
+    `make install` (a hand-made environment: its libraries are recorded, but nothing pins the rest)."""
+    if not marker.is_file():
+        return None
+    file, digest = marker.read_text(encoding="utf-8").split()
+    return {"file": file, "sha256": digest}
+
+
+def environment_differences(recorded: dict[str, str] | None, current: dict[str, str] | None) -> list[str]:
+    """How the environment the model was built in differs from this one, and this one from its lock file now."""
+    def name(lock: dict[str, str] | None) -> str:
+        return f"{lock['file']} (sha256 {lock['sha256'][:12]})" if lock else "no lock (not installed by make install)"
+
+    problems = []
+    if recorded != current:
+        problems.append(f"environment: the model was built in the one of {name(recorded)}, this one is of "
+                        f"{name(current)}; `make install` installs the lock of this checkout")
+    if current and Path(current["file"]).is_file():
+        now = hashlib.sha256(Path(current["file"]).read_bytes()).hexdigest()
+        if now != current["sha256"]:
+            problems.append(f"environment: {current['file']} changed since this environment was installed; run "
+                            "`make install`")
+    return problems
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file in a promoted folder but lineage.json, which records them."""
+    digests = {}
+    for file in sorted(path for path in folder.rglob("*") if path.is_file()):
+        name = file.relative_to(folder).as_posix()
+        if name != "lineage.json":
+            with file.open("rb") as stream:
+                digests[name] = hashlib.file_digest(stream, "sha256").hexdigest()
+    return digests
+
+
+def tampering(folder: Path, lineage: dict[str, Any]) -> list[str]:
+    """How the promoted folder's files differ from the digests its lineage recorded at promotion (empty: intact)."""
+    recorded, now = lineage.get("files"), file_digests(folder)
+    if recorded is None:
+        return [f"{folder}/lineage.json records no file digests (promoted before they were recorded): promote again"]
+    problems = [f"{folder}/{name}: {'missing' if name not in now else 'modified'} since promotion"
+                for name in recorded if now.get(name) != recorded[name]]
+    return problems + [f"{folder}/{name}: added since promotion" for name in now if name not in recorded]
 
 
 def model_inputs(models: Collection[Path], lock_file: Path = LOCK_FILE) -> dict[str, str]:
@@ -77,6 +128,7 @@ def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_pa
         "params": params,
         "validation_passed": validation_passed,
         "metrics": metrics,
+        "environment_lock": environment_lock(),
         "libraries": library_versions(),
     }
 
@@ -115,9 +167,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def lineage_differences(lineage: dict[str, Any], locked: dict[str, str], changed: dict[str, str],
-                        params: dict[str, Any]) -> list[str]:
-    """Every way the model's recorded lineage differs from dvc.lock, the workspace and params.yaml."""
-    problems = []
+                        params: dict[str, Any], environment: dict[str, str] | None) -> list[str]:
+    """Every way the model's recorded lineage differs from dvc.lock, the workspace, params.yaml and the environment's
+    lock."""
+    problems = environment_differences(lineage.get("environment_lock"), environment)
     for path, recorded in lineage["inputs"].items():
         if path not in locked:
             problems.append(f"{path}: not in dvc.lock any more")
@@ -144,18 +197,23 @@ def show_lineage(model_dir: Path) -> int:
     """Print the model's lineage and how it compares with dvc.lock; 0 when everything matches, 1 otherwise."""
     lineage = read_lineage(model_dir)
     print(f"{model_dir}: built at git revision {lineage['git_revision']}, "
-          f"data validation {'passed' if lineage['validation_passed'] else 'FAILED'}")
+          f"data validation {'passed' if lineage['validation_passed'] else 'FAILED'}, "
+          f"{len(lineage.get('files', {}))} files with their sha256")
     for path, digest in lineage["inputs"].items():
         print(f"  {path:<28} {digest}")
+    lock = lineage.get("environment_lock")
+    print(f"  environment: {lock['file']} sha256 {lock['sha256']}" if lock else "  environment: not from a lock")
     print("  libraries: " + ", ".join(f"{name} {v}" for name, v in lineage["libraries"].items()))
     params = load_params().model_dump(mode="json", by_alias=True)
-    problems = lineage_differences(lineage, locked_hashes(), workspace_changes(), params)
+    problems = tampering(model_dir, lineage)
+    problems += lineage_differences(lineage, locked_hashes(), workspace_changes(), params, environment_lock())
     if not problems:
-        print("matches dvc.lock, the workspace and params.yaml: `dvc repro` would rebuild this model")
+        print("matches dvc.lock, the workspace, params.yaml and the environment's lock: `dvc repro` would rebuild "
+              "this model")
         return 0
     print(f"DIFFERS from the current state ({len(problems)}):")
     for problem in problems:
         print(f"  - {problem}")
-    print("`dvc repro` would build a different model; `git checkout` + `dvc checkout` the revision above to "
-          "rebuild this one")
+    print("`dvc repro` would build a different model (or a modified one is in place: `dvc checkout` restores "
+          "dvc.lock's); `git checkout` + `dvc checkout` the revision above to rebuild this one")
     return 1

@@ -14,6 +14,7 @@ import yaml
 from prefect import task
 
 from tasks.atomic_dir import write_dir_atomically
+from tasks.lineage import file_digests
 from tasks.params import PromoteParams
 from tasks.retries import TRANSIENT_RETRIES
 from tasks.score_files import ScoreFile
@@ -157,8 +158,10 @@ def publish_production(candidate_dir: Path, base_dir: Path, out_dir: Path, linea
         if merge and (candidate_dir / "adapter_config.json").is_file():
             write_merged(base_dir, candidate_dir, staging / "merged")
         (staging / "README.md").write_text(model_card(lineage, gates, base_dir, out_dir), encoding="utf-8")
-        (staging / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
         eval_scores.write(staging / EVAL_SCORES)
+        # Last, over everything above: `tailor lineage` and `tailor serve` check the files against it.
+        (staging / "lineage.json").write_text(json.dumps({**lineage, "files": file_digests(staging)}, indent=2)
+                                              + "\n", encoding="utf-8")
 
     return write_dir_atomically(out_dir, write)
 

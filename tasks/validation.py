@@ -334,7 +334,7 @@ def validate_split(context: Any, split: str, suite: Callable[[], gx.ExpectationS
         data=context.data_sources.get(source).add_dataframe_asset(split).add_batch_definition_whole_dataframe("all")))
         for part, source in ((full_suite, "raw"), (whole_suite, "digests")))
     # One run id for all chunks: each chunk's result replaces the previous one in GX's store.
-    run_id = RunIdentifier(run_time=datetime.datetime.now(datetime.timezone.utc))
+    run_id = RunIdentifier(run_time=datetime.datetime.now(datetime.UTC))
     results, digested = [], []
     for chunk in chunks():
         results.append(by_chunk.run(batch_parameters={"dataframe": chunk}, result_format=RESULT_FORMAT,

@@ -174,6 +174,15 @@ def test_lineage_command_checks_production_against_dvc_lock(project: Path) -> No
     assert changed.returncode == 1, changed.stdout + changed.stderr
     assert "DIFFERS" in changed.stdout and "data/demo/train.jsonl: modified in the workspace" in changed.stdout
 
+    weights = project / "models/production/adapter_model.safetensors"
+    original_weights = weights.read_bytes()
+    weights.write_bytes(original_weights[:-1] + bytes([original_weights[-1] ^ 1]))  # one flipped bit
+    try:
+        tampered = run(project, "tailor", "lineage")
+    finally:
+        weights.write_bytes(original_weights)
+    assert tampered.returncode == 1 and "adapter_model.safetensors: modified since promotion" in tampered.stdout
+
     missing = run(project, "tailor", "lineage", "models/adapter")
     assert missing.returncode == 2 and "models/adapter is not a promoted model" in missing.stderr
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import yaml
 
-from tasks.lineage import model_inputs
+from tasks.lineage import environment_differences, environment_lock, file_digests, model_inputs, tampering
 
 
 def entry(path: str, md5: str) -> dict[str, str]:
@@ -28,3 +29,41 @@ def test_model_inputs_follow_the_dag_back_from_the_model_and_leave_reports_out(t
                       "data/tokenized/train": "train", "data/validated": "val", "models/adapter": "adapter",
                       "models/base": "base"}
     assert model_inputs([Path("models/adapter")], tmp_path / "missing.lock") == {}
+
+
+def test_environment_lock_is_read_from_the_install_marker_and_differences_are_named(tmp_path: Path) -> None:
+    lock = tmp_path / "cpu.txt"
+    lock.write_text("torch==2.13.0\n")
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    marker = tmp_path / "tailor-lock"
+    marker.write_text(f"{lock} {digest}\n")
+    installed = environment_lock(marker)
+    assert installed == {"file": str(lock), "sha256": digest}
+    assert environment_lock(tmp_path / "absent") is None
+
+    assert environment_differences(installed, installed) == []
+    other = {"file": str(lock), "sha256": "0" * 64}
+    assert "the model was built in the one of" in environment_differences(other, installed)[0]
+    assert "no lock (not installed by make install)" in environment_differences(None, installed)[0]
+    lock.write_text("torch==2.14.0\n")  # re-locked, not reinstalled
+    assert any("changed since this environment was installed" in p for p in environment_differences(installed,
+                                                                                                    installed))
+
+
+def test_tampering_names_each_file_changed_since_promotion(tmp_path: Path) -> None:
+    folder = tmp_path / "production"
+    (folder / "merged").mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"\x00weights")
+    (folder / "merged/config.json").write_text("{}")
+    lineage = {"files": file_digests(folder)}
+    (folder / "lineage.json").write_text("{}")  # not among the files it records
+    assert set(lineage["files"]) == {"adapter_model.safetensors", "merged/config.json"}
+    assert tampering(folder, lineage) == []
+
+    (folder / "adapter_model.safetensors").write_bytes(b"\x01weights")  # one flipped byte
+    (folder / "merged/config.json").unlink()
+    (folder / "extra.py").write_text("import os")
+    assert tampering(folder, lineage) == [f"{folder}/adapter_model.safetensors: modified since promotion",
+                                          f"{folder}/merged/config.json: missing since promotion",
+                                          f"{folder}/extra.py: added since promotion"]
+    assert "records no file digests" in tampering(folder, {})[0]
