@@ -20,6 +20,7 @@ from tasks.retries import TRANSIENT_RETRIES
 
 UTF8_BOM = b"\xef\xbb\xbf"
 CHUNK_ROWS = 100_000  # rows per chunk: a chunk of typical instruction rows is a few tens of MB in pandas
+MAX_LINE_CHARS = 16 * 1024 * 1024  # one JSONL line, one example: far above any validate.max_chars
 
 
 def jsonl_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
@@ -28,7 +29,13 @@ def jsonl_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     columns: dict[str, list] = {}
     start = 0  # the file position (row number) of the chunk's first row
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+        number = 0
+        # At most one line more than the limit is read: a line of hundreds of MB would otherwise fill the memory.
+        while line := handle.readline(MAX_LINE_CHARS + 1):
+            number += 1
+            if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+                raise UserError(f"{path}: line {number} is longer than {MAX_LINE_CHARS:,} characters; a line holds "
+                                "one example: split or shorten it")
             if not line.strip():
                 continue
             try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
+import html
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,13 +41,58 @@ WHOLE_SPLIT = {"expect_table_row_count_to_be_between", "expect_compound_columns_
 MAX_LISTED = 1000  # unexpected values and row numbers kept per expectation in the report (the counts stay exact)
 RESULT_FORMAT = {"result_format": "COMPLETE"}
 Chunks = Callable[[], Iterator[pd.DataFrame]]  # a fresh pass over a split, chunk by chunk, indexed by row number
-# Personal data a training set should not carry; deliberately simple patterns, tuned to miss code and versions.
+# Personal data and secrets a training set should not carry (a model can repeat what it was trained on); simple
+# patterns, tuned to miss code, versions and timestamps. tests/tasks/test_validation_patterns.py holds the cases.
 PII_PATTERNS = [
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z0-9.-]*[A-Za-z]{2,}",  # email address
-    r"(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",  # phone number
-    r"\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{1,4}\b",  # payment card number
+    # North American number, separated or not: an area code starts with 2-9 (so Unix times, 1..., do not match)
+    r"(?<![\w.+-])(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-]?)\d{3}[ .-]?\d{4}(?![\w-]|\.\d)",
+    r"(?<![\w.+])\+(?:[2-9]\d{0,2})[ .-]?(?:\(0\) ?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}(?!\w|\.\d)",  # international
+    r"\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{4}\b",  # payment card number, 16 digits (13-digit timestamps are not)
+    r"\b3[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b",  # American Express (4-6-5)
     r"\b\d{3}-\d{2}-\d{4}\b",  # US social security number
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id
+    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}",  # OpenAI / Anthropic API key
+    r"\bhf_[A-Za-z0-9]{30,}\b",  # Hugging Face token
+    r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",  # GitHub token
+    r"\bxox[abprs]-[A-Za-z0-9-]{10,}",  # Slack token
+    r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----",  # private key
+    r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JSON web token
 ]
+# Chat-template control tokens (ChatML's <|im_start|>, Llama 3's <|eot_id|>, ...) in data: the tokenizer would turn
+# them into the real tokens, so a row could forge a system turn or end an answer early. Refused, never escaped:
+# an escaped form would train the model to write it.
+CONTROL_TOKEN = r"<\|[A-Za-z0-9_]+\|>"
+SHOWN_CHARS = 200  # of each offending value kept in reports/validation.json, the Data Docs and the error
+PII = [re.compile(pattern) for pattern in PII_PATTERNS]
+
+
+def redact(text: str) -> str:
+    """The text with each personal-data or secret span replaced: the reports must not copy what the check refuses."""
+    for pattern in PII:
+        text = pattern.sub("[redacted]", text)
+    return text
+
+
+def shown(value: Any) -> Any:
+    """An offending value as the reports show it: redacted, and cut (a 5 MB row would make a 15 MB report)."""
+    if not isinstance(value, str):
+        return value
+    value = redact(value)
+    return value if len(value) <= SHOWN_CHARS else f"{value[:SHOWN_CHARS]}… ({len(value):,} characters)"
+
+
+def for_reports(result: Any, show: Callable[[Any], Any] = shown) -> Any:
+    """The validation result with every offending value it lists passed through `show` (in place)."""
+    for outcome in result.results:
+        listed = outcome.result or {}
+        for key in ("partial_unexpected_list", "unexpected_list"):
+            if key in listed:
+                listed[key] = [show(value) for value in listed[key]]
+        if "partial_unexpected_counts" in listed:
+            listed["partial_unexpected_counts"] = [{**item, "value": show(item["value"])}
+                                                   for item in listed["partial_unexpected_counts"]]
+    return result
 
 
 @dataclass(frozen=True)
@@ -109,10 +157,14 @@ def text_expectations(column: str, limits: ValidateParams) -> list[Any]:
             column=column, min_value=limits.min_chars, max_value=limits.max_chars,
             description=f"length between {limits.min_chars} and {limits.max_chars} characters"),
     ]
+    expectations.append(gxe.ExpectColumnValuesToNotMatchRegex(
+        column=column, regex=CONTROL_TOKEN,
+        description="no chat-template control tokens such as <|im_start|> (they would become the real tokens)"))
     if limits.pii:
         expectations.append(gxe.ExpectColumnValuesToNotMatchRegexList(
             column=column, regex_list=PII_PATTERNS,
-            description="no personal data (email, phone, card number, US SSN); or set validate.pii false"))
+            description="no personal data or secrets (email, phone, card number, US SSN, API keys and tokens, "
+                        "private keys); or set validate.pii false"))
     return expectations
 
 
@@ -233,7 +285,8 @@ def describe_failures(split: str, result: Any, chunks: Chunks) -> list[Failure]:
     failures = []
     for outcome, indices in zip(failed, shown):
         config = outcome.expectation_config
-        examples = [f"{where(index, rows[index])} {json.dumps(displayed(rows[index]), ensure_ascii=False, default=str)[:160]}"
+        examples = [f"{where(index, rows[index])} "
+                    f"{redact(json.dumps(displayed(rows[index]), ensure_ascii=False, default=str))[:160]}"
                     for index in indices]
         column = config.kwargs.get("column") or ",".join(config.kwargs.get("column_list") or [])
         failures.append(Failure(
@@ -342,7 +395,7 @@ def validate_split(context: Any, split: str, suite: Callable[[], gx.ExpectationS
         digested.append(chunk[[c for c in columns if c in chunk]].map(digest))
     digests = pd.concat(digested)
     whole_result = whole.run(batch_parameters={"dataframe": digests}, result_format=RESULT_FORMAT, run_id=run_id)
-    return merge_results(results, whole_result), digests, full_suite
+    return for_reports(merge_results(results, whole_result)), digests, full_suite
 
 
 def leaked_values(chunks: Chunks, column: str, train_digests: set[str]) -> list[str]:
@@ -361,6 +414,9 @@ def render_data_docs(results: dict[str, Any], suites: dict[str, gx.ExpectationSu
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
     for split, result in results.items():
+        # GX writes listed values into the page as they are: text from the data must not become markup there.
+        result = for_reports(copy.deepcopy(result), lambda value: html.escape(value) if isinstance(value, str)
+                             else value)
         suite_id = ExpectationSuiteIdentifier(name=context.suites.add(suites[split]).name)
         key = ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=result.meta["run_id"],
                                          batch_identifier=result.batch_id)

@@ -63,3 +63,15 @@ def test_nothing_to_read_is_named_before_any_row(tmp_path: Path) -> None:
         next(table_chunks(tmp_path / "bom.jsonl"))
     with pytest.raises(UserError, match="file not found"):
         next(table_chunks(tmp_path / "missing.jsonl"))
+
+
+def test_an_overlong_line_is_refused_without_reading_it_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    monkeypatch.setattr("tasks.tables.MAX_LINE_CHARS", 1000)
+    path = tmp_path / "data.jsonl"
+    lines = [json.dumps(r) for r in rows(3)]
+    path.write_text("\n".join([*lines, json.dumps({"prompt": "x" * 5000, "response": "y"})]) + "\n")
+    with pytest.raises(UserError, match=r"data.jsonl: line 4 is longer than 1,000 characters"):
+        list(table_chunks(path, rows=2))
+    path.write_text("\n".join(lines) + "\n")  # at the limit or under: read as before
+    assert len(pd.concat(table_chunks(path, rows=2))) == 3

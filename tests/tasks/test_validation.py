@@ -138,3 +138,19 @@ def test_every_format_builds_its_suite_and_clean_data_passes(tmp_path: Path, dat
         assert lines and all("expect_column_values_to_be_in_set" in line for line in lines), lines
     else:
         assert lines == [] and report["success"]
+
+
+def test_reports_redact_what_the_pii_check_refuses_and_data_docs_escape_markup(tmp_path: Path) -> None:
+    train = demo("train", 50)
+    train.loc[3, "response"] = "Write to jane.doe@example.org or call 555-123-4567 for access."
+    train.loc[4, "response"] = "<script>alert(1)</script>" + "x" * 5000  # too long: its markup must stay text
+    report, failures = run_suites.fn(train, demo("eval", 10), COLUMNS, LIMITS, tmp_path / "docs")
+    assert not report["success"]
+    written = json.dumps(report) + "\n".join(f.line() for f in failures)
+    docs = "\n".join(page.read_text(encoding="utf-8") for page in (tmp_path / "docs").rglob("*.html"))
+    for secret in ("jane.doe@example.org", "555-123-4567"):
+        assert secret not in written and secret not in docs
+    assert "Write to [redacted] or call [redacted] for access." in written
+    assert "row 4" in written  # the row is still named
+    assert "<script>alert(1)</script>" not in docs and "&lt;script&gt;alert(1)&lt;/script&gt;" in docs
+    assert "x" * 1000 not in written and "(5,025 characters)" in written  # the long value is cut
