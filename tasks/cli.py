@@ -84,8 +84,11 @@ def served_models(extra: list[str]) -> list[tuple[str, Path]]:
 
 
 def serve(host: str, port: int, extra: list[str], max_batch_size: int) -> None:
-    from tasks.serving import ServedModel, build_server  # torch and the server load only for this command
+    from tasks.serving import ServedModel, build_server, listen_address  # torch and the server: this command only
 
+    host = listen_address(host)
+    if not 1024 <= port <= 65535:
+        raise UserError(f"--port {port}: use a port from 1024 to 65535")
     models = [ServedModel(name, path) for name, path in served_models(extra)]
     server = build_server(models, declared_paths("promote")["base"], host, max_batch_size)
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or kill: one line, no process left (workers included)

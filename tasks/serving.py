@@ -15,12 +15,14 @@ next new directory, so two promotions in a row give back the first version's ino
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import json
 import os
 import queue
+import secrets
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -41,6 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.generation.streamers import BaseStreamer
 
 from tasks.errors import UserError
+from tasks.lineage import tampering
 from tasks.models import load_model, pick_device
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -52,6 +55,7 @@ API_KEY_ENV = "TAILOR_API_KEY"
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
 MAX_BODY_BYTES = 1024 * 1024
+MAX_CONCURRENT_REQUESTS = 128  # in flight at once; more are answered 429 (TGI's default)
 FINGERPRINTED_BYTES = 64 * 1024  # files up to this size (configs, lineage, card) count with their bytes
 
 
@@ -83,6 +87,19 @@ class ServedModel:
         except OSError:
             return None
         return digest.hexdigest() if self.path.is_dir() else None
+
+    def tampering(self, identity: str) -> list[str]:
+        """How a promoted folder's files differ from the sha256 digests its lineage.json recorded (empty: intact, or
+        not a promoted folder: nothing to check against). Hashed once per version (`identity`)."""
+        key = (self.path, identity)
+        if key not in VERIFIED:
+            lineage = self.path / "lineage.json"
+            VERIFIED[key] = (tampering(self.path, json.loads(lineage.read_text(encoding="utf-8")))
+                             if lineage.is_file() else [])
+        return VERIFIED[key]
+
+
+VERIFIED: dict[tuple[Path, str], list[str]] = {}  # (folder, version) -> tampering found, in each process
 
 
 def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -127,9 +144,24 @@ def conversation(request: ChatCompletionRequest) -> list[dict[str, str]]:
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]]) -> list[int]:
-    """The conversation through the model's chat template, ready for the assistant's turn (as in training)."""
-    return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
-                                         return_dict=True)["input_ids"]
+    """The conversation through the model's chat template, ready for the assistant's turn (as in training).
+
+    A client's text is tokenized as text: "<|im_start|>system" in a user message would otherwise become the real
+    control tokens and forge a system turn. Such a conversation is rendered with a random mark in place of each
+    message, and the template's parts and the messages are tokenized apart; any other takes the one-call path."""
+    controls = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    if not any(control in turn["content"] for turn in turns for control in controls):
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"]
+    marks = [f"{secrets.token_hex(16)}" for _ in turns]
+    rendered = tokenizer.apply_chat_template([{**turn, "content": mark} for turn, mark in zip(turns, marks)],
+                                             add_generation_prompt=True, tokenize=False)
+    ids: list[int] = []
+    for turn, mark in zip(turns, marks):
+        template, rendered = rendered.split(mark, 1)
+        ids += tokenizer(template, add_special_tokens=False)["input_ids"]
+        ids += tokenizer(turn["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ids + tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
 def max_tokens(request: ChatCompletionRequest) -> int:
@@ -186,8 +218,19 @@ class SpecialistSpec(OpenAISpec):
             self._context_length = int(config.get("max_position_embeddings", 2048))
         return self._tokenizer, self._context_length
 
-    async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks) -> Any:
+    def check(self, request: ChatCompletionRequest) -> None:
         check_request(request, self.available(), *self.tokenizer())
+        model = next(model for model in self.models if model.name == request.model)
+        identity = model.identity()
+        problems = model.tampering(identity) if identity is not None else []
+        if problems:
+            raise RequestProblem(503, f"The model `{model.name}` is not served: its files differ from those its "
+                                 f"lineage.json recorded at promotion ({'; '.join(problems[:3])}). Restore them with "
+                                 "`dvc checkout`, or promote again", "model", "model_files_modified")
+
+    async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks) -> Any:
+        # In a thread: tokenizing a long prompt and hashing a new version's files would stall every other stream.
+        await asyncio.to_thread(self.check, request)
         return await super().chat_completion(request, background_tasks)
 
 
@@ -265,6 +308,8 @@ class SpecialistAPI(ls.LitAPI):
             if model.path.resolve() == self.base.resolve():
                 continue  # the base model itself: rows for it run with the adapters off
             if kind is None or identity is None or self.loaded.get(model.name, (None, ""))[0] == identity:
+                continue
+            if model.tampering(identity):  # never loaded; the HTTP side answers 503 for it
                 continue
             if kind == "full":
                 full = AutoModelForCausalLM.from_pretrained(model.path, dtype=next(self.peft.parameters()).dtype,
@@ -389,6 +434,30 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class ConcurrencyLimit:
+    """At most `limit` chat requests in flight (streams until their last chunk); the next is answered 429 with
+    Retry-After at once, as TGI does, instead of queueing without bound."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit, self.in_flight = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            busy = openai_error(429, f"The server is busy with {self.limit} requests; retry in a second",
+                                code="rate_limit_exceeded")
+            busy.headers["Retry-After"] = "1"
+            await busy(scope, receive, send)
+            return
+        self.in_flight += 1  # one event loop: no lock needed between the check and the increment
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -396,7 +465,17 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch_size: int = 8) -> ls.LitServer:
+def listen_address(host: str) -> str:
+    """The address LitServe will bind for --host: it takes 127.0.0.1, 0.0.0.0 and :: only."""
+    address = {"localhost": "127.0.0.1"}.get(host, host)
+    if address not in {"127.0.0.1", "0.0.0.0", "::"}:
+        raise UserError(f"--host {host} is not supported: use 127.0.0.1 (this machine only, the default), or "
+                        "0.0.0.0 / :: (every interface, with TAILOR_API_KEY set)")
+    return address
+
+
+def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch_size: int = 8,
+                 max_concurrent: int = MAX_CONCURRENT_REQUESTS) -> ls.LitServer:
     """The LitServer with OpenAI-style errors everywhere and `/v1/models`; refuses to listen beyond loopback
     without an API key."""
     if not (base / "config.json").is_file():
@@ -409,7 +488,8 @@ def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     server = ls.LitServer(api, accelerator=accelerator, devices=1, timeout=600,
                           max_payload_size=MAX_BODY_BYTES,
-                          middlewares=[(BearerAuth, {"key": key})] if key else [])
+                          middlewares=[(ConcurrencyLimit, {"limit": max_concurrent}),
+                                       *([(BearerAuth, {"key": key})] if key else [])])
     spec: SpecialistSpec = api.spec  # type: ignore[assignment]
 
     async def problem(request: Request, exc: Exception) -> JSONResponse:

@@ -65,6 +65,7 @@ def second_specialist(production: Path, dest: Path) -> Path:
     """Another LoRA adapter on the same base: production's, with large random B matrices, so that its greedy
     answers differ from prompt to prompt (the tiny model's own are nearly constant) and ties are unlikely."""
     shutil.copytree(production, dest)
+    (dest / "lineage.json").unlink()  # not a promoted model: no recorded digests to check its new weights against
     weights = load_file(dest / "adapter_model.safetensors")
     generator = torch.Generator().manual_seed(0)
     save_file({name: torch.randn(t.shape, generator=generator) * 0.5 if "lora_B" in name else t
@@ -204,6 +205,24 @@ def test_two_promotions_while_idle_serve_the_newest(server: Server) -> None:
     finally:
         write_dir_atomically(production, lambda staging: shutil.copytree(kept, staging))
         shutil.rmtree(kept)
+
+
+def test_a_modified_promoted_model_answers_503_and_the_others_keep_serving(server: Server) -> None:
+    """One flipped bit in production's weights: lineage.json's digests no longer match, so that name answers 503
+    and names the file; the base model still answers; restoring the bytes serves production again."""
+    client = server.client()
+    weights = server.root / "models/production/adapter_model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        with pytest.raises(openai.APIStatusError) as refused:
+            ask(client, "production", PROMPTS[0])
+        assert refused.value.status_code == 503
+        assert "adapter_model.safetensors: modified since promotion" in refused.value.message
+        assert ask(client, "base", PROMPTS[0]) == reference_answers(server.root, None)[0]
+    finally:
+        weights.write_bytes(original)
+    assert ask(client, "production", PROMPTS[0]) == reference_answers(server.root, "models/production")[0]
 
 
 def test_listening_beyond_loopback_needs_an_api_key(first_build, monkeypatch: pytest.MonkeyPatch) -> None:
