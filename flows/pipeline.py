@@ -13,12 +13,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from pydantic import BaseModel
 
 from flows.stage import git_revision
 from tasks.dag import declared_paths
@@ -47,14 +48,37 @@ def settings_from(learning_rate: float | None, max_steps: int | None, lora_r: in
     return [f"{key}={value}" for key, value in fields.items() if value is not None] + list(settings)
 
 
-# Keys a run's `settings` may not touch anywhere in params.yaml: whoever can start a deployment run (the Prefect form,
-# its API) could otherwise point the worker at any Hub repository and run its Python (`trust_remote_code`).
-FORM_REFUSED_KEYS = frozenset({"base_model", "trust_remote_code"})
+# What a run's `settings` may change: the stages' knobs, under these sections of params.yaml (or of one
+# specialization's). Whoever can start a deployment run (the Prefect form, its API) must not choose the base model
+# (a Hub repository's Python runs with `trust_remote_code`), the data, or any other file the worker would read.
+FORM_SECTIONS = frozenset({"seed", "validate", "tokenize", "finetune", "baselines", "evaluate", "promote"})
 
 
 def setting_key(setting: str) -> str:
     """The dotted key of a `dvc exp run -S` override: `+a.b=1`, `++a.b=1`, `~a.b` all name `a.b`."""
     return setting.split("=", 1)[0].lstrip("+~").strip()
+
+
+def form_may_set(key: str) -> bool:
+    """Whether a run's settings may change `key`: a knob of FORM_SECTIONS whose value is not a file path (a key the
+    schema does not know passes here, and its validation then names it)."""
+    parts = key.split(".")
+    if parts[0] == "specializations" and len(parts) > 2:
+        parts = parts[2:]  # specializations.<name>.<section>...: the same sections as the top level
+    if parts[0] not in FORM_SECTIONS:
+        return False
+    model: Any = Params
+    for part in parts:
+        fields = {field.alias or name: field for name, field in model.model_fields.items()}
+        if part not in fields:
+            return True
+        annotation = fields[part].annotation
+        if Path in (annotation, *get_args(annotation)):
+            return False
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return True
+        model = annotation
+    return True
 
 
 @task(cache_policy=NO_CACHE)
@@ -64,10 +88,11 @@ def check_settings(settings: list[str]) -> None:
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides
 
-    refused = [setting for setting in settings if FORM_REFUSED_KEYS & set(setting_key(setting).split("."))]
+    refused = [setting for setting in settings if not form_may_set(setting_key(setting))]
     if refused:
-        raise UserError(f"settings {refused}: the base model (its source, repository, revision, remote code) cannot "
-                        "be changed from a deployment run; edit params.yaml's base_model in the repository instead")
+        raise UserError(f"settings {refused} cannot be changed from a deployment run: a run may tune the "
+                        f"{', '.join(sorted(FORM_SECTIONS))} sections, not the base model (its source, repository, "
+                        "revision, remote code), the data or any file path; edit params.yaml in the repository")
     with tempfile.TemporaryDirectory(prefix="tailor-settings-") as work:
         trial = Path(work) / PARAMS_FILE.name
         shutil.copyfile(PARAMS_FILE, trial)

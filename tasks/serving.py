@@ -25,7 +25,7 @@ import queue
 import secrets
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from litserve.specs.openai import ChatCompletionRequest, OpenAISpec
 from peft import PeftModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
@@ -55,6 +56,7 @@ API_KEY_ENV = "TAILOR_API_KEY"
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
 MAX_BODY_BYTES = 1024 * 1024
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "[::1]"]  # the Host headers a loopback server answers
 MAX_CONCURRENT_REQUESTS = 128  # in flight at once; more are answered 429 (TGI's default)
 FINGERPRINTED_BYTES = 64 * 1024  # files up to this size (configs, lineage, card) count with their bytes
 
@@ -227,6 +229,19 @@ class SpecialistSpec(OpenAISpec):
             raise RequestProblem(503, f"The model `{model.name}` is not served: its files differ from those its "
                                  f"lineage.json recorded at promotion ({'; '.join(problems[:3])}). Restore them with "
                                  "`dvc checkout`, or promote again", "model", "model_files_modified")
+
+    async def get_from_queues(self, uids: list[Any]) -> list[AsyncIterator[Any]]:
+        pipes = await super().get_from_queues(uids)
+        return [self.released(uid, pipe) for uid, pipe in zip(uids, pipes)]
+
+    async def released(self, uid: Any, pipe: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A choice's answer, and then its entry out of the server's response buffer: LitServe's OpenAI spec adds
+        one per choice and never removes it (its issue #452), so memory grew with every request served."""
+        try:
+            async for item in pipe:
+                yield item
+        finally:
+            self.response_buffer.pop(uid, None)
 
     async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks) -> Any:
         # In a thread: tokenizing a long prompt and hashing a new version's files would stall every other stream.
@@ -489,7 +504,11 @@ def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch
     server = ls.LitServer(api, accelerator=accelerator, devices=1, timeout=600,
                           max_payload_size=MAX_BODY_BYTES,
                           middlewares=[(ConcurrencyLimit, {"limit": max_concurrent}),
-                                       *([(BearerAuth, {"key": key})] if key else [])])
+                                       *([(BearerAuth, {"key": key})] if key else []),
+                                       # On loopback, a web page the user opens could reach the server through a
+                                       # name it points at 127.0.0.1 (DNS rebinding): only loopback names pass.
+                                       *([(TrustedHostMiddleware, {"allowed_hosts": LOOPBACK_NAMES})]
+                                         if is_loopback(host) else [])])
     spec: SpecialistSpec = api.spec  # type: ignore[assignment]
 
     async def problem(request: Request, exc: Exception) -> JSONResponse:

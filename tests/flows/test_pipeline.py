@@ -21,7 +21,8 @@ def in_repository(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_valid_settings_pass() -> None:
     check_settings.fn(["finetune.learning_rate=0.001", "finetune.lora.target_modules=all-linear",
-                       "validate.allowed_responses=[positive,negative]"])
+                       "validate.allowed_responses=[positive,negative]", "seed=7", "promote.metric=rouge_l",
+                       "evaluate.max_examples=32", "finetune.dpo.beta=0.2"])
 
 
 @pytest.mark.parametrize(("setting", "named"), [
@@ -43,9 +44,11 @@ def test_bad_settings_are_named_before_anything_runs(setting: str, named: str) -
 @pytest.mark.parametrize("setting", [
     "base_model.source=hub", "+base_model.repo_id=attacker/x", "base_model.trust_remote_code=true",
     "++base_model.revision=main", "~base_model.path", "+specializations.demo.base_model.source=hub",
-    "+multitask.all.trust_remote_code=true",
+    "+multitask.all.trust_remote_code=true", "data.train=/etc/passwd", "tokenize.replay_text=/root/.ssh/id_rsa",
+    "evaluate.forgetting_text=/etc/shadow", "+finetune.init_adapter=/tmp/x", "+specializations.demo.data.train=x",
+    "~data",
 ])
-def test_the_form_cannot_change_the_base_model_or_allow_remote_code(setting: str) -> None:
+def test_the_form_cannot_change_the_base_model_the_data_or_a_path(setting: str) -> None:
     params = (REPO / "params.yaml").read_bytes()
     with pytest.raises(UserError, match="cannot be changed from a deployment run"):
         check_settings.fn(["finetune.learning_rate=0.001", setting])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ from transformers import AutoTokenizer
 
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
-from tasks.serving import ConcurrencyLimit, ServedModel, listen_address, prompt_ids
+from tasks.serving import ConcurrencyLimit, ServedModel, SpecialistSpec, listen_address, prompt_ids
 
 
 def promote(target: Path, weights: bytes) -> None:
@@ -97,3 +98,17 @@ def test_host_is_one_the_server_can_bind_or_a_clear_error(host: str, address: st
             listen_address(host)
     else:
         assert listen_address(host) == address
+
+
+def test_a_choice_leaves_the_response_buffer_once_its_answer_is_read(tmp_path: Path) -> None:
+    spec = SpecialistSpec([], tmp_path)
+    spec.response_buffer = {"uid-1": object(), "uid-2": object()}
+
+    async def answer() -> AsyncIterator[str]:
+        yield "chunk"
+
+    async def read() -> list[str]:
+        return [item async for item in spec.released("uid-1", answer())]
+
+    assert asyncio.run(read()) == ["chunk"]
+    assert list(spec.response_buffer) == ["uid-2"]
