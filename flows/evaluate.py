@@ -72,7 +72,7 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     scores = ScoreFile(params.task(), examples, {**baselines.approaches, "finetuned": finetuned})
     training = json.loads(paths.training.read_text(encoding="utf-8"))
     majority = majority_label(params.task(), params.data.format, paths.validated / "train.parquet")
-    comparison = compare(scores, training["train_seconds"], forgetting, params.promote.metric,
+    comparison = compare(scores, training["tokens_trained"], forgetting, params.promote.metric,
                          settings.bootstrap_samples, settings.confidence, params.seed, without_history, majority)
     result = comparison.record()
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,8 @@ class Paths:
     checkpoints: Path  # kept between runs so an interrupted run resumes
     out: Path  # the adapter (or full model)
     live: Path  # DVCLive curves
-    summary: Path  # steps, loss, tokens/s (a DVC metrics file)
+    summary: Path  # steps, tokens trained, loss (a DVC metrics file)
+    timings: Path  # seconds, tokens/s, MFU: this machine's, not a DVC output (they differ on every run)
 
 
 Step = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -86,11 +87,13 @@ def finetune(params: FinetuneParams, seed: int, paths: Paths, step: Step) -> dic
     trainer, summary = step(train)(paths.base, replayed, params, seed, device, paths.checkpoints, paths.live)
     summary["replay_examples"] = len(replayed) - len(train_set)
     step(save_trained)(trainer, paths.out)
-    log().info("trained %d steps in %.0f s: %.0f tokens/s%s", summary["steps"], summary["train_seconds"],
-               summary["tokens_per_second"], f", MFU {summary['mfu']:.1%}" if "mfu" in summary else "")
+    timings = summary.pop("timings")
+    log().info("trained %d steps in %.0f s: %.0f tokens/s%s", summary["steps"], timings["train_seconds"],
+               timings["tokens_per_second"], f", MFU {timings['mfu']:.1%}" if "mfu" in timings else "")
     if is_main_process():
-        paths.summary.parent.mkdir(parents=True, exist_ok=True)
-        paths.summary.write_text(json.dumps({**summary, "device": device.type}, indent=2) + "\n", encoding="utf-8")
+        for path, record in ((paths.summary, {**summary, "device": device.type}), (paths.timings, timings)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return summary
 
 

@@ -121,8 +121,8 @@ def forgetting_records(perplexity: dict[str, float]) -> dict[str, dict[str, floa
     return {a: forgetting_record(perplexity["generalist"], p) for a, p in perplexity.items() if a != "generalist"}
 
 
-def training_seconds(summary: Path) -> float:
-    return float(json.loads(summary.read_text(encoding="utf-8"))["train_seconds"])
+def tokens_trained(summary: Path) -> int:
+    return int(json.loads(summary.read_text(encoding="utf-8"))["tokens_trained"])
 
 
 @flow(name="portfolio", on_running=[start_stage_run])
@@ -137,8 +137,8 @@ def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
     general = general_text_set(tokenizer, params.evaluate.forgetting_text, params.evaluate.forgetting_max_chunks,
                                params.tokenize.max_length)
     cross, perplexity = cross_scores(sets, adapters, paths.base, general, params.evaluate.batch_size)
-    seconds = {**{SPECIALIST + name: training_seconds(paths.reports / name / "training.json") for name in names},
-               MULTITASK: training_seconds(paths.multitask_training)}
+    trained = {**{SPECIALIST + name: tokens_trained(paths.reports / name / "training.json") for name in names},
+               MULTITASK: tokens_trained(paths.multitask_training)}
     columns, score_files = {}, {}
     for name, held in sets.items():
         own = held.scores.approaches
@@ -149,7 +149,7 @@ def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
         spec = held.params
         majority = majority_label(spec.task(), spec.data.format, paths.validated / name / "train.parquet")
         column = Column(name, spec.promote.metric, score_files[name], majority)
-        columns[name] = column_record(column, {**seconds, WITH_RETRIEVAL: seconds[SPECIALIST + name]},
+        columns[name] = column_record(column, {**trained, WITH_RETRIEVAL: trained[SPECIALIST + name]},
                                       spec.promote.min_relative_improvement, spec.evaluate.bootstrap_samples,
                                       spec.evaluate.confidence, params.seed)
     promotions = {name: json.loads((paths.reports / name / "promotion.json").read_text(encoding="utf-8"))

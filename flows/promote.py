@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stage import git_revision, run_stage, start_stage_run
+from flows.stage import run_stage, start_stage_run
 from tasks.atomic_dir import restore_interrupted
 from tasks.lineage import build_lineage
 from tasks.params import Params
@@ -48,7 +48,7 @@ def promote_flow(params: Params, paths: Paths) -> dict[str, Any]:
     if decision["promoted"]:
         validation_passed = json.loads(paths.validation.read_text(encoding="utf-8"))["success"]
         lineage = build_lineage(params.model_dump(mode="json", by_alias=True), metrics, validation_passed,
-                                git_revision(), models=[paths.adapter, paths.base])
+                                models=[paths.adapter, paths.base])
         production_scores = ScoreFile(scores.task, scores.examples, {"finetuned": scores.approaches["finetuned"]})
         publish_production(paths.adapter, paths.base, paths.production, lineage, gates, params.promote.merge,
                            production_scores)

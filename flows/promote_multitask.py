@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stage import git_revision, run_stage, start_stage_run
+from flows.stage import run_stage, start_stage_run
 from tasks.comparison import MAJORITY
 from tasks.lineage import build_lineage
 from tasks.multitask_promotion import PROMOTED, RETIRED, decide_task, retire, serving_note
@@ -38,23 +38,23 @@ class Paths:
 def promote_multitask_flow(params: Params, paths: Paths) -> dict[str, Any]:
     """Decide task by task; publish, keep or retire each task's folder; record every gate."""
     matrix = json.loads(paths.matrix.read_text(encoding="utf-8"))
-    scores = {name: ScoreFile(raw["task"], raw["examples"], {a: Scores(**s) for a, s in raw["approaches"].items()})
+    scores = {name: ScoreFile(raw["task"], raw["examples"], {a: Scores.from_dict(s) for a, s in raw["approaches"].items()})
               for name, raw in json.loads(paths.scores.read_text(encoding="utf-8")).items()}
     forgetting = {k: v for k, v in matrix["forgetting"][MULTITASK].items() if k != "within_limit"}
-    seconds = float(json.loads(paths.training.read_text(encoding="utf-8"))["train_seconds"])
+    trained = int(json.loads(paths.training.read_text(encoding="utf-8"))["tokens_trained"])
     paths.production.mkdir(parents=True, exist_ok=True)
     tasks = {}
     for name, column in matrix["tasks"].items():
         spec = params.specialized(name)
         served = paths.production / name
-        decision = decide_task(spec.promote, scores[name], forgetting, seconds, column.get(MAJORITY, {}).get("label"),
+        decision = decide_task(spec.promote, scores[name], forgetting, trained, column.get(MAJORITY, {}).get("label"),
                                paths.specialists / name, served, spec.evaluate.bootstrap_samples,
                                spec.evaluate.confidence, params.seed)
         if decision.outcome == PROMOTED:
             validation = json.loads((paths.reports / name / "validation.json").read_text(encoding="utf-8"))
             # The params it was trained with: the top-level sections and its mixture, as its stages read them.
             lineage = build_lineage(params.model_dump(mode="json", by_alias=True), decision.metrics,
-                                    validation["success"], git_revision(), models=[paths.adapter, paths.base])
+                                    validation["success"], models=[paths.adapter, paths.base])
             publish_production(paths.adapter, paths.base, served, lineage, decision.gates, spec.promote.merge,
                                decision.candidate)
         elif decision.outcome == RETIRED:

@@ -129,7 +129,7 @@ def against_majority(scores: ScoreFile, label: str, samples: int, confidence: fl
     }
 
 
-def compare(scores: ScoreFile, training_seconds: float, forgetting: dict[str, float], metric: str, samples: int,
+def compare(scores: ScoreFile, training_tokens: int, forgetting: dict[str, float], metric: str, samples: int,
             confidence: float, seed: int, without_history: Scores | None = None,
             majority_label: str | None = None) -> Comparison:
     """Every approach against every other with paired-bootstrap intervals; the fine-tuned model against each
@@ -140,7 +140,7 @@ def compare(scores: ScoreFile, training_seconds: float, forgetting: dict[str, fl
                                       confidence, seed)
     baselines = [a for a in scores.approaches if a != "finetuned"]
     costs = {a: s.cost() for a, s in scores.approaches.items()}
-    costs["finetuned"]["training_seconds"] = training_seconds
+    costs["finetuned"]["training_tokens"] = training_tokens
     best_baseline = best(baselines, metric, single)
     return Comparison(
         metrics=values.names, single=single,

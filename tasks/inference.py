@@ -7,7 +7,6 @@ generation, which depends on this module only.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.models import padding_id
@@ -84,14 +84,16 @@ def general_perplexity(model: PreTrainedModel, dataset: Dataset, pad_id: int, ba
 
 @torch.no_grad()
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                     batch_size: int, max_new_tokens: int) -> tuple[list[str], list[bool], int, float]:
-    """Greedy answers to each example's prompt, batched with left padding and the KV cache, and whether each
-    ended (wrote the end-of-turn token, after which generate pads the row) within max_new_tokens."""
+                     batch_size: int, max_new_tokens: int) -> tuple[list[str], list[bool], int]:
+    """Greedy answers to each example's prompt, batched with left padding and the KV cache, whether each ended
+    (wrote the end-of-turn token, after which generate pads the row) within max_new_tokens, and the tokens
+    generated. A progress bar shows examples answered and their rate: generating takes minutes on a CPU."""
     model.eval()
     device = next(model.parameters()).device
     pad_id = padding_id(tokenizer)
     answers, ended = [""] * len(dataset), [False] * len(dataset)
-    generated, started = 0, time.perf_counter()
+    generated = 0
+    progress = tqdm(total=len(dataset), desc="generating answers", unit="example")
     for batch in batches(longest_first(dataset["prompt_length"]), batch_size):
         prompts = [ids[:length] for ids, length in zip(dataset.select(batch)["input_ids"],
                                                        dataset.select(batch)["prompt_length"])]
@@ -105,7 +107,9 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         for row, index in enumerate(batch):
             answers[index] = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
             ended[index] = bool(((new_tokens[row] == tokenizer.eos_token_id) | (new_tokens[row] == pad_id)).any())
-    return answers, ended, generated, time.perf_counter() - started
+        progress.update(len(batch))
+    progress.close()
+    return answers, ended, generated
 
 
 def rejected_answers(dataset: Dataset) -> Dataset:
@@ -131,7 +135,7 @@ def score_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
                                                                     pad_id)
     scores.prompt_tokens = list(dataset["prompt_length"])
     if generate:
-        scores.predictions, scores.ended, scores.generated_tokens, scores.generation_seconds = generate_answers(
+        scores.predictions, scores.ended, scores.generated_tokens = generate_answers(
             model, tokenizer, dataset, batch_size, max_new_tokens)
     return scores
 

@@ -1,5 +1,5 @@
-"""Lineage of a promoted model: what it was built from (dvc.lock hashes, params, git revision, the environment's
-lock and libraries), and the check behind `tailor lineage`, which compares it with the current dvc.lock,
+"""Lineage of a promoted model: what it was built from (dvc.lock's hashes of its data, models and code, params, the
+environment's lock and libraries), and the check behind `tailor lineage`, which compares it with the current dvc.lock,
 workspace and environment."""
 
 from __future__ import annotations
@@ -95,8 +95,10 @@ def tampering(folder: Path, lineage: dict[str, Any]) -> list[str]:
 def model_inputs(models: Collection[Path], lock_file: Path = LOCK_FILE) -> dict[str, str]:
     """Path -> hash, from dvc.lock, of everything the model's weights were built from: the model directories and,
     stage by stage back through the DAG, the outputs they came from and those stages' data inputs. Reports written
-    beside them (evaluation scores with their timings, data docs) do not make the model and are left out, so a
-    re-run evaluation does not make an unchanged model look different. Code is pinned by the git revision."""
+    beside them (evaluation scores, reports) do not make the model and are left out, so a re-run evaluation does
+    not make an unchanged model look different. Code is pinned by its files' hashes rather than a git revision:
+    the commit that builds a model is never the one that records its dvc.lock, so a revision would make the
+    promoted folder differ on every fresh clone."""
     if not lock_file.is_file():
         return {}
     stages = list((yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {}).values())
@@ -112,18 +114,17 @@ def model_inputs(models: Collection[Path], lock_file: Path = LOCK_FILE) -> dict[
                 if path == out["path"] or path.startswith(out["path"] + "/"):
                     inputs[out["path"]] = out.get("md5", "")  # the producing stage's record wins over a consumer's
                     for dep in stage.get("deps", []):
-                        if not dep["path"].endswith(".py"):
-                            inputs.setdefault(dep["path"], dep.get("md5", ""))
-                            pending.append(dep["path"])
+                        inputs.setdefault(dep["path"], dep.get("md5", ""))
+                        pending.append(dep["path"])
     return dict(sorted(inputs.items()))
 
 
-def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_passed: bool, revision: str,
+def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_passed: bool,
                   models: Collection[Path]) -> dict[str, Any]:
     """Everything needed to rebuild or audit the production model made from `models` (the candidate and its
-    base): what they were built from, params, git revision, libraries, and the metrics that promoted them."""
+    base): what they were built from (data, models, code), params, libraries, and the metrics that promoted them."""
     return {
-        "git_revision": revision,
+        "models": [str(path) for path in models],
         "inputs": model_inputs(models),
         "params": params,
         "validation_passed": validation_passed,
@@ -196,7 +197,7 @@ def read_lineage(model_dir: Path) -> dict[str, Any]:
 def show_lineage(model_dir: Path) -> int:
     """Print the model's lineage and how it compares with dvc.lock; 0 when everything matches, 1 otherwise."""
     lineage = read_lineage(model_dir)
-    print(f"{model_dir}: built at git revision {lineage['git_revision']}, "
+    print(f"{model_dir}: built from {len(lineage['inputs'])} inputs (data, models, code), "
           f"data validation {'passed' if lineage['validation_passed'] else 'FAILED'}, "
           f"{len(lineage.get('files', {}))} files with their sha256")
     for path, digest in lineage["inputs"].items():
@@ -206,7 +207,12 @@ def show_lineage(model_dir: Path) -> int:
     print("  libraries: " + ", ".join(f"{name} {v}" for name, v in lineage["libraries"].items()))
     params = load_params().model_dump(mode="json", by_alias=True)
     problems = tampering(model_dir, lineage)
-    problems += lineage_differences(lineage, locked_hashes(), workspace_changes(), params, environment_lock())
+    # What dvc.lock now records along the same walk back from the same models: a code file is a dependency of many
+    # stages, and one that has not re-run since (a portfolio stage, say) still records its older hash. A lineage
+    # written before "models" was recorded is compared with every record.
+    models = lineage.get("models")
+    locked = model_inputs([Path(m) for m in models]) if models else locked_hashes()
+    problems += lineage_differences(lineage, locked, workspace_changes(), params, environment_lock())
     if not problems:
         print("matches dvc.lock, the workspace, params.yaml and the environment's lock: `dvc repro` would rebuild "
               "this model")
@@ -215,5 +221,6 @@ def show_lineage(model_dir: Path) -> int:
     for problem in problems:
         print(f"  - {problem}")
     print("`dvc repro` would build a different model (or a modified one is in place: `dvc checkout` restores "
-          "dvc.lock's); `git checkout` + `dvc checkout` the revision above to rebuild this one")
+          "dvc.lock's); to rebuild this one, `git checkout` the commit whose dvc.lock records the hashes above "
+          "(`git log -p dvc.lock` shows them), then `dvc checkout` or `dvc repro`")
     return 1

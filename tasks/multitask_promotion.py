@@ -56,7 +56,7 @@ def as_candidate(scores: ScoreFile) -> ScoreFile:
     return ScoreFile(scores.task, scores.examples, {**approaches, "finetuned": scores.approaches[MULTITASK]})
 
 
-def decide_task(promote: PromoteParams, scores: ScoreFile, forgetting: dict[str, float], training_seconds: float,
+def decide_task(promote: PromoteParams, scores: ScoreFile, forgetting: dict[str, float], training_tokens: int,
                 majority: str | None, specialist: Path, served: Path, samples: int, confidence: float,
                 seed: int) -> TaskDecision:
     """The multi-task model on one task, with that specialization's promotion params (`scores`: the portfolio's
@@ -64,7 +64,7 @@ def decide_task(promote: PromoteParams, scores: ScoreFile, forgetting: dict[str,
     model's folder for it)."""
     restore_interrupted(served)
     candidate = as_candidate(scores)
-    metrics = compare(candidate, training_seconds, forgetting, promote.metric, samples, confidence, seed,
+    metrics = compare(candidate, training_tokens, forgetting, promote.metric, samples, confidence, seed,
                       majority_label=majority).record()
     gates = promotion_gates(metrics, promote, production_gate(candidate, specialist, promote, samples, confidence,
                                                               seed))

@@ -51,10 +51,10 @@ def gain_record(gain: Interval) -> dict[str, Any]:
     return {**gain.as_dict(), "better": gain.better, "worse": gain.high < 0}
 
 
-def column_record(column: Column, training_seconds: dict[str, float], min_relative_improvement: float,
+def column_record(column: Column, training_tokens: dict[str, int], min_relative_improvement: float,
                   samples: int, confidence: float, seed: int) -> dict[str, Any]:
     """Every approach's metric on this column with intervals, the best and the recommended approach, the costs
-    (`training_seconds`: each trained approach's), the multi-task model against this task's specialist and against
+    (`training_tokens`: the tokens each trained approach trained on), the multi-task model against this task's specialist and against
     the best baseline as the promotion gate compares them, the other specialists against the generalist (their
     cross-task forgetting), and the majority-class check for label tasks."""
     metric, own = column.metric, SPECIALIST + column.name
@@ -79,7 +79,7 @@ def column_record(column: Column, training_seconds: dict[str, float], min_relati
         "scores": {a: single[a][metric].as_dict() for a in approaches},
         "best": winner, "runner_up": runner_up, "margin": gain_record(gain(winner, runner_up)),
         "tied_with_best": tied, "recommended": recommended,
-        "costs": {a: {"adapters": adapters(a), "training_seconds": training_seconds.get(a, 0.0),
+        "costs": {a: {"adapters": adapters(a), "training_tokens": training_tokens.get(a, 0),
                       **approaches[a].cost()} for a in contenders},
         "multitask_vs_specialist": gain_record(gain(MULTITASK, own)),
         "multitask_beats_best_baseline": margin_gate(
@@ -155,7 +155,7 @@ def render_portfolio(record: dict[str, Any], confidence: float) -> str:
                      f"({'significant' if margin['better'] else 'not significant'}); tied with the best: "
                      f"{', '.join(c['tied_with_best'])}. Recommended: **{c['recommended']}**, the cheapest of those "
                      f"to serve ({costs['adapters']} adapter{'s' * (costs['adapters'] != 1)}, "
-                     f"{costs['training_seconds']:g} s of training, {costs['prompt_tokens_per_example']:g} prompt "
+                     f"{costs['training_tokens']:,} tokens of training, {costs['prompt_tokens_per_example']:g} prompt "
                      "tokens per answer).")
         if MAJORITY in c:
             check = c[MAJORITY]["recommended_vs_majority"]

@@ -120,7 +120,9 @@ def model_card(lineage: dict[str, Any], gates: list[Gate], base_dir: Path, out_d
         "original checkpoint.\n\n")
     return (
         f"---\n{front}---\n\n# Specialized model (tailor)\n\n"
-        f"Fine-tuned from `{base_dir}` by the tailor pipeline at git revision `{lineage['git_revision']}`.\n\n"
+        f"Fine-tuned from `{base_dir}` by the tailor pipeline. `lineage.json` records what it was built from: the "
+        "hashes of its data, models and code in dvc.lock, params, the environment's lock and every file's sha256 "
+        "(`tailor lineage` checks them).\n\n"
         f"## Evaluation on the held-out split\n\n| metric | {' | '.join(approaches)} |\n"
         f"|---|{'---|' * len(approaches)}\n{rows}\n\n{metrics.get('recommendation', '')}\n\n"
         f"## Promotion gates\n\n{gate_lines}\n\n{chat}"

@@ -42,11 +42,12 @@ def recommendation(metric: str, single: dict[str, dict[str, Interval]],
 
 
 def trade_off(a: str, b: str, costs: dict[str, dict[str, float]]) -> str:
-    """What each of two approaches costs, in the terms a user pays: training time and prompt size per answer."""
+    """What each of two approaches costs, in the terms a user pays: training and prompt size per answer (in tokens:
+    the same on every machine)."""
     parts = []
     for name in (a, b):
-        training = costs[name].get("training_seconds")
-        parts.append(f"{name} needs {'no training' if training is None else f'{training:g} s of training'} "
+        training = costs[name].get("training_tokens")
+        parts.append(f"{name} needs {'no training' if training is None else f'{training:,} tokens of training'} "
                      f"and {costs[name]['prompt_tokens_per_example']:g} prompt tokens per answer")
     return "; ".join(parts)
 

@@ -4,7 +4,7 @@ them and promotion reads them. Plain data, so that reading it loads no model cod
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,20 @@ class Scores:
     predictions: list[str] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)  # whether each answer wrote the end-of-turn token in time
     generated_tokens: int = 0
-    generation_seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Scores:
+        # A production model's eval_scores.json written by an older tailor may also hold generation_seconds.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
     def cost(self) -> dict[str, float]:
-        """What the approach costs at inference time, and the share of its answers that ran away (reached
-        max_new_tokens without ending its turn: a model that never learned where its answers stop)."""
+        """What the approach costs at inference time, in tokens (the same on every machine, unlike seconds: the
+        scores are a DVC output that a re-run must rebuild byte for byte), and the share of its answers that ran
+        away (reached max_new_tokens without ending its turn: a model that never learned where its answers stop)."""
         result = {"prompt_tokens_per_example": round(float(np.mean(self.prompt_tokens)), 1)}
         if self.predictions:
-            result["generated_tokens_per_second"] = round(self.generated_tokens / max(self.generation_seconds, 1e-9), 2)
+            result["generated_tokens_per_example"] = round(self.generated_tokens / len(self.predictions), 1)
         if self.ended:
             result["runaway_pct"] = round(100 * (1 - float(np.mean(self.ended))), 1)
         return result
@@ -57,7 +63,7 @@ class ScoreFile:
     @classmethod
     def read(cls, path: Path) -> ScoreFile:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(raw["task"], raw["examples"], {a: Scores(**s) for a, s in raw["approaches"].items()})
+        return cls(raw["task"], raw["examples"], {a: Scores.from_dict(s) for a, s in raw["approaches"].items()})
 
     def references(self) -> list[str]:
         return [e.get("response", "") for e in self.examples]

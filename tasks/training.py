@@ -93,13 +93,22 @@ class StopWhenAsked(TrainerCallback):
 
 class TrainingCurves(DVCLiveCallback):
     """DVCLive's callback with the training step as the curves' x. Its own counts the points logged, which is the
-    step only when logging_steps is 1, and after a resume goes on counting from the interrupted run's last point."""
+    step only when logging_steps is 1, and after a resume goes on counting from the interrupted run's last point.
+
+    The curves are a DVC output, so they hold only what a re-run reproduces: the Trainer's wall-clock entries
+    (runtime, samples/steps/tokens per second) differ on every run and would change dvc.lock each time."""
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               **kwargs: Any) -> None:
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and self.live is not None:
             self.live.step = state.global_step
-        super().on_log(args, state, control, **kwargs)
+        kept = {k: v for k, v in (logs or {}).items() if not is_timing(k)}
+        super().on_log(args, state, control, logs=kept, **kwargs)
+
+
+def is_timing(name: str) -> bool:
+    """A Trainer log entry measured by the clock: train_runtime, train_tokens_per_second, eval_samples_per_second…"""
+    return name.endswith(("runtime", "_per_second"))
 
 
 def curves_until(live_dir: Path, step: int) -> None:
@@ -389,13 +398,14 @@ def run_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trai
         "train_loss": round(float(result.training_loss), 5),
         "final_loss": round(float(losses[-1]), 5) if losses else float("nan"),
         "steps": trainer.state.global_step,
+        "tokens_trained": trainer.state.num_input_tokens_seen,
         "processes": args.world_size,
         "batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "train_seconds": round(seconds, 2),
-        "tokens_per_second": round(tokens_per_second, 2),
-        **utilization(trainer.model, tokens_per_second, args.world_size),
         **preference_rewards(trainer.state.log_history),
+        # What this machine measured: it differs on every run, so the stage writes it apart from the summary.
+        "timings": {"train_seconds": round(seconds, 2), "tokens_per_second": round(tokens_per_second, 2),
+                    **utilization(trainer.model, tokens_per_second, args.world_size)},
     }
     return trainer, summary
 
@@ -433,6 +443,19 @@ def steps_at(checkpoint: Path) -> int:
     return int(trainer_state(checkpoint)["global_step"])
 
 
+def sort_module_sets(config: Path) -> None:
+    """PEFT keeps target_modules (and exclude_modules) as sets and writes them in set order, which changes with
+    Python's per-process string hashing: the same adapter would get other bytes, and another dvc.lock hash, on
+    every run. Sorted, they are the same every time."""
+    if not config.is_file():
+        return  # a full model
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    for key in ("target_modules", "exclude_modules"):
+        if isinstance(settings.get(key), list):
+            settings[key] = sorted(settings[key])
+    config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def save_trained(trainer: Trainer, out_dir: Path) -> None:
     """Write the adapter (or the full model) as safetensors, swapped in whole by rank 0.
 
@@ -447,6 +470,7 @@ def save_trained(trainer: Trainer, out_dir: Path) -> None:
         trainer.save_model(str(staging))  # the Trainer writes only on rank 0
         # The Trainer adds its arguments as a pickle; the adapter directory stays safetensors and JSON only.
         (staging / "training_args.bin").unlink(missing_ok=True)
+        sort_module_sets(staging / "adapter_config.json")
 
     if is_main_process():
         write_dir_atomically(out_dir, write)

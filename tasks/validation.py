@@ -29,6 +29,7 @@ from great_expectations.validator.validation_statistics import calc_validation_s
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.atomic_dir import write_dir_atomically
 from tasks.conversations import ROLES, canonical_column, turn_view
 from tasks.params import DataParams, MessageFields, ValidateParams
 from tasks.tables import CHUNK_ROWS, table_chunks
@@ -406,7 +407,12 @@ def leaked_values(chunks: Chunks, column: str, train_digests: set[str]) -> list[
 
 
 def render_data_docs(results: dict[str, Any], suites: dict[str, gx.ExpectationSuite], docs_dir: Path) -> None:
-    """Data Docs with one validation result per split, as if GX had validated each split whole."""
+    """Data Docs with one validation result per split, as if GX had validated each split whole; they replace the
+    last run's whole (they are not a DVC output, which DVC would have cleared, and GX adds a page per run)."""
+    write_dir_atomically(docs_dir, lambda staging: build_data_docs(results, suites, staging))
+
+
+def build_data_docs(results: dict[str, Any], suites: dict[str, gx.ExpectationSuite], docs_dir: Path) -> None:
     context = quiet_context()
     context.add_data_docs_site(site_name="tailor", site_config={
         "class_name": "SiteBuilder",

@@ -45,7 +45,7 @@ def stage(tmp_path: Path, tiny_model_dir: Path, prefect_api: str) -> tuple[objec
                   matrix=tmp_path / "portfolio.json", scores=tmp_path / "scores.json", reports=tmp_path / "reports",
                   specialists=tmp_path / "specialists", production=tmp_path / "production",
                   decision=tmp_path / "promotion.json")
-    paths.training.write_text(json.dumps({"train_seconds": 120.0}))
+    paths.training.write_text(json.dumps({"tokens_trained": 12000}))
     forgetting = {"base_perplexity": 20.0, "finetuned_perplexity": 21.0, "relative_increase": 0.05,
                   "within_limit": True}
     paths.matrix.write_text(json.dumps({"tasks": {"classification": {"majority_class": {"label": "os"}}},

@@ -212,7 +212,7 @@ def test_template_choices_in_params() -> None:
 
 
 def test_model_card_says_how_the_template_came_and_where_the_adapter_loads() -> None:
-    lineage = {"git_revision": "abc", "metrics": {"finetuned": {"loss": 1.0}}, "params": {}}
+    lineage = {"metrics": {"finetuned": {"loss": 1.0}}, "params": {}}
     assert "Chat template" not in model_card(lineage, [], Path("models/base"), Path("models/production"))
     card = model_card({**lineage, "params": {"tokenize": {"chat_template": "chatml"}}}, [], Path("bases/b"),
                       Path("prod/p"))

@@ -23,18 +23,18 @@ def column(name: str, scores: dict[str, int]) -> Column:
                   majority_label="os")
 
 
-SECONDS = {"specialist:a": 100.0, "specialist:b": 90.0, "multitask": 150.0, "finetuned+retrieval": 100.0}
+TRAINED = {"specialist:a": 1000, "specialist:b": 900, "multitask": 1500, "finetuned+retrieval": 1000}
 
 
 def test_ties_go_to_the_cheapest_approach_and_the_multitask_model_is_compared_with_the_specialist() -> None:
     record = column_record(column("a", {"specialist:a": 40, "specialist:b": 0, "multitask": 39, "finetuned+retrieval": 40,
                                         "generalist": 8, "prompted": 10, "retrieval": 12}),
-                           SECONDS, 0.05, samples=300, confidence=0.95, seed=0)
+                           TRAINED, 0.05, samples=300, confidence=0.95, seed=0)
     assert record["best"] in ("specialist:a", "finetuned+retrieval")
     assert set(record["tied_with_best"]) == {"specialist:a", "finetuned+retrieval", "multitask"}
     assert record["recommended"] == "multitask"  # one adapter for every task, statistically tied with the best
     costs = record["costs"]["multitask"]
-    assert (costs["adapters"], costs["training_seconds"], costs["prompt_tokens_per_example"]) == (1, 150.0, 20.0)
+    assert (costs["adapters"], costs["training_tokens"], costs["prompt_tokens_per_example"]) == (1, 1500, 20.0)
     assert record["costs"]["generalist"]["adapters"] == 0
     assert not record["multitask_vs_specialist"]["better"] and not record["multitask_vs_specialist"]["worse"]
     assert record["forgetting"]["specialist:b"]["worse"]  # b's specialist answers a's task worse than the base model
@@ -46,8 +46,8 @@ def test_the_portfolio_recommends_one_multitask_model_only_where_it_ties_everywh
     ties = {"specialist:a": 40, "specialist:b": 30, "multitask": 39, "finetuned+retrieval": 40, "generalist": 8,
             "prompted": 10, "retrieval": 12}
     b_scores = {**ties, "specialist:b": 40, "specialist:a": 20}
-    columns = {"a": column_record(column("a", ties), SECONDS, 0.05, 300, 0.95, 0),
-               "b": column_record(column("b", b_scores), SECONDS, 0.05, 300, 0.95, 0)}
+    columns = {"a": column_record(column("a", ties), TRAINED, 0.05, 300, 0.95, 0),
+               "b": column_record(column("b", b_scores), TRAINED, 0.05, 300, 0.95, 0)}
     promotions = {"a": {"promoted": True, "reason": "all gates passed"},
                   "b": {"promoted": False, "reason": "failed: forgetting"}}
     forgetting = {"specialist:a": {"base_perplexity": 20.0, "finetuned_perplexity": 40.0, "relative_increase": 1.0},
@@ -64,7 +64,7 @@ def test_the_portfolio_recommends_one_multitask_model_only_where_it_ties_everywh
     plot_heatmap(record, str(tmp_path / "heatmap.png"))
     assert (tmp_path / "heatmap.png").stat().st_size > 5_000
 
-    columns["b"] = column_record(column("b", {**b_scores, "multitask": 10}), SECONDS, 0.05, 300, 0.95, 0)
+    columns["b"] = column_record(column("b", {**b_scores, "multitask": 10}), TRAINED, 0.05, 300, 0.95, 0)
     record = portfolio_record(columns, promotions, forgetting, 0.25)
     assert not record["recommendation"]["multitask_everywhere"]
     assert record["recommendation"]["multitask_passes_gates_for"] == ["a"]

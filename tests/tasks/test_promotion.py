@@ -38,7 +38,7 @@ def metrics(tuned_rouge: float = 0.40, ci: tuple[float, float] = (0.05, 0.15), f
     return {
         "generalist": {"rouge_l": 0.15, "perplexity": 40.0},
         "retrieval": {"rouge_l": 0.30, "perplexity": 8.0},
-        "finetuned": {"rouge_l": tuned_rouge, "perplexity": 9.0, "training_seconds": 300.0},
+        "finetuned": {"rouge_l": tuned_rouge, "perplexity": 9.0, "training_tokens": 30000},
         "best_baseline": "retrieval",
         "comparisons": {"finetuned_vs_retrieval": {"rouge_l": {"value": gain, "ci_low": ci[0], "ci_high": ci[1]}}},
         "forgetting": {"relative_increase": forgetting},
@@ -76,8 +76,7 @@ def test_nan_metric_blocks_promotion() -> None:
 
 def scored(rouge_like: list[str], references: list[str]) -> Scores:
     return Scores(nll=[1.0] * len(references), target_tokens=[1] * len(references),
-                  prompt_tokens=[10] * len(references), predictions=rouge_like, generated_tokens=5,
-                  generation_seconds=1.0)
+                  prompt_tokens=[10] * len(references), predictions=rouge_like, generated_tokens=5)
 
 
 def test_candidate_worse_than_production_is_refused(tmp_path: Path) -> None:
@@ -102,13 +101,13 @@ def test_publish_writes_card_lineage_scores_and_tokenizer(tmp_path: Path, tiny_m
     candidate = tmp_path / "adapter"
     candidate.mkdir()
     (candidate / "adapter_model.safetensors").write_bytes(b"weights")
-    lineage = {"git_revision": "abc", "metrics": metrics(), "inputs": {}, "params": {}}
+    lineage = {"metrics": metrics(), "inputs": {"models/adapter": "abc"}, "params": {}}
     gates = promotion_gates(metrics(), PromoteParams(), NO_PRODUCTION)
     out = publish_production.fn(candidate, tiny_model_dir, tmp_path / "production", lineage, gates, False,
                                 ScoreFile("free_text", [], {}))
     assert (out / "adapter_model.safetensors").read_bytes() == b"weights"
     assert (out / "tokenizer.json").is_file() and (out / EVAL_SCORES).is_file()
-    assert json.loads((out / "lineage.json").read_text())["git_revision"] == "abc"
+    assert json.loads((out / "lineage.json").read_text())["inputs"] == {"models/adapter": "abc"}
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft") and "| rouge_l | 0.15 | 0.3 | 0.4 |" in card
 
@@ -196,7 +195,7 @@ def test_promotion_killed_at_any_point_leaves_a_whole_production_model(tmp_path:
 
     def publish(version: str) -> Callable[[], object]:
         return lambda: publish_production.fn(versions[version], tiny_model_dir, production,
-                                             {"inputs": {}, "params": {}, "git_revision": version, "metrics": metrics()},
+                                             {"inputs": {"models/adapter": version}, "params": {}, "metrics": metrics()},
                                              gates, False, ScoreFile("free_text", [], {}))
 
     publish("new")()
@@ -219,7 +218,7 @@ def test_promotion_killed_at_any_point_leaves_a_whole_production_model(tmp_path:
     assert tree(production) == new
     assert sorted(p.name for p in production.parent.iterdir()) == ["production"]
     loaded = PeftModel.from_pretrained(model, production)
-    assert json.loads((production / "lineage.json").read_text())["git_revision"] == "new"
+    assert json.loads((production / "lineage.json").read_text())["inputs"]["models/adapter"] == "new"
     assert loaded.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False).shape == (1, 5)
 
 

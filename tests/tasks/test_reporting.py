@@ -12,7 +12,7 @@ from tasks.score_files import ScoreFile, Scores
 from tasks.statistics import Interval
 
 COSTS = {"retrieval": {"prompt_tokens_per_example": 184.5},
-         "finetuned": {"prompt_tokens_per_example": 47.9, "training_seconds": 300.0}}
+         "finetuned": {"prompt_tokens_per_example": 47.9, "training_tokens": 30000}}
 
 
 def single(finetuned: float, retrieval: float) -> dict:
@@ -34,7 +34,7 @@ def test_a_tie_is_called_a_tie_with_the_trade_off() -> None:
     line = recommendation("rouge_l", single(0.36, 0.38), paired, COSTS, 0.95)
     assert "**retrieval** and **finetuned** are statistically tied" in line
     assert "retrieval needs no training and 184.5 prompt tokens per answer" in line
-    assert "finetuned needs 300 s of training and 47.9 prompt tokens per answer" in line
+    assert "finetuned needs 30,000 tokens of training and 47.9 prompt tokens per answer" in line
 
 
 def test_lower_is_better_metrics_flip_the_sign() -> None:

@@ -74,7 +74,12 @@ def test_training_lowers_loss_and_writes_safetensors(tiny_model_dir: Path, train
     losses = pd.read_csv(tmp_path / "live" / "plots" / "metrics" / "loss.tsv", sep="\t")["loss"]
     assert len(losses) == PARAMS.max_steps
     assert losses.iloc[-2:].mean() < losses.iloc[:2].mean()
-    assert summary["steps"] == PARAMS.max_steps and summary["tokens_per_second"] > 0
+    assert summary["steps"] == PARAMS.max_steps and summary["timings"]["tokens_per_second"] > 0
+    assert summary["tokens_trained"] > 0
+    # The curves are a DVC output: nothing the clock measured goes into them (it would change dvc.lock each run).
+    curves = [p.relative_to(tmp_path / "live").as_posix() for p in (tmp_path / "live").rglob("*") if p.is_file()]
+    assert "plots/metrics/loss.tsv" in curves and not [c for c in curves if "runtime" in c or "per_second" in c]
+    assert "runtime" not in (tmp_path / "live" / "metrics.json").read_text()
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     save_trained(trainer, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
@@ -207,7 +212,7 @@ def test_dpo_starts_from_an_sft_adapter_which_is_also_its_reference(tiny_model_d
     trainer, summary = run_training(tiny_model_dir, pairs, tmp_path / "dpo", params)
     first = trainer.state.log_history[0]
     assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
-    assert "train_reward_accuracy" in summary and summary["steps"] == 4 and summary["tokens_per_second"] > 0
+    assert "train_reward_accuracy" in summary and summary["steps"] == 4 and summary["timings"]["tokens_per_second"] > 0
     save_trained(trainer, tmp_path / "dpo" / "adapter")
     saved = sorted(p.name for p in (tmp_path / "dpo" / "adapter").iterdir())
     assert "ref" not in saved and "adapter_model.safetensors" in saved
