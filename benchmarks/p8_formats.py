@@ -62,7 +62,7 @@ def run_arm(arm: str, model_dir: Path, steps: int, batch_size: int) -> dict[str,
         _, summary = train(model_dir, dataset, finetune, params.seed, torch.device("cpu"), Path(out) / "checkpoints",
                            Path(out) / "live")
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    return {**summary, "arm": arm, "mean_example_tokens": round(sum(lengths) / len(lengths), 1)}
+    return {**summary.pop("timings"), **summary, "arm": arm, "mean_example_tokens": round(sum(lengths) / len(lengths), 1)}
 
 
 def run_arm_in_subprocess(arm: str, model_dir: Path, steps: int, batch_size: int) -> dict[str, Any]:
