@@ -29,8 +29,8 @@ def test_batched_nll_matches_a_plain_loop(setup) -> None:
 
 def test_batched_generation_matches_one_by_one(setup) -> None:
     model, tokenizer, dataset = setup
-    answers, ended, generated, seconds = generate_answers(model, tokenizer, dataset, batch_size=4, max_new_tokens=12)
-    assert generated > 0 and seconds > 0
+    answers, ended, generated = generate_answers(model, tokenizer, dataset, batch_size=4, max_new_tokens=12)
+    assert generated > 0
     for i, row in enumerate(dataset):
         prompt = torch.tensor([row["input_ids"][: row["prompt_length"]]])
         with torch.no_grad():
