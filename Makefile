@@ -71,12 +71,12 @@ run: install
 	@tail -n 1 reports/specialization.md
 	@grep -h '"reason"' reports/promotion.json
 
-# The portfolio of params.yaml (shipped: the demo portfolio): every specialization, the multi-task model MULTITASK
-# of params.yaml's `multitask`, the cross-evaluation and the multi-task model's promotion task by task; prints the
-# matrix, the recommendations and what the multi-task model serves.
+# The portfolio of params.yaml (shipped: the demo portfolio), portfolio/dvc.yaml: every specialization, the
+# multi-task model MULTITASK of params.yaml's `multitask`, the cross-evaluation and the multi-task model's promotion
+# task by task; prints the matrix, the recommendations and what the multi-task model serves.
 MULTITASK ?= all
 portfolio: install
-	dvc repro promote_multitask@$(MULTITASK)
+	dvc repro portfolio/dvc.yaml:promote_multitask@$(MULTITASK)
 	@sed -n '/^| approach/,/^$$/p' reports/portfolio/$(MULTITASK)/portfolio.md
 	@sed -n '/^## Recommendation/,$$p' reports/portfolio/$(MULTITASK)/portfolio.md
 	@python -c "import json; d = json.load(open('reports/multitask/$(MULTITASK)/promotion.json')); \

@@ -40,8 +40,8 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def stages_run(output: str) -> list[str]:
-    """Stage names in the order `dvc repro` / `dvc exp run` ran them."""
-    return re.findall(r"Running stage '([\w@-]+)'", output)
+    """Stage names in the order `dvc repro` / `dvc exp run` ran them (a portfolio stage without its file's name)."""
+    return re.findall(r"Running stage '(?:portfolio/dvc\.yaml:)?([\w@-]+)'", output)
 
 
 def free_port() -> int:

@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "p7_serving.json")
     args = parser.parse_args()
-    eval_file = REPO / declared_paths("evaluate", REPO / "dvc.yaml")["validated"] / "eval.parquet"
+    eval_file = REPO / declared_paths("evaluate")["validated"] / "eval.parquet"
     prompts = list(pd.read_parquet(eval_file)["prompt"][: args.requests // (2 * len(MODELS)) or 1])
     jobs = [(MODELS[i % len(MODELS)], prompts[(i // len(MODELS)) % len(prompts)]) for i in range(args.requests)]
     port = free_port()

@@ -13,8 +13,8 @@ from tasks.params import Params, load_params
 from tasks.tokenization import tokenize_split
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_DIR = REPO / declared_paths("base_model", REPO / "dvc.yaml")["out"]
-VALIDATED_DIR = REPO / declared_paths("validate", REPO / "dvc.yaml")["out"]
+BASE_DIR = REPO / declared_paths("base_model")["out"]
+VALIDATED_DIR = REPO / declared_paths("validate")["out"]
 
 
 def pipeline_params() -> Params:

@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.stage import run_stage, start_stage_run
 from tasks.errors import UserError
 from tasks.interrupts import (
+    RERUN,
     SIGNALS,
     STOP_REQUESTED,
     Interrupted,
@@ -121,7 +122,7 @@ def launch_training_processes(processes: int, checkpoints: Path) -> None:
         signal.signal(signum, forward)
     code = launcher.wait()
     if STOP_REQUESTED.is_set():
-        exit_interrupted(f"interrupted; `dvc repro` resumes from the last complete checkpoint in {checkpoints} "
+        exit_interrupted(f"interrupted; {RERUN} resumes from the last complete checkpoint in {checkpoints} "
                          "(the training processes' last lines above name it)")
     if code != 0:
         raise UserError(f"the {processes} training processes did not finish; their errors are in the log above")

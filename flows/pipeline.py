@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from flows.stage import git_revision
-from tasks.dag import declared_paths
+from tasks.dag import PIPELINE, declared_paths, dvc_target
 from tasks.errors import UserError
 from tasks.lineage import dvc_status
 from tasks.params import PARAMS_FILE, Params, load_params
@@ -109,16 +109,17 @@ def check_settings(settings: list[str]) -> None:
 
 
 def targets(specializations: list[str] | None, params: Params) -> list[str]:
-    """The DVC stages a run asks for: none named (the whole DAG), or the promotion of each named specialization of
-    the portfolio, which DVC builds with everything it needs and nothing else."""
+    """The DVC targets a run asks for: none named, your own specialization (dvc.yaml, as a plain `dvc repro`); or
+    the promotion of each named specialization of the portfolio, which DVC builds with everything it needs and
+    nothing else."""
     if specializations is None:
-        return []
+        return [str(PIPELINE)]
     unknown = sorted(set(specializations) - set(params.specializations))
     if unknown or not specializations:
         raise UserError(f"specializations {unknown or '[]'}: name some of params.yaml's "
                         f"{sorted(params.specializations) or 'specializations (it has none)'}, or leave the "
-                        "parameter empty to run the whole pipeline")
-    return [f"portfolio_promote@{name}" for name in specializations]
+                        "parameter empty to run your own specialization (dvc.yaml)")
+    return [dvc_target("portfolio_promote", name) for name in specializations]
 
 
 @task(**TRANSIENT_RETRIES)
@@ -129,7 +130,7 @@ def pending_changes(stages: list[str]) -> dict[str, Any]:
 
 @task(cache_policy=NO_CACHE)
 def run_experiment(name: str, settings: list[str], stages: list[str]) -> None:
-    """`dvc exp run`: the whole DAG or `stages`, re-running only what changed, recorded as experiment `name`."""
+    """`dvc exp run` of `stages`, re-running only what changed, recorded as experiment `name`."""
     args = ["exp", "run", "--name", name, *stages]
     for setting in settings:
         args += ["--set-param", setting]
@@ -166,9 +167,8 @@ def specialize(learning_rate: float | None = None, max_steps: int | None = None,
         max_steps: finetune.max_steps for this run (empty: params.yaml's).
         lora_r: finetune.lora.r for this run (empty: params.yaml's).
         settings: more params as key=value, e.g. evaluate.max_examples=32 (as `dvc exp run -S` takes them).
-        specializations: only these of params.yaml's portfolio, each up to its promotion (empty: the whole
-            pipeline: the top-level specialization, every one of the portfolio, the multi-task models and the
-            cross-evaluation).
+        specializations: these of params.yaml's portfolio, each up to its promotion (empty: your own
+            specialization, the stages of dvc.yaml, as a plain `dvc repro` runs them).
         force: run the pipeline even when nothing changed since the last run.
         push: `dvc push` the results when a model is promoted.
     """
@@ -180,13 +180,12 @@ def specialize(learning_rate: float | None = None, max_steps: int | None = None,
     if not changes and not overrides and not force:
         logger.info("nothing changed since the last run (data, params and code match dvc.lock); not retraining")
         return {"ran": False, "reason": "nothing changed since the last run"}
-    logger.info("running %s: %s", ", ".join(stages) or "the pipeline",
+    logger.info("running %s: %s", ", ".join(stages),
                 ", ".join(overrides) or f"changed since the last run: {sorted(changes)}")
     name = f"prefect-{flow_run.get_name()}"
     run_experiment(name, overrides, stages)
-    names = specializations if specializations is not None else list(load_params().specializations)
-    outcomes = {**({} if specializations is not None else {"top-level": outcome("promote")}),
-                **{name: outcome("portfolio_promote", name) for name in names}}
+    outcomes = ({"top-level": outcome("promote")} if specializations is None
+                else {name: outcome("portfolio_promote", name) for name in specializations})
     promoted = any(o["promoted"] for o in outcomes.values())
     if promoted and push:
         push_to_remote()

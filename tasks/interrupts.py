@@ -27,7 +27,11 @@ STOP_REQUESTED = threading.Event()  # set by the first SIGINT/SIGTERM once stop_
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODE = 130  # what a shell reports for a command ended by Ctrl-C
 REPORT_SECONDS = 5
-AT_ONCE = "interrupted; this stage's outputs were not changed, `dvc repro` runs it again"
+# The command that runs this stage again: a portfolio stage (given its specialization or multi-task model on the
+# command line, as portfolio/dvc.yaml does) is not part of a plain `dvc repro`.
+RERUN = ("`dvc repro portfolio/dvc.yaml`" if {"--specialization", "--multitask"} & set(sys.argv)
+         else "`dvc repro`")
+AT_ONCE = f"interrupted; this stage's outputs were not changed, {RERUN} runs it again"
 
 
 class Interrupted(Exception):
@@ -104,7 +108,7 @@ def stop_at_once() -> None:
 def request_stop(signum: int, frame: FrameType | None) -> None:
     """The first signal asks training to stop at the next step boundary; a second one stops at once."""
     if STOP_REQUESTED.is_set():
-        exit_interrupted("interrupted again: stopped at once; `dvc repro` resumes from the last complete checkpoint")
+        exit_interrupted(f"interrupted again: stopped at once; {RERUN} resumes from the last complete checkpoint")
     STOP_REQUESTED.set()
 
 

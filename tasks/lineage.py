@@ -19,16 +19,21 @@ from tasks.errors import UserError
 from tasks.params import load_params
 
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "prefect", "dvc", "great-expectations", "dvclive")
-LOCK_FILE = Path("dvc.lock")
+# What DVC records of each pipeline: your own specialization's (dvc.yaml) and the portfolio's (portfolio/dvc.yaml).
+LOCK_FILES = (Path("dvc.lock"), Path("portfolio/dvc.lock"))
 # Written by `make install`: which environment lock (locks/cpu.txt or locks/cuda.txt) it installed, and its sha256.
 ENVIRONMENT_MARKER = Path(sys.prefix) / "tailor-lock"
 
 
-def locked_hashes(lock_file: Path = LOCK_FILE) -> dict[str, str]:
-    """Path -> content hash of every dep and out that dvc.lock records (empty outside a DVC run)."""
-    if not lock_file.is_file():
-        return {}
-    stages = (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {}).values()
+def locked_stages(lock_files: Sequence[Path] = LOCK_FILES) -> list[dict[str, Any]]:
+    """Every stage's record in the dvc.lock files that exist (none outside a DVC repository)."""
+    return [stage for lock_file in lock_files if lock_file.is_file()
+            for stage in ((yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages") or {}).values()]
+
+
+def locked_hashes(lock_files: Sequence[Path] = LOCK_FILES) -> dict[str, str]:
+    """Path -> content hash of every dep and out that the dvc.lock files record."""
+    stages = locked_stages(lock_files)
     hashes = {entry["path"]: entry.get("md5", "") for stage in stages for entry in stage.get("deps", [])}
     # The producing stage's out wins: a consumer's dep (promote's own, above all) may predate this run.
     hashes.update({entry["path"]: entry.get("md5", "") for stage in stages for entry in stage.get("outs", [])})
@@ -92,16 +97,14 @@ def tampering(folder: Path, lineage: dict[str, Any]) -> list[str]:
     return problems + [f"{folder}/{name}: added since promotion" for name in now if name not in recorded]
 
 
-def model_inputs(models: Collection[Path], lock_file: Path = LOCK_FILE) -> dict[str, str]:
+def model_inputs(models: Collection[Path], lock_files: Sequence[Path] = LOCK_FILES) -> dict[str, str]:
     """Path -> hash, from dvc.lock, of everything the model's weights were built from: the model directories and,
     stage by stage back through the DAG, the outputs they came from and those stages' data inputs. Reports written
     beside them (evaluation scores, reports) do not make the model and are left out, so a re-run evaluation does
     not make an unchanged model look different. Code is pinned by its files' hashes rather than a git revision:
     the commit that builds a model is never the one that records its dvc.lock, so a revision would make the
     promoted folder differ on every fresh clone."""
-    if not lock_file.is_file():
-        return {}
-    stages = list((yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {}).values())
+    stages = locked_stages(lock_files)
     inputs: dict[str, str] = {}
     pending, seen = [str(path) for path in models], set()
     while pending:
@@ -145,13 +148,18 @@ def dvc_status(targets: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def workspace_changes() -> dict[str, str]:
-    """Path -> how it differs from dvc.lock in the workspace ("modified", "deleted", ...)."""
+    """Path -> how it differs from dvc.lock in the workspace ("modified", "deleted", ...). An output is compared
+    with its producing stage's record only: a consumer's older record of it (a portfolio stage's of models/base,
+    say, before the portfolio is rebuilt) says that the consumer is out of date, not that the output changed."""
+    produced = {out["path"] for stage in locked_stages() for out in stage.get("outs", [])}
     changes: dict[str, str] = {}
     for entries in dvc_status().values():
         for entry in entries:
             if isinstance(entry, dict):
                 for kind in ("changed deps", "changed outs"):
                     for path, how in entry.get(kind, {}).items():
+                        if kind == "changed deps" and path in produced:
+                            continue
                         changes[path] = how if isinstance(how, str) else "changed: " + ", ".join(how)
     return changes
 

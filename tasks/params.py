@@ -282,7 +282,7 @@ class Params(Section):
     promote: PromoteParams = PromoteParams()
     specializations: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="name -> the sections it sets over the top-level ones; each has its own "
-                                          "stages in dvc.yaml (portfolio_<stage>@<name>) and outputs")
+                                          "stages in portfolio/dvc.yaml (portfolio_<stage>@<name>) and outputs")
     multitask: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="name -> the specializations one multi-task model is trained on, each "
                                           "with its sampling weight (its share of the training examples)")

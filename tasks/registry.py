@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tasks.dag import declared_paths
 from tasks.errors import UserError
-from tasks.lineage import LOCK_FILE, locked_hashes
+from tasks.lineage import LOCK_FILES, locked_hashes
 from tasks.params import MAIN_ARTIFACT, Params
 
 MULTITASK_ARTIFACT = "multitask-{}"  # a multi-task model's name in the registry
@@ -42,11 +42,12 @@ def register_promoted(params: Params, stage: str) -> list[str]:
     import gto.api  # loads git machinery: only for this command
     from gto.exceptions import ArtifactNotFound
 
-    pending = subprocess.run(["git", "status", "--porcelain", "--", str(LOCK_FILE)], capture_output=True, text=True)
+    pending = subprocess.run(["git", "status", "--porcelain", "--", *map(str, LOCK_FILES)], capture_output=True,
+                             text=True)
     if pending.returncode != 0 or pending.stdout.strip():
-        raise UserError(f"{LOCK_FILE} has uncommitted changes (or this is no git repository): commit the "
-                        "pipeline's results first, since a registered version points at the commit that records "
-                        "its model")
+        raise UserError(f"{' or '.join(map(str, LOCK_FILES))} has uncommitted changes (or this is no git "
+                        "repository): commit the pipeline's results first, since a registered version points at the "
+                        "commit that records its model")
     locked = locked_hashes()
     lines = []
     for name, production in production_dirs(params).items():
@@ -54,7 +55,8 @@ def register_promoted(params: Params, stage: str) -> list[str]:
             lines.append(f"{name}: no production model yet (never promoted)")
             continue
         if str(production) not in locked:
-            raise UserError(f"{production} is not in {LOCK_FILE}; run `dvc repro` and commit its results")
+            raise UserError(f"{production} is not in {' or '.join(map(str, LOCK_FILES))}; run `dvc repro` (or "
+                            "`make portfolio`) and commit its results")
         # The model's content hash in dvc.lock names it in the registry: the same model is never registered twice.
         marker = f"{production} md5 {locked[str(production)]}"
         try:

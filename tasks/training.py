@@ -36,7 +36,7 @@ from transformers.integrations import DVCLiveCallback
 from tasks.atomic_dir import staging_dir, write_dir_atomically
 from tasks.errors import UserError
 from tasks.flops import mfu, peak_flops, training_flops_per_token
-from tasks.interrupts import STOP_REQUESTED, Interrupted
+from tasks.interrupts import RERUN, STOP_REQUESTED, Interrupted
 from tasks.models import chat_token_ids, load_model, padding_id
 from tasks.params import FinetuneParams
 
@@ -389,7 +389,7 @@ def run_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trai
     seconds = time.perf_counter() - started
     if stop.stopped_at is not None:
         kept = latest_complete_checkpoint(Path(args.output_dir), params.max_steps)
-        raise Interrupted(f"interrupted at step {stop.stopped_at} of {params.max_steps}; `dvc repro` resumes "
+        raise Interrupted(f"interrupted at step {stop.stopped_at} of {params.max_steps}; {RERUN} resumes "
                           + (f"from {kept}" if kept else "from the start (no checkpoint was complete yet)"))
     tokens = trainer.state.num_input_tokens_seen - tokens_before  # summed over all processes
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

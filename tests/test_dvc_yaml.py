@@ -15,8 +15,11 @@ import yaml
 from flows.stage import Target, stage_arguments
 
 REPO = Path(__file__).resolve().parents[1]
-# A portfolio stage (foreach over the specializations) is checked as DVC would expand it for one named "x".
-DECLARED = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# Your own specialization's stages and the portfolio's. A portfolio stage (foreach over the specializations) is
+# checked as DVC would expand it for one named "x".
+PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+PORTFOLIO = yaml.safe_load((REPO / "portfolio/dvc.yaml").read_text())
+DECLARED = {**PIPELINE, **PORTFOLIO["stages"]}
 STAGES = {name: yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", "x")) if "foreach" in stage else stage
           for name, stage in DECLARED.items()}
 
@@ -72,3 +75,13 @@ def test_stage_paths_are_its_deps_and_outs_and_the_flow_reads_them_all(stage: st
     undeclared = {str(value) for field, value in vars(paths).items() if field in UNDECLARED}
     assert not undeclared & outs, undeclared & outs  # a re-run would not rebuild them byte for byte
     assert data_deps | outs <= given, (data_deps | outs) - given  # nothing declared that the flow does not use
+
+
+def test_a_plain_dvc_repro_runs_your_own_specialization_and_the_portfolio_runs_from_the_repository_root() -> None:
+    """dvc.yaml holds the seven stages of your own specialization only; the portfolio's stages (one run per
+    specialization or multi-task model) are in portfolio/dvc.yaml, opt-in, where each runs from the repository root
+    on the one params.yaml, so that its paths and params keys read as the top-level ones."""
+    assert not any("foreach" in stage for stage in PIPELINE.values())
+    assert not set(PIPELINE) & set(PORTFOLIO["stages"])
+    assert PORTFOLIO["vars"] == ["../params.yaml"]
+    assert all("foreach" in stage and stage["do"]["wdir"] == ".." for stage in PORTFOLIO["stages"].values())

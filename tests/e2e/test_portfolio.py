@@ -91,7 +91,7 @@ def portfolio(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Pat
 
 @pytest.fixture(scope="module")
 def built(portfolio: Path) -> tuple[Path, list[str], str]:
-    result = run(portfolio, "dvc", "repro", "promote_multitask@both")
+    result = run(portfolio, "dvc", "repro", "portfolio/dvc.yaml:promote_multitask@both")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return portfolio, stages_run(result.stdout), result.stdout + result.stderr
 
@@ -227,7 +227,7 @@ def test_conversations_run_every_stage_and_every_approach_answers_the_last_turn(
 
 def test_a_repro_with_nothing_changed_runs_nothing(built) -> None:
     root, _, _ = built
-    result = run(root, "dvc", "repro", "promote_multitask@both")
+    result = run(root, "dvc", "repro", "portfolio/dvc.yaml:promote_multitask@both")
     assert result.returncode == 0 and stages_run(result.stdout) == [], result.stdout[-2000:]
 
 
@@ -254,12 +254,12 @@ def test_one_learning_rate_reruns_only_that_specialization(built) -> None:
     root, _, _ = built
     docs_before = tree_digest(root, "models/specializations/adapter/docs", "reports/specializations/docs")
     result = run(root, "dvc", "exp", "run", "-S", "specializations.chat.finetune.learning_rate=0.01",
-                 "portfolio_promote@chat")
+                 "portfolio/dvc.yaml:portfolio_promote@chat")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert stages_run(result.stdout) == ["portfolio_finetune@chat", "portfolio_evaluate@chat",
                                          "portfolio_promote@chat"]
     # Of the rest, only the matrix (which scores the new specialist) and what it decides are out of date.
-    remaining = run(root, "dvc", "repro", "--dry", "promote_multitask@both")
+    remaining = run(root, "dvc", "repro", "--dry", "portfolio/dvc.yaml:promote_multitask@both")
     assert stages_run(remaining.stdout) == ["portfolio@both", "promote_multitask@both"], remaining.stdout[-2000:]
     assert tree_digest(root, "models/specializations/adapter/docs", "reports/specializations/docs") == docs_before
 
@@ -271,7 +271,7 @@ def test_a_broken_file_stops_at_its_specializations_validate(built) -> None:
     before = tree_digest(root, *kept)
     with (root / "data/raw/chat/train.jsonl").open("a") as handle:
         handle.write('{"conversations": [broken line\n')
-    result = run(root, "dvc", "repro", "promote_multitask@both")
+    result = run(root, "dvc", "repro", "portfolio/dvc.yaml:promote_multitask@both")
     assert result.returncode != 0
     assert stages_run(result.stdout) == ["portfolio_validate@chat"], result.stdout[-2000:]
     assert "data/raw/chat/train.jsonl" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]

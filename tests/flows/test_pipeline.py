@@ -61,9 +61,9 @@ def test_a_run_of_chosen_specializations_asks_dvc_for_their_promotions_only() ->
     from tasks.params import load_params
 
     params = load_params()
-    assert targets(None, params) == []  # the whole DAG
-    assert targets(["translation", "classification"], params) == ["portfolio_promote@translation",
-                                                                  "portfolio_promote@classification"]
+    assert targets(None, params) == ["dvc.yaml"]  # your own specialization, as a plain `dvc repro`
+    assert targets(["translation", "classification"], params) == [
+        "portfolio/dvc.yaml:portfolio_promote@translation", "portfolio/dvc.yaml:portfolio_promote@classification"]
     with pytest.raises(UserError, match=r"specializations \['tickets'\]: name some of params.yaml's \['class"):
         targets(["tickets", "translation"], params)
     with pytest.raises(UserError, match=r"specializations \[\]: name some"):
@@ -90,7 +90,8 @@ def test_a_task_the_multitask_model_won_is_served_by_it(tmp_path: Path, monkeypa
     from tasks.params import load_params
     from tasks.registry import production_dirs, promoted
 
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "portfolio/dvc.yaml", "params.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text((REPO / name).read_text())
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "models/multitask/all/production"

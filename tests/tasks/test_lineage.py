@@ -24,11 +24,11 @@ def test_model_inputs_follow_the_dag_back_from_the_model_with_its_code_and_leave
                      "outs": [entry("models/adapter", "adapter"), entry("reports/training.json", "timing")]},
         "evaluate": {"deps": [entry("models/adapter", "adapter")], "outs": [entry("reports/metrics.json", "m")]},
     }}))
-    inputs = model_inputs([Path("models/adapter"), Path("models/base")], lock)
+    inputs = model_inputs([Path("models/adapter"), Path("models/base")], [lock])
     assert inputs == {"chat_templates": "tpl", "data/raw.jsonl": "raw", "tasks/validation.py": "c1", "data/tokenized": "tok",
                       "data/tokenized/train": "train", "data/validated": "val", "models/adapter": "adapter",
                       "models/base": "base"}
-    assert model_inputs([Path("models/adapter")], tmp_path / "missing.lock") == {}
+    assert model_inputs([Path("models/adapter")], [tmp_path / "missing.lock"]) == {}
 
 
 def test_environment_lock_is_read_from_the_install_marker_and_differences_are_named(tmp_path: Path) -> None:
