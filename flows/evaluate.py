@@ -47,7 +47,8 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     settings = params.evaluate
     baselines = ScoreFile.read(paths.baselines)
     model, tokenizer = load_model(paths.base, pick_device("auto"))
-    evaluation = answerable(held_out(paths.validated / "eval.parquet", settings.max_examples), tokenizer,
+    scored, drawn = held_out(paths.validated / "eval.parquet", params)
+    evaluation = answerable(scored, tokenizer,
                             params.data.format, params.tokenize.system_prompt, params.tokenize.max_length)
     dataset = tokenize_split(tokenizer, evaluation, params.data.format, params.tokenize.system_prompt,
                              params.tokenize.max_length)
@@ -78,7 +79,7 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)
     paths.metrics.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     scores.write(paths.scores)
-    report = render_report(comparison, settings.confidence, len(examples))
+    report = render_report(comparison, settings.confidence, len(examples), drawn)
     paths.report.write_text(report, encoding="utf-8")
     plot_chart(comparison.metrics, comparison.single, str(paths.chart))
     create_markdown_artifact(key="specialization-report", markdown=report, description=comparison.recommendation)

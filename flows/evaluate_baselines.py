@@ -37,7 +37,7 @@ def evaluate_baselines_flow(params: Params, paths: Paths) -> dict[str, dict[str,
     baselines, tokenize, evaluate, data_format = params.baselines, params.tokenize, params.evaluate, params.data.format
     model, tokenizer = load_model(paths.base, pick_device("auto"))
     train = pd.read_parquet(paths.validated / "train.parquet")
-    evaluation = answerable(held_out(paths.validated / "eval.parquet", evaluate.max_examples), tokenizer,
+    evaluation = answerable(held_out(paths.validated / "eval.parquet", params)[0], tokenizer,
                             data_format, tokenize.system_prompt, tokenize.max_length)
     build_index(searched_texts(train, data_format), baselines.retriever, paths.index)
     nearest = retrieve(paths.index, searched_texts(evaluation, data_format), baselines.retrieval_k)

@@ -77,7 +77,7 @@ def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, Hel
         spec = params.specialized(name)
         data_format, tokenize = spec.data.format, spec.tokenize
         train = pd.read_parquet(paths.validated / name / "train.parquet")
-        evaluation = answerable(held_out(paths.validated / name / "eval.parquet", spec.evaluate.max_examples),
+        evaluation = answerable(held_out(paths.validated / name / "eval.parquet", spec)[0],
                                 tokenizer, data_format, tokenize.system_prompt, tokenize.max_length)
         plain = tokenize_split(tokenizer, evaluation, data_format, tokenize.system_prompt, tokenize.max_length)
         scores = ScoreFile.read(paths.reports / name / "scores.json")

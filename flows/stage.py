@@ -28,13 +28,36 @@ P = TypeVar("P")
 
 
 class HideUserErrorTracebacks(logging.Filter):
-    """Prefect logs every failed run with its traceback; for a UserError the message says it all."""
+    """Prefect logs every failed run with its traceback; for a UserError the message says it all (the Prefect UI
+    keeps the message, without the traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], UserError):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+def user_error_names() -> set[str]:
+    """UserError and its subclasses, as Prefect's log lines name them."""
+    found, pending = set(), [UserError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+class PrintUserErrorsOnce(logging.Filter):
+    """On the terminal, Prefect repeats a failed run's exception four times (the task run and the flow run, each
+    as a repr with escaped newlines, then as its final state); for a UserError the `tailor:` line printed at exit
+    is the one clean copy, so those records are left out there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            return False
+        message = record.getMessage()
+        return not any(f"{name}(" in message or f"{name}: " in message for name in user_error_names())
 
 
 def git_revision() -> str:
@@ -103,9 +126,13 @@ def run_stage(stage: Callable[[Params, P], object], paths_type: type[P]) -> None
     user error."""
     paths, target = stage_arguments(paths_type)
     stop_at_once()  # SIGTERM like Ctrl-C; training replaces this with a stop at the next step boundary
-    # Prefect's console handler sits on the root logger; its run loggers propagate to it.
-    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
-        handler.addFilter(HideUserErrorTracebacks())
+    # Prefect's console handler sits on the root logger; its run loggers send to the API (the UI), then
+    # propagate to the console.
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(HideUserErrorTracebacks())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PrintUserErrorsOnce())
     try:
         params = load_params(specialization=target.specialization, multitask=target.multitask)
         with tags(*run_labels(target)):

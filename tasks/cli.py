@@ -17,14 +17,55 @@ from tasks.dag import declared_paths
 from tasks.errors import UserError
 from tasks.interrupts import stop_children
 from tasks.lineage import show_lineage
-from tasks.params import PARAMS_FILE, load_params
+from tasks.params import PARAMS_FILE, Params, load_params
+from tasks.tables import table_chunks
 
 SERVER_PID = os.getpid()  # the HTTP process LitServe forks inherits the handler below; only this one reports
 
 
+# The shipped demo's data and the prompt its prompted baseline is given. On other data that prompt describes
+# someone else's task: the prompted baseline would be judged on it and look worse than it is, which favours
+# fine-tuning in a comparison the report presents as fair.
+DEMO_TRAIN = Path("data/demo/train.jsonl")
+DEMO_SYSTEM_PROMPT = "You document the Python standard library."
+
+
+def data_problems(where: str, params: Params) -> list[str]:
+    """What `validate` would refuse before reading a row: each data file exists, reads as its type and holds the
+    columns its format needs under their mapped names (its first rows are read); and the prompted baseline's
+    system prompt is not the demo's on other data."""
+    from tasks.validation import required_columns  # Great Expectations loads with it: only once params are valid
+
+    problems = []
+    for split in ("train", "eval"):
+        path = getattr(params.data, split)
+        try:
+            first = next(table_chunks(path, rows=100))
+        except UserError as exc:
+            problems.append(f"{where}data.{split}: {exc}")
+            continue
+        missing = [f"'{column}' ({role})" for role, column in required_columns(params.data).items()
+                   if column not in first.columns]
+        if missing:
+            problems.append(f"{where}data.{split}: {path} has no column {', '.join(missing)}, which data.format "
+                            f"{params.data.format} needs; its columns are {', '.join(map(str, first.columns))}: "
+                            f"map yours under {where}data.columns")
+    if params.data.train != DEMO_TRAIN and params.baselines.system_prompt.startswith(DEMO_SYSTEM_PROMPT):
+        problems.append(f"{where}baselines.system_prompt: still the demo's (\"{DEMO_SYSTEM_PROMPT}…\") on "
+                        f"{params.data.train}; write the instruction you would give a generalist model for your "
+                        "task, or the prompted baseline is judged on someone else's prompt")
+    return problems
+
+
 def check(path: Path) -> int:
-    load_params(path)
-    print(f"{path} is valid")
+    """params.yaml against the schema, then each specialization's data files against its params."""
+    params = load_params(path)
+    problems = data_problems("", params) + [
+        problem for name in params.specializations
+        for problem in data_problems(f"specializations.{name}.", params.specialized(name))]
+    if problems:
+        raise UserError(f"{path} is valid, but its data is not ready:\n  " + "\n  ".join(problems))
+    print(f"{path} is valid; its data files hold the columns it maps")
     return 0
 
 

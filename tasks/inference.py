@@ -20,15 +20,44 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.models import padding_id
+from tasks.params import Params
 from tasks.score_files import Scores
 from tasks.tables import read_table
 from tasks.tokenization import IGNORE_INDEX, tokenize_split
 
 
-def held_out(eval_file: Path, max_examples: int) -> pd.DataFrame:
-    """The examples every approach is scored on, in both evaluation stages: the first max_examples rows of the
-    validated eval split."""
-    return pd.read_parquet(eval_file).head(max_examples)
+def held_out(eval_file: Path, params: Params) -> tuple[pd.DataFrame, str]:
+    """The examples every approach is scored on (the same in every evaluation stage), and how they were drawn:
+    the whole validated eval split when it has at most evaluate.max_examples rows; otherwise a sample seeded by
+    params' seed, never the first rows (a file sorted by label or by source would be scored on one part of it),
+    stratified by label for a classification task so that each label keeps its share, at least one row each."""
+    rows = pd.read_parquet(eval_file)
+    wanted = params.evaluate.max_examples
+    if len(rows) <= wanted:
+        return rows, f"all {len(rows)} rows of the eval split"
+    labels = rows["response"] if params.evaluate.task == "classification" and "response" in rows else None
+    if labels is None:
+        return rows.sample(n=wanted, random_state=params.seed).sort_index(), \
+            f"a sample of {wanted} of the eval split's {len(rows)} rows (seed {params.seed})"
+    quotas = label_quotas(labels.value_counts().sort_index(), wanted)
+    sample = pd.concat(rows[labels == label].sample(n=quota, random_state=params.seed)
+                       for label, quota in quotas.items() if quota)
+    return sample.sort_index(), (f"a sample of {wanted} of the eval split's {len(rows)} rows (seed {params.seed}), "
+                                 f"stratified by label")
+
+
+def label_quotas(counts: pd.Series, wanted: int) -> dict[str, int]:
+    """Rows to draw per label: proportional to its count (largest remainders), and one at least for every label
+    while wanted allows, taken from the label with the most."""
+    shares = counts * wanted / counts.sum()
+    quotas = shares.astype(int)
+    for label in (shares - quotas).sort_values(ascending=False, kind="stable").index[:wanted - quotas.sum()]:
+        quotas[label] += 1
+    for label in quotas.index[quotas == 0][:max(wanted - len(counts), 0) + 1]:
+        if quotas.max() > 1:
+            quotas[quotas.idxmax()] -= 1
+            quotas[label] += 1
+    return {str(label): int(quota) for label, quota in quotas.items()}
 
 
 def example_records(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data_format: str) -> list[dict[str, str]]:

@@ -209,7 +209,9 @@ class FinetuneParams(Section):
     def adapter_directory(cls, path: Path | None) -> Path | None:
         if path is not None and not (path / "adapter_config.json").is_file():
             raise ValueError("not a LoRA adapter directory (no adapter_config.json there); point it at one the "
-                             "finetune stage wrote, e.g. a copy of models/adapter or models/production/adapter")
+                             "finetune stage wrote, e.g. a copy of the promoted adapter (`cp -r models/production "
+                             "models/sft`, then init_adapter: models/sft); not models/production itself, which "
+                             "this run's promotion may replace")
         return path
 
     @model_validator(mode="after")
@@ -238,7 +240,8 @@ class BaselinesParams(Section):
 
 class EvaluateParams(Section):
     task: Literal["free_text", "summarization", "translation", "classification"] = "free_text"
-    max_examples: int = Field(64, ge=1, description="held-out examples scored (the first N of the eval split)")
+    max_examples: int = Field(64, ge=1, description="held-out examples scored: all when the eval split has no more, "
+                                                   "else a seeded sample (stratified by label for classification)")
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     bootstrap_samples: int = Field(1000, ge=100, le=100_000)

@@ -52,7 +52,7 @@ def trade_off(a: str, b: str, costs: dict[str, dict[str, float]]) -> str:
     return "; ".join(parts)
 
 
-def render_report(comparison: Comparison, confidence: float, examples: int) -> str:
+def render_report(comparison: Comparison, confidence: float, examples: int, drawn: str) -> str:
     """reports/specialization.md: the table of every approach, the fine-tuned model against each baseline,
     forgetting, the largest regressions, and the recommendation."""
     metrics, single, costs = comparison.metrics, comparison.single, comparison.costs
@@ -60,7 +60,8 @@ def render_report(comparison: Comparison, confidence: float, examples: int) -> s
     header = "| approach | " + " | ".join(metrics) + " | " + " | ".join(n.replace("_", " ") for n in cost_names) + " |"
     lines = [
         "# Which specialization is best for this data?", "",
-        f"{examples} held-out examples, the same for every approach; {confidence:.0%} paired bootstrap intervals.",
+        f"{examples} held-out examples ({drawn}), the same for every approach; {confidence:.0%} paired bootstrap "
+        "intervals.",
         "", header, "|" + "---|" * (1 + len(metrics) + len(cost_names)),
     ]
     for a in single:

@@ -121,6 +121,7 @@ def test_bad_file_stops_validate(outcomes: dict[str, dict[str, Any]], name: str)
     assert CASES[name].get("line", "") in message, message  # a conversation's line and turn
     assert name in message  # the file is named
     assert "Traceback" not in outcome["stderr"]
+    assert outcome["stderr"].count(CASES[name]["expect"]) == 1, outcome["stderr"][-3000:]  # once: no Prefect copies
     assert outcome["unchanged"]
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.inference import example_records, generate_answers, reference_nll
+from tasks.inference import example_records, generate_answers, held_out, label_quotas, reference_nll
+from tasks.params import load_params
 from tasks.tokenization import tokenize_split
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
@@ -81,3 +82,30 @@ def test_plain_text_with_passages_in_context_is_scored_on_the_same_tokens(tiny_m
         assert scored == bare["input_ids"][1:]  # the first token has nothing before it without context
     assert example_records(plain, tokenizer, "text") == example_records(with_context, tokenizer, "text")
 
+
+
+def test_an_eval_file_sorted_by_label_is_sampled_across_every_label(tmp_path: Path) -> None:
+    """max_examples never means "the first rows": 200 rows sorted by label (120, 60, 20), 20 scored."""
+    labels = ["billing"] * 120 + ["outage"] * 60 + ["refund"] * 20
+    eval_file = tmp_path / "eval.parquet"
+    pd.DataFrame({"prompt": [f"ticket {i}" for i in range(200)], "response": labels}).to_parquet(eval_file)
+    shipped = load_params()
+
+    def evaluated(**settings: object) -> tuple[pd.DataFrame, str]:
+        params = shipped.model_copy(update={"evaluate": shipped.evaluate.model_copy(update=settings)})
+        return held_out(eval_file, params)
+
+    rows, drawn = evaluated(max_examples=20, task="classification")
+    assert rows["response"].value_counts().to_dict() == {"billing": 12, "outage": 6, "refund": 2}
+    assert drawn == "a sample of 20 of the eval split's 200 rows (seed 42), stratified by label"
+    again, _ = evaluated(max_examples=20, task="classification")
+    assert again.equals(rows) and list(rows.index) == sorted(rows.index)  # seeded, in file order
+    rows, drawn = evaluated(max_examples=20, task="free_text")
+    assert len(rows) == 20 and rows.index.max() >= 120 and "stratified" not in drawn
+    assert evaluated(max_examples=500)[1] == "all 200 rows of the eval split"
+
+
+def test_label_quotas_are_proportional_and_keep_every_label() -> None:
+    assert label_quotas(pd.Series({"a": 50, "b": 30, "c": 20}), 10) == {"a": 5, "b": 3, "c": 2}
+    assert label_quotas(pd.Series({"a": 997, "b": 2, "c": 1}), 10) == {"a": 8, "b": 1, "c": 1}
+    assert sum(label_quotas(pd.Series({"a": 3, "b": 3, "c": 3}), 2).values()) == 2
