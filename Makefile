@@ -18,7 +18,7 @@ export PATH := $(BIN):$(PATH)
 LOCK_INPUTS = $(shell $(PYTHON) -c 'import hashlib, json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print(hashlib.sha256(json.dumps([p["requires-python"], p["dependencies"], p["optional-dependencies"]]).encode()).hexdigest())')
 
-.PHONY: install lock run portfolio test ui serve bench clean
+.PHONY: install lock run portfolio test docs docs-site docs-lock ui serve bench clean
 
 # Bytecode is written the first time a process imports a module, and reused after: every stage is a fresh
 # process, and without the cache each would compile its imports again. Some images turn the cache off
@@ -86,9 +86,29 @@ portfolio: install
 # of their time waiting (on the Prefect server, on their children), so with two workers on two cores a sixth of the
 # CPU idled: a third fills it. tests/conftest.py keeps each module, and the modules sharing a tiny-project build, on
 # one worker, and starts one Prefect server for all three.
-test: install
+test: install docs-site
 	ruff check .
 	OMP_NUM_THREADS=1 python -m pytest -q -n 3
+
+# The docs site (mkdocs-material) in site/: its own small environment, locked with hashes in docs/requirements.txt
+# (its tools never touch a model, so they stay out of the pipeline's lock and of every stage's dependencies).
+# `make docs` writes the generated pages (the configuration reference from the schema, the error catalogue from the
+# test corpora) and builds the site; `make test` builds it as committed, strictly: a broken link fails.
+DOCS_VENV := .docs-venv
+$(DOCS_VENV)/.installed: docs/requirements.txt
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install --quiet --no-deps --require-hashes -r docs/requirements.txt
+	touch $@
+docs-site: $(DOCS_VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --quiet
+docs: install $(DOCS_VENV)/.installed
+	python -m docs.generate
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --quiet
+	@echo "docs: site/index.html (or $(DOCS_VENV)/bin/mkdocs serve for a live preview on 127.0.0.1:8000)"
+docs-lock:
+	mkdir -p $(DOCS_VENV) && echo "mkdocs-material==9.8.1" > $(DOCS_VENV)/requirements.in
+	$(BIN)/python -m uv pip compile $(DOCS_VENV)/requirements.in --quiet --universal --generate-hashes --python-version 3.11 \
+		--custom-compile-command "make docs-lock" --output-file docs/requirements.txt
 
 # A local Prefect server (127.0.0.1, SQLite under ~/.prefect), the deployments of prefect.yaml, and a process
 # worker that runs them; Ctrl-C stops all of it. The UI is told its API's address: without PREFECT_UI_API_URL it

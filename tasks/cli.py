@@ -6,12 +6,16 @@ module."""
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from tasks.dag import declared_paths
 from tasks.errors import UserError
@@ -27,7 +31,8 @@ SERVER_PID = os.getpid()  # the HTTP process LitServe forks inherits the handler
 # someone else's task: the prompted baseline would be judged on it and look worse than it is, which favours
 # fine-tuning in a comparison the report presents as fair.
 DEMO_TRAIN = Path("data/demo/train.jsonl")
-DEMO_SYSTEM_PROMPT = "You document the Python standard library."
+DEMO_SYSTEM_PROMPT = ("You document the Python standard library. Answer with one sentence in the style of a "
+                      "docstring summary.")
 
 
 def data_problems(where: str, params: Params) -> list[str]:
@@ -50,11 +55,79 @@ def data_problems(where: str, params: Params) -> list[str]:
             problems.append(f"{where}data.{split}: {path} has no column {', '.join(missing)}, which data.format "
                             f"{params.data.format} needs; its columns are {', '.join(map(str, first.columns))}: "
                             f"map yours under {where}data.columns")
-    if params.data.train != DEMO_TRAIN and params.baselines.system_prompt.startswith(DEMO_SYSTEM_PROMPT):
-        problems.append(f"{where}baselines.system_prompt: still the demo's (\"{DEMO_SYSTEM_PROMPT}…\") on "
+    if params.data.train != DEMO_TRAIN and params.baselines.system_prompt == DEMO_SYSTEM_PROMPT:
+        problems.append(f"{where}baselines.system_prompt: still the demo's (\"{DEMO_SYSTEM_PROMPT[:40]}…\") on "
                         f"{params.data.train}; write the instruction you would give a generalist model for your "
                         "task, or the prompted baseline is judged on someone else's prompt")
     return problems
+
+
+EXAMPLES = Path("examples")
+BASE_EXAMPLE = "qa"  # a complete params file: every other example sets its own keys over it
+
+
+def example_names(root: Path = Path()) -> list[str]:
+    return sorted(path.parent.name for path in (root / EXAMPLES).glob("*/params.yaml"))
+
+
+def example_summary(name: str) -> str:
+    """An example's first comment line: what it is."""
+    return (EXAMPLES / name / "params.yaml").read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+
+
+def overlay(base: Any, keys: Any) -> None:
+    """Set the example's keys over the base, mapping by mapping; a key's comment travels with it."""
+    for key, value in keys.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and value:
+            overlay(base[key], value)
+            continue
+        base[key] = value
+        if key in keys.ca.items:
+            base.ca.items[key] = keys.ca.items[key]
+
+
+def example_params(name: str, root: Path = Path()) -> str:
+    """The params.yaml of example `name`: its header comment, then the Q&A example with its keys set over it,
+    every comment kept (ruamel.yaml's round trip)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.width = 116
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    params = yaml.load((root / EXAMPLES / BASE_EXAMPLE / "params.yaml").read_text(encoding="utf-8"))
+    header = ""
+    if name != BASE_EXAMPLE:
+        text = (root / EXAMPLES / name / "params.yaml").read_text(encoding="utf-8")
+        leading = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())
+        header = "".join(line + "\n" for line in leading) + "#\n"
+        overlay(params, yaml.load(text))
+    written = io.StringIO()
+    yaml.dump(params, written)
+    return header + written.getvalue()
+
+
+def init(example: str | None, force: bool) -> int:
+    """Write params.yaml from an example (and its data, where the example has a generator); None lists them."""
+    names = example_names()
+    if example is None:
+        print("\n".join(f"{name:16} {example_summary(name)}" for name in names))
+        print("\ntailor init --example NAME writes params.yaml from one (and its data, where it has a generator)")
+        return 0
+    if example not in names:
+        raise UserError(f"--example {example}: no such example; choose one of {', '.join(names)} (tailor init "
+                        "lists them)")
+    edited = subprocess.run(["git", "status", "--porcelain", "--", str(PARAMS_FILE)], capture_output=True, text=True)
+    if PARAMS_FILE.is_file() and not force and (edited.returncode != 0 or edited.stdout.strip()):
+        raise UserError(f"{PARAMS_FILE} has changes git does not have: commit them first (git commit {PARAMS_FILE}), "
+                        "or run with --force to replace them")
+    generator = EXAMPLES / example / "generate.py"
+    if generator.is_file() and subprocess.run([sys.executable, str(generator)]).returncode != 0:
+        raise UserError(f"{generator} failed (its output is above); {PARAMS_FILE} was left as it was")
+    staged = PARAMS_FILE.with_name(f".{PARAMS_FILE.name}.tmp")  # replaced in one step: never half-written
+    staged.write_text(example_params(example), encoding="utf-8")
+    os.replace(staged, PARAMS_FILE)
+    print(f"tailor: wrote {PARAMS_FILE} from {EXAMPLES / example}; next: tailor check, then dvc repro")
+    return 0
 
 
 def check(path: Path) -> int:
@@ -143,6 +216,10 @@ def serve(host: str, port: int, extra: list[str], max_batch_size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tailor", description="tailor: reproducible LLM specialization")
     commands = parser.add_subparsers(dest="command", required=True)
+    initializing = commands.add_parser("init", help="write params.yaml from a ready example; without --example, "
+                                                    "list them")
+    initializing.add_argument("--example", choices=example_names(), metavar="NAME")
+    initializing.add_argument("--force", action="store_true", help="replace a params.yaml with uncommitted changes")
     checking = commands.add_parser("check", help="validate params.yaml against the schema; runs nothing")
     checking.add_argument("params", nargs="?", type=Path, default=PARAMS_FILE)
     lineage = commands.add_parser("lineage", help="print a promoted model's lineage and check it against dvc.lock")
@@ -164,6 +241,8 @@ def main() -> None:
     registering.add_argument("--stage", default="prod", help="the stage assigned to each new version (default prod)")
     args = parser.parse_args()
     try:
+        if args.command == "init":
+            sys.exit(init(args.example, args.force))
         if args.command == "check":
             sys.exit(check(args.params))
         if args.command == "export":

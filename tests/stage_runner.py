@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from benchmarks.harness import copy_repository, environment
@@ -80,3 +81,20 @@ def run(root: Path, *command: str, timeout: int = 900, **extra_env: str) -> subp
                           timeout=timeout)
 
 
+TRAIN, EVAL = "data/raw/my_train.csv", "data/raw/my_eval.csv"
+
+
+def follow_the_own_data_page(root: Path) -> None:
+    """docs/own-data.md steps 1, 2 and 5 (up to `dvc repro`), on the tiny project's rows written as a user's CSV."""
+    (root / "data/raw").mkdir(parents=True)
+    for split, path in (("train", TRAIN), ("eval", EVAL)):
+        rows = pd.read_json(root / f"data/demo/{split}.jsonl", lines=True)
+        rows.rename(columns={"prompt": "question", "response": "answer"}).to_csv(root / path, index=False)
+    git = ("git", "-c", "user.name=t", "-c", "user.email=t@localhost")
+    for step in (("dvc", "add", TRAIN, EVAL), (*git, "add", "data/raw"), (*git, "commit", "-qm", "Add my data")):
+        assert run(root, *step).returncode == 0, step
+    set_params(root, "data", format="instruction", train=TRAIN, eval=EVAL,
+               columns={"prompt": "question", "response": "answer"})
+    set_params(root, "baselines", system_prompt="Say what the Python callable does, in one sentence.")
+    checked = run(root, "tailor", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr

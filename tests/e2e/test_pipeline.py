@@ -13,9 +13,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
-from stage_runner import SECRET, pipeline_stages, run, set_params
+from stage_runner import EVAL, SECRET, TRAIN, pipeline_stages, run, set_params
 
 from benchmarks.harness import environment, stages_run
 
@@ -70,8 +71,8 @@ def test_repro_builds_and_promotes_a_specialist(project: Path, first_build) -> N
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     locked_adapter = next(o["md5"] for o in lock["stages"]["finetune"]["outs"] if o["path"] == "models/adapter")
     assert lineage["inputs"]["models/adapter"] == locked_adapter
-    assert lineage["inputs"]["data/demo/train.jsonl"].startswith(
-        next(d["md5"] for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/demo/train.jsonl"))
+    assert lineage["inputs"][TRAIN].startswith(
+        next(d["md5"] for d in lock["stages"]["validate"]["deps"] if d["path"] == TRAIN))
     # Code is pinned by its hashes (a git revision would differ on every clone that rebuilds the model).
     assert lineage["inputs"]["tasks/training.py"] == next(
         d["md5"] for d in lock["stages"]["finetune"]["deps"] if d["path"] == "tasks/training.py")
@@ -179,10 +180,10 @@ def test_lineage_command_checks_production_against_dvc_lock(project: Path) -> No
     same = run(project, "tailor", "lineage", "models/production")
     assert same.returncode == 0, same.stdout + same.stderr
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    train_md5 = next(d["md5"] for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/demo/train.jsonl")
-    assert "data/demo/train.jsonl" in same.stdout and train_md5 in same.stdout and "matches dvc.lock" in same.stdout
+    train_md5 = next(d["md5"] for d in lock["stages"]["validate"]["deps"] if d["path"] == TRAIN)
+    assert TRAIN in same.stdout and train_md5 in same.stdout and "matches dvc.lock" in same.stdout
 
-    train = project / "data/demo/train.jsonl"
+    train = project / TRAIN
     original = train.read_text(encoding="utf-8")
     train.write_text(original + original.splitlines()[0].replace("?", "??") + "\n", encoding="utf-8")
     try:
@@ -190,7 +191,7 @@ def test_lineage_command_checks_production_against_dvc_lock(project: Path) -> No
     finally:
         train.write_text(original, encoding="utf-8")
     assert changed.returncode == 1, changed.stdout + changed.stderr
-    assert "DIFFERS" in changed.stdout and "data/demo/train.jsonl: modified in the workspace" in changed.stdout
+    assert "DIFFERS" in changed.stdout and f"{TRAIN}: modified in the workspace" in changed.stdout
 
     weights = project / "models/production/adapter_model.safetensors"
     original_weights = weights.read_bytes()
@@ -254,9 +255,9 @@ def test_two_repros_at_once_one_waits_its_turn(project: Path) -> None:
 
 def test_broken_data_stops_at_validate_and_changes_nothing(project: Path) -> None:
     """An eval row leaked into train (each kind of bad file is in tests/data/bad_data, run by the stage)."""
-    train = project / "data/demo/train.jsonl"
+    train = project / TRAIN
     original = train.read_text(encoding="utf-8")
-    extra = (project / "data/demo/eval.jsonl").read_text().splitlines()[3]
+    extra = pd.read_csv(project / EVAL).iloc[[3]].to_csv(header=False, index=False).rstrip("\n")
     expectation = "expect_column_values_to_not_be_in_set"
     before = digest(project, OUTPUTS)
     train.write_text(original + extra + "\n", encoding="utf-8")

@@ -18,11 +18,13 @@ import yaml
 from stage_runner import run, stage_command
 
 from benchmarks.harness import copy_repository
+from tasks.cli import example_names, example_params
 
 pytestmark = pytest.mark.slow
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_data"
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO / "tests" / "data" / "bad_data"
 CASES = json.loads((CORPUS / "cases.json").read_text())
-SHIPPED = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
 
 RUN_EACH = r"""
 import hashlib, json, os, runpy, sys, tempfile
@@ -34,10 +36,18 @@ def digest(root):
         h.update(str(path.relative_to(root)).encode() + path.read_bytes())
     return h.hexdigest()
 
+from tasks.cli import check
+
 results = {}
 cases, outcomes, stage_args = sys.argv[1], sys.argv[2], sys.argv[3:]
 for name, params in json.loads(Path(cases).read_text()).items():
     Path("params.yaml").write_text(params)
+    checked = ""
+    if name.startswith("example_"):  # `tailor check` too: the schema, the data files and their columns
+        try:
+            check(Path("params.yaml"))
+        except Exception as exc:
+            checked = str(exc)
     before = digest("data/validated")
     with tempfile.TemporaryFile() as captured:
         saved = os.dup(2)
@@ -53,7 +63,8 @@ for name, params in json.loads(Path(cases).read_text()).items():
             os.dup2(saved, 2)
         captured.seek(0)
         stderr = captured.read().decode(errors="replace")
-    results[name] = {"code": code, "stderr": stderr, "unchanged": digest("data/validated") == before}
+    results[name] = {"code": code, "stderr": stderr, "unchanged": digest("data/validated") == before,
+                     "checked": checked}
 Path(outcomes).write_text(json.dumps(results))
 """
 
@@ -102,6 +113,10 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict
     cases["chat_good_sharegpt"] = params_for(root, "chat_good_sharegpt.jsonl", "chat_eval_sharegpt.jsonl",
                                              data=CASES["chat_sharegpt_unknown_role.jsonl"]["data"])
     cases.update({f"portfolio_{task}": portfolio_params(task) for task in PORTFOLIO})
+    for name in example_names():  # each ready example, with its data written as `tailor init` writes them
+        generator = root / "examples" / name / "generate.py"
+        assert not generator.is_file() or run(root, "python", str(generator)).returncode == 0
+        cases[f"example_{name}"] = example_params(name, root)
     (root / "cases.json").write_text(json.dumps(cases))
     done = run(root, "python", "-c", RUN_EACH, "cases.json", "outcomes.json", *stage_command(root, "validate")[3:])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -110,6 +125,12 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict
 
 def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("name", example_names(REPO))
+def test_every_example_passes_tailor_check_and_validate(outcomes: dict[str, dict[str, Any]], name: str) -> None:
+    assert outcomes[f"example_{name}"]["code"] == 0, outcomes[f"example_{name}"]["stderr"][-2000:]
+    assert outcomes[f"example_{name}"]["checked"] == "", outcomes[f"example_{name}"]["checked"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -121,7 +142,8 @@ def test_bad_file_stops_validate(outcomes: dict[str, dict[str, Any]], name: str)
     assert CASES[name].get("line", "") in message, message  # a conversation's line and turn
     assert name in message  # the file is named
     assert "Traceback" not in outcome["stderr"]
-    assert outcome["stderr"].count(CASES[name]["expect"]) == 1, outcome["stderr"][-3000:]  # once: no Prefect copies
+    # Printed once: the `tailor:` message, none of Prefect's copies (task run, flow run, their final states).
+    assert outcome["stderr"].count("tailor: ") == 1 and "UserError" not in outcome["stderr"], outcome["stderr"]
     assert outcome["unchanged"]
 
 

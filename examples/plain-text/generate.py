@@ -2,7 +2,7 @@
 Debian and Ubuntu ship in /usr/share/common-licenses (GPL, LGPL, GFDL, Artistic, BSD, CC0, MPL-1.1, ...).
 MPL-2.0 and Apache-2.0 are held out whole, so evaluation measures licence language the model has not read.
 
-    python data/licences/generate.py            # writes data/raw/licences_train.jsonl and licences_eval.jsonl
+    python examples/plain-text/generate.py      # writes data/raw/licences_train.jsonl and licences_eval.jsonl
 
 The licence texts are themselves licensed to be copied verbatim; each file names its terms.
 """
@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 SOURCE = Path("/usr/share/common-licenses")
-OUT = Path(__file__).resolve().parents[1] / "raw"
+OUT = Path(__file__).resolve().parents[2] / "data" / "raw"
 HELD_OUT = {"MPL-2.0", "Apache-2.0"}
 MIN_CHARS, MAX_CHARS = 80, 3500
 

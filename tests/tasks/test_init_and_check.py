@@ -1,5 +1,7 @@
-"""`tailor check`: beyond the schema, each data file exists, reads, and holds the columns its format needs under
-the mapped names; and the prompted baseline is not given the demo's system prompt on other data."""
+"""`tailor init` writes params.yaml from a ready example (the shipped params.yaml is one); `tailor check`: beyond
+the schema, each data file exists, reads, and holds the columns its format needs under the mapped names; and the
+prompted baseline is not given the demo's system prompt on other data. (Every example passing `tailor check` and
+`validate` is checked in tests/flows/test_validate_corpus.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.cli import check
+from benchmarks.harness import copy_repository
+from tasks.cli import check, example_names, example_params, init
 from tasks.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,3 +60,27 @@ def test_the_demo_system_prompt_on_other_data_is_refused(tmp_path: Path, csv_fil
     raw["baselines"]["system_prompt"] = "Answer the arithmetic question with a number."
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert check(path) == 0
+
+
+def test_the_shipped_params_yaml_is_the_portfolio_example() -> None:
+    assert example_params("portfolio") == (REPO / "params.yaml").read_text()
+    assert {"qa", "csv", "classification", "chat", "sharegpt", "dpo", "plain-text", "hub-gpu",
+            "portfolio"} <= set(example_names())
+
+
+def test_init_writes_an_example_and_its_data_and_keeps_uncommitted_edits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = copy_repository(tmp_path / "repo")
+    monkeypatch.chdir(root)
+    assert init("csv", force=False) == 0
+    assert (root / "params.yaml").read_text() == example_params("csv")
+    assert (root / "data/raw/qa_train.csv").read_text().startswith("question,answer")
+    assert check(root / "params.yaml") == 0  # its data hold the columns it maps
+    with pytest.raises(UserError, match="params.yaml has changes git does not have: commit them first"):
+        init("chat", force=False)  # the csv example is not committed: refused, nothing lost
+    assert (root / "params.yaml").read_text() == example_params("csv")
+    assert init("chat", force=True) == 0 and "format: chat" in (root / "params.yaml").read_text()
+    with pytest.raises(SystemExit):
+        from tasks.cli import main
+        monkeypatch.setattr("sys.argv", ["tailor", "init", "--example", "nonesuch"])
+        main()
