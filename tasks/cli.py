@@ -76,9 +76,12 @@ def example_summary(name: str) -> str:
 
 
 def overlay(base: Any, keys: Any) -> None:
-    """Set the example's keys over the base, mapping by mapping; a key's comment travels with it."""
+    """Set the example's keys over the base, mapping by mapping; a key's comment travels with it. A mapping of
+    another kind (a base_model of another `source`, whose keys differ) replaces the base's whole."""
     for key, value in keys.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and value:
+        same_kind = isinstance(base.get(key), dict) and value.get("source") == base[key].get("source") \
+            if isinstance(value, dict) else False
+        if value and same_kind:
             overlay(base[key], value)
             continue
         base[key] = value
