@@ -147,13 +147,23 @@ def dvc_status(targets: Sequence[str] = ()) -> dict[str, Any]:
     return json.loads(status.stdout or "{}")
 
 
-def workspace_changes() -> dict[str, str]:
-    """Path -> how it differs from dvc.lock in the workspace ("modified", "deleted", ...). An output is compared
-    with its producing stage's record only: a consumer's older record of it (a portfolio stage's of models/base,
-    say, before the portfolio is rebuilt) says that the consumer is out of date, not that the output changed."""
+def status_targets(models: Sequence[str]) -> list[str]:
+    """What `dvc status` is asked about for models: the pipeline that built them. A model of your own pipeline is
+    built by dvc.yaml's stages alone, so the portfolio's records (older ones, until `make portfolio` runs again)
+    say nothing about it; a portfolio's model, by portfolio/dvc.yaml and the stages of dvc.yaml it depends on."""
+    own = {out["path"] for stage in locked_stages(LOCK_FILES[:1]) for out in stage.get("outs", [])}
+    if models and all(any(m == out or m.startswith(out + "/") for out in own) for m in models):
+        return [str(LOCK_FILES[0].with_suffix(".yaml"))]
+    return ["--with-deps", str(LOCK_FILES[1].with_suffix(".yaml"))] if models else []
+
+
+def workspace_changes(targets: Sequence[str] = ()) -> dict[str, str]:
+    """Path -> how it differs from dvc.lock in the workspace ("modified", "deleted", ...), for the stages of
+    `targets` (all when empty). An output is compared with its producing stage's record only: a consumer's older
+    record of it says that the consumer is out of date, not that the output changed."""
     produced = {out["path"] for stage in locked_stages() for out in stage.get("outs", [])}
     changes: dict[str, str] = {}
-    for entries in dvc_status().values():
+    for entries in dvc_status(targets).values():
         for entry in entries:
             if isinstance(entry, dict):
                 for kind in ("changed deps", "changed outs"):
@@ -220,7 +230,8 @@ def show_lineage(model_dir: Path) -> int:
     # written before "models" was recorded is compared with every record.
     models = lineage.get("models")
     locked = model_inputs([Path(m) for m in models]) if models else locked_hashes()
-    problems += lineage_differences(lineage, locked, workspace_changes(), params, environment_lock())
+    changed = workspace_changes(status_targets(models or []))
+    problems += lineage_differences(lineage, locked, changed, params, environment_lock())
     if not problems:
         print("matches dvc.lock, the workspace, params.yaml and the environment's lock: `dvc repro` would rebuild "
               "this model")

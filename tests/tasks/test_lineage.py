@@ -3,9 +3,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tasks.lineage import environment_differences, environment_lock, file_digests, model_inputs, tampering
+from tasks.lineage import (
+    environment_differences,
+    environment_lock,
+    file_digests,
+    model_inputs,
+    status_targets,
+    tampering,
+)
 
 
 def entry(path: str, md5: str) -> dict[str, str]:
@@ -67,3 +75,13 @@ def test_tampering_names_each_file_changed_since_promotion(tmp_path: Path) -> No
                                           f"{folder}/merged/config.json: missing since promotion",
                                           f"{folder}/extra.py: added since promotion"]
     assert "records no file digests" in tampering(folder, {})[0]
+
+
+def test_a_model_of_your_own_pipeline_is_checked_against_dvc_yaml_only(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portfolio's records (older until `make portfolio` runs again) say nothing of your own pipeline's model."""
+    monkeypatch.chdir(tmp_path)
+    Path("dvc.lock").write_text(yaml.safe_dump({"stages": {"promote": {"outs": [{"path": "models/production"}]}}}))
+    assert status_targets(["models/production"]) == ["dvc.yaml"]
+    assert status_targets(["models/specializations/production/x"]) == ["--with-deps", "portfolio/dvc.yaml"]
+    assert status_targets([]) == []
