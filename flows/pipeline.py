@@ -180,7 +180,7 @@ def specialize(learning_rate: float | None = None, max_steps: int | None = None,
     if not changes and not overrides and not force:
         logger.info("nothing changed since the last run (data, params and code match dvc.lock); not retraining")
         return {"ran": False, "reason": "nothing changed since the last run"}
-    logger.info("running %s: %s", ", ".join(stages),
+    logger.info("running %s: %s", "the pipeline" if specializations is None else ", ".join(stages),
                 ", ".join(overrides) or f"changed since the last run: {sorted(changes)}")
     name = f"prefect-{flow_run.get_name()}"
     run_experiment(name, overrides, stages)
