@@ -85,3 +85,14 @@ def test_a_plain_dvc_repro_runs_your_own_specialization_and_the_portfolio_runs_f
     assert not set(PIPELINE) & set(PORTFOLIO["stages"])
     assert PORTFOLIO["vars"] == ["../params.yaml"]
     assert all("foreach" in stage and stage["do"]["wdir"] == ".." for stage in PORTFOLIO["stages"].values())
+
+
+def test_a_clone_that_never_built_the_portfolio_is_not_asked_for_its_outputs() -> None:
+    """`dvc pull` fetches every cached output dvc.lock records: the demo portfolio's, cached, would make a fresh
+    clone's `dvc pull` fail on outputs nobody pushed. They are recorded (hashes) but not cached."""
+    for name, stage in PORTFOLIO["stages"].items():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage["do"].get(kind, []):
+                assert isinstance(entry, dict) and next(iter(entry.values()))["cache"] is False, (name, entry)
+    assert all(isinstance(entry, str) or next(iter(entry.values())).get("cache", True)
+               for stage in PIPELINE.values() for kind in ("outs", "metrics", "plots") for entry in stage.get(kind, []))
