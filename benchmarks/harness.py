@@ -16,15 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tasks.dag import PORTFOLIO
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
 def copy_repository(dest: Path) -> Path:
-    """The repository's tracked and untracked-but-not-ignored files (no venv, no outputs) in a new git repo."""
+    """The repository's tracked and untracked-but-not-ignored files (no venv, no outputs) in a new git repo, as a
+    fresh clone has them: without the copy of the portfolio's stages that `make portfolio` writes."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.splitlines()
-    for name in files:
+    for name in set(files) - {str(PORTFOLIO)}:
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)

@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from flows.stage import git_revision
-from tasks.dag import PIPELINE, declared_paths, dvc_target
+from tasks.dag import PIPELINE, declared_paths, dvc_target, enable_portfolio
 from tasks.errors import UserError
 from tasks.lineage import dvc_status
 from tasks.params import PARAMS_FILE, Params, load_params
@@ -176,6 +176,8 @@ def specialize(learning_rate: float | None = None, max_steps: int | None = None,
     overrides = settings_from(learning_rate, max_steps, lora_r, settings or [])
     check_settings(overrides)
     stages = targets(specializations, load_params())
+    if specializations is not None:
+        enable_portfolio()
     changes = pending_changes(stages)
     if not changes and not overrides and not force:
         logger.info("nothing changed since the last run (data, params and code match dvc.lock); not retraining")

@@ -53,11 +53,16 @@ class PrintUserErrorsOnce(logging.Filter):
     as a repr with escaped newlines, then as its final state); for a UserError the `tailor:` line printed at exit
     is the one clean copy, so those records are left out there."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Made when the stage starts, once every module (and so every UserError subclass) is imported.
+        self.markers = [marker for name in sorted(user_error_names()) for marker in (f"{name}(", f"{name}: ")]
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], UserError):
             return False
         message = record.getMessage()
-        return not any(f"{name}(" in message or f"{name}: " in message for name in user_error_names())
+        return not any(marker in message for marker in self.markers)
 
 
 def git_revision() -> str:

@@ -79,10 +79,9 @@ def overlay(base: Any, keys: Any) -> None:
     """Set the example's keys over the base, mapping by mapping; a key's comment travels with it. A mapping of
     another kind (a base_model of another `source`, whose keys differ) replaces the base's whole."""
     for key, value in keys.items():
-        same_kind = isinstance(base.get(key), dict) and value.get("source") == base[key].get("source") \
-            if isinstance(value, dict) else False
-        if value and same_kind:
-            overlay(base[key], value)
+        below = base.get(key)
+        if value and isinstance(value, dict) and isinstance(below, dict) and value.get("source") == below.get("source"):
+            overlay(below, value)
             continue
         base[key] = value
         if key in keys.ca.items:

@@ -27,6 +27,7 @@ from tasks.models import WHEEL_CACHE, distribution_pattern, pip_download
 from tasks.promotion import write_merged
 
 CONVERTER_PACKAGE = "llama-cpp-python==0.3.36"
+CONVERTER_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # its sdist, from PyPI
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 CONVERTER_ADVICE = "the GGUF export needs llama.cpp's converter from that source distribution"
 GGUF_FILE = "model.gguf"
@@ -50,7 +51,7 @@ def converter_script(cache_dir: Path = WHEEL_CACHE) -> Path:
     dest = cache_dir / f"llama.cpp-from-llama-cpp-python-{version}"
     if (dest / CONVERTER_PARTS[0]).is_file():
         return dest / CONVERTER_PARTS[0]
-    sdist = pip_download(CONVERTER_PACKAGE, cache_dir, distribution_pattern(CONVERTER_PACKAGE, ".tar.gz"),
+    sdist = pip_download(CONVERTER_PACKAGE, CONVERTER_SHA256, cache_dir, distribution_pattern(CONVERTER_PACKAGE, ".tar.gz"),
                          CONVERTER_ADVICE, binary=False)
     staging = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)

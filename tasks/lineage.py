@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import subprocess
 import sys
 from collections.abc import Collection, Sequence
@@ -15,12 +16,13 @@ from typing import Any
 
 import yaml
 
+from tasks.dag import PIPELINE, PORTFOLIO
 from tasks.errors import UserError
 from tasks.params import load_params
 
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "prefect", "dvc", "great-expectations", "dvclive")
 # What DVC records of each pipeline: your own specialization's (dvc.yaml) and the portfolio's (portfolio/dvc.yaml).
-LOCK_FILES = (Path("dvc.lock"), Path("portfolio/dvc.lock"))
+LOCK_FILES = (PIPELINE.with_suffix(".lock"), PORTFOLIO.with_suffix(".lock"))
 # Written by `make install`: which environment lock (locks/cpu.txt or locks/cuda.txt) it installed, and its sha256.
 ENVIRONMENT_MARKER = Path(sys.prefix) / "tailor-lock"
 
@@ -74,6 +76,31 @@ def environment_differences(recorded: dict[str, str] | None, current: dict[str, 
             problems.append(f"environment: {current['file']} changed since this environment was installed; run "
                             "`make install`")
     return problems
+
+
+def compute() -> dict[str, str]:
+    """What the arithmetic ran on. PyTorch picks its CPU kernels by instruction set (AVX2, AVX512, ...) and its GPU
+    kernels by device, so the same training on another of either gives weights that differ in the last bits: the
+    same locked environment reproduces data, tokenization and the base model everywhere, training's bytes only on
+    the same kind of processor."""
+    import torch  # here, not at the top: `tailor lineage` reads a lineage without training anything
+
+    return {"machine": platform.machine(), "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}
+
+
+def described(fields: dict[str, str]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in fields.items())
+
+
+def compute_note(recorded: dict[str, str] | None, current: dict[str, str]) -> str | None:
+    """Why a rebuild here may give other bytes than the model's, if it may. Not a difference of the model itself:
+    the pulled model is the recorded one on any machine."""
+    if recorded is None or recorded == current:
+        return None
+    return (f"note: the model was trained on {described(recorded)}; this machine is {described(current)}: a re-run of "
+            "training here gives weights that differ in the last bits, so `dvc repro` after a change would not "
+            "rebuild the recorded hashes from finetune on (see docs/environment.md)")
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -134,6 +161,7 @@ def build_lineage(params: dict[str, Any], metrics: dict[str, Any], validation_pa
         "metrics": metrics,
         "environment_lock": environment_lock(),
         "libraries": library_versions(),
+        "compute": compute(),
     }
 
 
@@ -153,8 +181,8 @@ def status_targets(models: Sequence[str]) -> list[str]:
     say nothing about it; a portfolio's model, by portfolio/dvc.yaml and the stages of dvc.yaml it depends on."""
     own = {out["path"] for stage in locked_stages(LOCK_FILES[:1]) for out in stage.get("outs", [])}
     if models and all(any(m == out or m.startswith(out + "/") for out in own) for m in models):
-        return [str(LOCK_FILES[0].with_suffix(".yaml"))]
-    return ["--with-deps", str(LOCK_FILES[1].with_suffix(".yaml"))] if models else []
+        return [str(PIPELINE)]
+    return ["--with-deps", str(PORTFOLIO)] if models else []
 
 
 def workspace_changes(targets: Sequence[str] = ()) -> dict[str, str]:
@@ -223,6 +251,9 @@ def show_lineage(model_dir: Path) -> int:
     lock = lineage.get("environment_lock")
     print(f"  environment: {lock['file']} sha256 {lock['sha256']}" if lock else "  environment: not from a lock")
     print("  libraries: " + ", ".join(f"{name} {v}" for name, v in lineage["libraries"].items()))
+    here = compute()
+    print(f"  compute: {described(lineage['compute']) if 'compute' in lineage else 'not recorded'}")
+    note = compute_note(lineage.get("compute"), here)
     params = load_params().model_dump(mode="json", by_alias=True)
     problems = tampering(model_dir, lineage)
     # What dvc.lock now records along the same walk back from the same models: a code file is a dependency of many
@@ -232,6 +263,8 @@ def show_lineage(model_dir: Path) -> int:
     locked = model_inputs([Path(m) for m in models]) if models else locked_hashes()
     changed = workspace_changes(status_targets(models or []))
     problems += lineage_differences(lineage, locked, changed, params, environment_lock())
+    if note:
+        print(note)
     if not problems:
         print("matches dvc.lock, the workspace, params.yaml and the environment's lock: `dvc repro` would rebuild "
               "this model")

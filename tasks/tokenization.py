@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from transformers import PreTrainedTokenizerBase
 
 from tasks.errors import UserError
+from tasks.sensitive import refused_rows
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens are context, not targets
 # What the in-context baselines show before an example: (question, answer) turns, or plain-text passages.
@@ -357,6 +358,10 @@ def tokenize_replay_text(tokenizer: PreTrainedTokenizerBase, jsonl: Path, out_di
     if "text" not in frame.columns or frame.empty:
         raise UserError(f'tokenize.replay_text {jsonl} has no rows with a "text" value; point it at a file with '
                         'one per line, such as data/general/replay.jsonl')
+    refused = refused_rows(frame["text"].astype(str))
+    if refused:  # trained on like the data splits, so held to what `validate` refuses in them
+        raise UserError(f"tokenize.replay_text {jsonl} holds text no training data may carry ("
+                        + "; ".join(refused) + "): remove those rows, or point it at other general text")
     chunks = tokenize_split.fn(tokenizer, frame[["text"]].astype(str), "text", None, max_length)
     save_reproducibly(chunks, fingerprint(file_digest(jsonl), tokenizer_state(tokenizer), max_length), out_dir)
     return token_stats(chunks, max_length)

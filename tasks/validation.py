@@ -7,7 +7,6 @@ import datetime
 import hashlib
 import html
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.atomic_dir import write_dir_atomically
 from tasks.conversations import ROLES, canonical_column, turn_view
 from tasks.params import DataParams, MessageFields, ValidateParams
+from tasks.sensitive import CONTROL_TOKEN, PII_PATTERNS, redact
 from tasks.tables import CHUNK_ROWS, table_chunks
 
 EXAMPLE_ROWS = 3  # offending rows shown per failed expectation
@@ -42,37 +42,7 @@ WHOLE_SPLIT = {"expect_table_row_count_to_be_between", "expect_compound_columns_
 MAX_LISTED = 1000  # unexpected values and row numbers kept per expectation in the report (the counts stay exact)
 RESULT_FORMAT = {"result_format": "COMPLETE"}
 Chunks = Callable[[], Iterator[pd.DataFrame]]  # a fresh pass over a split, chunk by chunk, indexed by row number
-# Personal data and secrets a training set should not carry (a model can repeat what it was trained on); simple
-# patterns, tuned to miss code, versions and timestamps. tests/tasks/test_validation_patterns.py holds the cases.
-PII_PATTERNS = [
-    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z0-9.-]*[A-Za-z]{2,}",  # email address
-    # North American number, separated or not: an area code starts with 2-9 (so Unix times, 1..., do not match)
-    r"(?<![\w.+-])(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-]?)\d{3}[ .-]?\d{4}(?![\w-]|\.\d)",
-    r"(?<![\w.+])\+(?:[2-9]\d{0,2})[ .-]?(?:\(0\) ?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}(?!\w|\.\d)",  # international
-    r"\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{4}\b",  # payment card number, 16 digits (13-digit timestamps are not)
-    r"\b3[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b",  # American Express (4-6-5)
-    r"\b\d{3}-\d{2}-\d{4}\b",  # US social security number
-    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id
-    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}",  # OpenAI / Anthropic API key
-    r"\bhf_[A-Za-z0-9]{30,}\b",  # Hugging Face token
-    r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",  # GitHub token
-    r"\bxox[abprs]-[A-Za-z0-9-]{10,}",  # Slack token
-    r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----",  # private key
-    r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JSON web token
-]
-# Chat-template control tokens (ChatML's <|im_start|>, Llama 3's <|eot_id|>, ...) in data: the tokenizer would turn
-# them into the real tokens, so a row could forge a system turn or end an answer early. Refused, never escaped:
-# an escaped form would train the model to write it.
-CONTROL_TOKEN = r"<\|[A-Za-z0-9_]+\|>"
 SHOWN_CHARS = 200  # of each offending value kept in reports/validation.json, the Data Docs and the error
-PII = [re.compile(pattern) for pattern in PII_PATTERNS]
-
-
-def redact(text: str) -> str:
-    """The text with each personal-data or secret span replaced: the reports must not copy what the check refuses."""
-    for pattern in PII:
-        text = pattern.sub("[redacted]", text)
-    return text
 
 
 def shown(value: Any) -> Any:

@@ -7,18 +7,22 @@ from __future__ import annotations
 import ast
 import importlib
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from benchmarks.harness import copy_repository, environment
 from flows.stage import Target, stage_arguments
+from tasks.dag import PORTFOLIO_STAGES, enable_portfolio
 
 REPO = Path(__file__).resolve().parents[1]
 # Your own specialization's stages and the portfolio's. A portfolio stage (foreach over the specializations) is
 # checked as DVC would expand it for one named "x".
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-PORTFOLIO = yaml.safe_load((REPO / "portfolio/dvc.yaml").read_text())
+PORTFOLIO = yaml.safe_load((REPO / PORTFOLIO_STAGES).read_text())
 DECLARED = {**PIPELINE, **PORTFOLIO["stages"]}
 STAGES = {name: yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", "x")) if "foreach" in stage else stage
           for name, stage in DECLARED.items()}
@@ -79,7 +83,7 @@ def test_stage_paths_are_its_deps_and_outs_and_the_flow_reads_them_all(stage: st
 
 def test_a_plain_dvc_repro_runs_your_own_specialization_and_the_portfolio_runs_from_the_repository_root() -> None:
     """dvc.yaml holds the seven stages of your own specialization only; the portfolio's stages (one run per
-    specialization or multi-task model) are in portfolio/dvc.yaml, opt-in, where each runs from the repository root
+    specialization or multi-task model) are in portfolio/stages.yaml, opt-in, where each runs from the repository root
     on the one params.yaml, so that its paths and params keys read as the top-level ones."""
     assert not any("foreach" in stage for stage in PIPELINE.values())
     assert not set(PIPELINE) & set(PORTFOLIO["stages"])
@@ -96,3 +100,20 @@ def test_a_clone_that_never_built_the_portfolio_is_not_asked_for_its_outputs() -
                 assert isinstance(entry, dict) and next(iter(entry.values()))["cache"] is False, (name, entry)
     assert all(isinstance(entry, str) or next(iter(entry.values())).get("cache", True)
                for stage in PIPELINE.values() for kind in ("outs", "metrics", "plots") for entry in stage.get(kind, []))
+
+
+def test_a_fresh_clone_s_dvc_status_names_no_portfolio_stage_until_make_portfolio_enables_it(tmp_path: Path) -> None:
+    """DVC reads every dvc.yaml of the repository: the portfolio's stages are elsewhere until `make portfolio`
+    copies them to portfolio/dvc.yaml, so a clone that never built it hears nothing of it from `dvc status`."""
+    root = copy_repository(tmp_path / "repo")
+
+    def status(*targets: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "dvc", "status", *targets], cwd=root, capture_output=True,
+                                text=True, env=environment())
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    plain = status()
+    assert "base_model" in plain and "portfolio_" not in plain
+    enable_portfolio(root)
+    assert "portfolio_validate@classification" in status("portfolio/dvc.yaml")

@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 
 from benchmarks.harness import stages_run
 from tasks.chat_templates import NAMED_TEMPLATES
+from tasks.dag import enable_portfolio
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +92,7 @@ def portfolio(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Pat
 
 @pytest.fixture(scope="module")
 def built(portfolio: Path) -> tuple[Path, list[str], str]:
+    enable_portfolio(portfolio)  # as `make portfolio` does
     result = run(portfolio, "dvc", "repro", "portfolio/dvc.yaml:promote_multitask@both")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return portfolio, stages_run(result.stdout), result.stdout + result.stderr

