@@ -3,6 +3,7 @@ template every later stage uses."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,12 @@ def base_model_flow(base_model: BaseModelParams, chat_template: str, data_format
     """
     template = chosen_template(chat_template, paths.templates)  # before any download: a bad choice stops here
     paths.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="tailor-base-") as work_dir:
+    # Downloads go beside the output, not to the system temp folder: Ctrl-C exits at once (tasks/interrupts.py),
+    # so an interrupted run leaves its folder (a GGUF of hundreds of MB) where the next run finds and removes it.
+    work_prefix = f".{paths.out.name}-download-"
+    for stale in paths.out.parent.glob(work_prefix + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=work_prefix, dir=paths.out.parent) as work_dir:
         model, tokenizer = load_base_model(base_model, Path(work_dir))
         if template is not None:
             added = use_chat_template(model, tokenizer, template)

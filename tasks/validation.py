@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.atomic_dir import write_dir_atomically
 from tasks.conversations import ROLES, canonical_column, turn_view
 from tasks.params import DataParams, MessageFields, ValidateParams
-from tasks.sensitive import CONTROL_TOKEN, PII_PATTERNS, redact
+from tasks.sensitive import CONTROL_TOKEN, PII_PATTERNS, has_card_number, redact
 from tasks.tables import CHUNK_ROWS, table_chunks
 
 EXAMPLE_ROWS = 3  # offending rows shown per failed expectation
@@ -112,6 +112,25 @@ def with_answer_check(chunks: Chunks, pair: tuple[str, str]) -> Chunks:
     return lambda: (check(chunk) for chunk in chunks())
 
 
+CARD_SUFFIX = "_holds_card_number"
+
+
+def card_column(column: str) -> str:
+    """The column added beside a text column, saying whether each value holds a card number (GX's regular
+    expressions cannot do the Luhn check)."""
+    return column + CARD_SUFFIX
+
+
+def with_card_check(chunks: Chunks, columns: list[str]) -> Chunks:
+    """Each chunk with card_column(c) beside each text column c it has."""
+    def check(chunk: pd.DataFrame) -> pd.DataFrame:
+        return chunk.assign(**{card_column(column): chunk[column].map(
+            lambda value: isinstance(value, str) and has_card_number(value)) for column in columns
+            if column in chunk.columns})
+
+    return lambda: (check(chunk) for chunk in chunks())
+
+
 def message_fields(data: DataParams) -> MessageFields | None:
     """How each conversation's messages are spelled, for chat data; None for the formats of one row per example."""
     return data.messages if data.format == "chat" else None
@@ -134,8 +153,12 @@ def text_expectations(column: str, limits: ValidateParams) -> list[Any]:
     if limits.pii:
         expectations.append(gxe.ExpectColumnValuesToNotMatchRegexList(
             column=column, regex_list=PII_PATTERNS,
-            description="no personal data or secrets (email, phone, card number, US SSN, API keys and tokens, "
-                        "private keys); or set validate.pii false"))
+            description="no personal data or secrets (email, phone, US SSN, API keys and tokens, private keys); or "
+                        "set validate.pii false"))
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(
+            column=card_column(column), value_set=[False],
+            description="no payment card numbers (16 digits, or 15 for Amex, that pass the Luhn check); or set "
+                        "validate.pii false"))
     return expectations
 
 
@@ -239,10 +262,10 @@ def where(index: int, row: dict[str, Any]) -> str:
 
 
 def displayed(row: dict[str, Any]) -> dict[str, Any]:
-    """What of a failing row to show: a conversation's message as role and content (the other columns of the
-    per-message view are bookkeeping)."""
+    """What of a failing row to show: its own columns (not the card checks'), a conversation's message as role and
+    content (the other columns of the per-message view are bookkeeping)."""
     if "line" not in row:
-        return row
+        return {name: value for name, value in row.items() if not name.endswith(CARD_SUFFIX)}
     return {"problem": row["problem"]} if row["problem"] else {"role": row["role"], "content": row["content"]}
 
 
@@ -425,6 +448,8 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, colu
     if messages is not None:
         sources = {split: (lambda rows=rows, column=columns[0]: turn_view(rows(), column, messages))
                    for split, rows in sources.items()}
+        if limits.pii:
+            sources = {split: with_card_check(rows, ["content"]) for split, rows in sources.items()}
         key, digested = "opening", ["line", "conversation", "opening"]
         suites = {"train": lambda: build_chat_suite("train", limits, limits.min_examples, {}),
                   "eval": lambda: build_chat_suite("eval", limits, 1, forbidden)}
@@ -432,6 +457,8 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, colu
         key = columns[0]
         if pair is not None:
             sources = {split: with_answer_check(rows, pair) for split, rows in sources.items()}
+        if limits.pii:
+            sources = {split: with_card_check(rows, columns) for split, rows in sources.items()}
         present = {split: set(next(chunks()).columns) for split, chunks in sources.items()}
         suites = {"train": lambda: build_suite("train", columns, limits, limits.min_examples, {}, present["train"]),
                   "eval": lambda: build_suite("eval", columns, limits, 1, forbidden, present["eval"])}

@@ -245,6 +245,9 @@ def outcomes(root: Path, tmp_path_factory: pytest.TempPathFactory, tiny_model_di
     gguf = {"source": "pypi_gguf", "gguf_file": "llm_fake/model.gguf", "sha256": fake_sha256}
 
     seed(root, tiny_model_dir)
+    stale = root / "models" / ".base-download-interrupted"  # what a run stopped by Ctrl-C (os._exit) leaves
+    stale.mkdir()
+    (stale / "model.gguf").write_bytes(b"GGUF")
     results = run_cases(root, "answering", {
         "repo_not_found": {"params": hub(root, "tailor-test/missing")},
         "revision_not_found": {"params": hub(root, TINY, revision="v9")},
@@ -359,3 +362,9 @@ def test_dvc_repro_with_the_hub_unreachable_ends_within_30_s_and_keeps_the_base_
     assert "Traceback" not in output, output[-3000:]
     assert seconds < 30
     assert digest(root / "models" / "base") == before  # needs `persist: true` on models/base in dvc.yaml
+
+
+def test_the_folder_an_interrupted_download_left_is_removed_by_the_next_run(root: Path, outcomes) -> None:
+    """Downloads go beside models/base, not to the system temp folder, and a run removes what an interrupted one
+    left there (Ctrl-C exits at once, so no cleanup runs)."""
+    assert not list((root / "models").glob(".base-download-*"))

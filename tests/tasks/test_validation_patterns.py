@@ -1,5 +1,6 @@
 """The personal-data, secret and control-token patterns of the validate stage, case by case: what they must find,
-and the code, versions and numbers of ordinary technical text they must leave alone."""
+and the code, versions and numbers of ordinary technical text they must leave alone. Card numbers count only when
+they pass the Luhn check."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 
 import pytest
 
-from tasks.sensitive import CONTROL_TOKEN, PII_PATTERNS
+from tasks.sensitive import CONTROL_TOKEN, PII_PATTERNS, has_card_number, luhn_valid, redact
 
 FOUND = [
     "Write to jane.doe@example.org for access.",
@@ -46,11 +47,14 @@ LEFT_ALONE = [
     "Set x = 2 + 3 * 4 - 1.",
     "ISBN 978-0-596-52068-7.",
     "The date 2024-06-01 12:30:00.",
+    "Order id 1234 5678 9012 3456 shipped.",  # the shape of a card number, not its checksum
+    "Trace 1700000000000123 logged.",
+    "Amex-shaped 3782 822463 10006.",
 ]
 
 
 def matches(text: str) -> list[str]:
-    return [pattern for pattern in PII_PATTERNS if re.search(pattern, text)]
+    return [pattern for pattern in PII_PATTERNS if re.search(pattern, text)] + ["card"] * has_card_number(text)
 
 
 @pytest.mark.parametrize("text", FOUND)
@@ -71,3 +75,14 @@ def test_ordinary_technical_text_is_left_alone(text: str) -> None:
 ])
 def test_control_tokens(text: str, found: bool) -> None:
     assert bool(re.search(CONTROL_TOKEN, text)) is found
+
+
+@pytest.mark.parametrize(("number", "valid"), [
+    ("4111 1111 1111 1111", True), ("5500-0000-0000-0004", True), ("378282246310005", True),
+    ("6011111111111117", True), ("4111111111111112", False), ("1234567890123456", False), ("0", True)])
+def test_the_luhn_check(number: str, valid: bool) -> None:
+    assert luhn_valid(number) is valid
+
+
+def test_redaction_takes_valid_card_numbers_and_leaves_the_rest() -> None:
+    assert redact("Pay 4111 1111 1111 1111, order 1234 5678 9012 3456.") == "Pay [redacted], order 1234 5678 9012 3456."
