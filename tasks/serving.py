@@ -20,11 +20,14 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
+import multiprocessing
 import os
 import queue
 import secrets
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from litserve.specs.openai import ChatCompletionRequest, OpenAISpec
 from peft import PeftModel
+from pydantic import PrivateAttr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -59,6 +63,8 @@ MAX_BODY_BYTES = 1024 * 1024
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "[::1]"]  # the Host headers a loopback server answers
 MAX_CONCURRENT_REQUESTS = 128  # in flight at once; more are answered 429 (TGI's default)
 FINGERPRINTED_BYTES = 64 * 1024  # files up to this size (configs, lineage, card) count with their bytes
+GONE_KEPT_SECONDS = 600  # a stream whose client left is remembered this long (LitServe's request timeout)
+log = logging.getLogger("tailor.serve")
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,13 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]]) 
     return ids + tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
+class TrackedRequest(ChatCompletionRequest):
+    """A chat request with a stream id that travels with it to the model worker (LitServe sends the worker a copy
+    of the request, not its own ids), so the worker can stop generating when the client has gone away."""
+
+    _stream: str = PrivateAttr(default_factory=lambda: secrets.token_hex(8))
+
+
 def max_tokens(request: ChatCompletionRequest) -> int:
     return request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
 
@@ -204,9 +217,10 @@ def check_request(request: ChatCompletionRequest, available: Sequence[str], toke
 class SpecialistSpec(OpenAISpec):
     """LitServe's OpenAI spec, with requests checked in the HTTP process before they reach the model worker."""
 
-    def __init__(self, models: Sequence[ServedModel], base: Path) -> None:
+    def __init__(self, models: Sequence[ServedModel], base: Path, gone: Any) -> None:
         super().__init__()
         self.models, self.base = list(models), base
+        self.gone = gone  # stream id -> when its client left: shared with the model worker (a Manager dict)
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._context_length = 0
 
@@ -243,10 +257,26 @@ class SpecialistSpec(OpenAISpec):
         finally:
             self.response_buffer.pop(uid, None)
 
-    async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks) -> Any:
+    async def chat_completion(self, request: TrackedRequest, background_tasks: BackgroundTasks) -> Any:
         # In a thread: tokenizing a long prompt and hashing a new version's files would stall every other stream.
         await asyncio.to_thread(self.check, request)
         return await super().chat_completion(request, background_tasks)
+
+    async def streaming_completion(self, request: TrackedRequest, pipe_responses: list) -> AsyncIterator[str]:
+        """The stream's chunks; when the client goes away first (Starlette then cancels this), the worker is told,
+        and stops generating for it at its next token."""
+        ended = False
+        try:
+            async for chunk in super().streaming_completion(request, pipe_responses):
+                yield chunk
+            ended = True
+        finally:
+            if not ended:
+                now = time.monotonic()
+                for stream, since in list(self.gone.items()):  # those the worker had finished before it was told
+                    if now - since > GONE_KEPT_SECONDS:
+                        self.gone.pop(stream, None)
+                self.gone[request._stream] = now
 
 
 class StepStreamer(BaseStreamer):
@@ -276,6 +306,19 @@ class RowLimits(StoppingCriteria):
         return (input_ids.shape[1] - self.prompt_width >= self.limits).to(input_ids.device)
 
 
+class ClientGone(StoppingCriteria):
+    """Stops each row whose client has gone away (the HTTP side records it in the shared `gone`); one round trip to
+    the dict's manager per step, against a step's milliseconds of generation."""
+
+    def __init__(self, streams: list[str], gone: Any) -> None:
+        self.streams, self.gone, self.found = streams, gone, set[str]()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        left = set(self.gone.keys())
+        self.found |= left & set(self.streams)
+        return torch.tensor([stream in self.found for stream in self.streams], device=input_ids.device)
+
+
 @dataclass
 class RowText:
     """One request's answer as it streams: tokens so far, text sent, and whether it has ended."""
@@ -300,10 +343,10 @@ class RowText:
 class SpecialistAPI(ls.LitAPI):
     """The model worker: one base model, every LoRA specialist as an adapter on it, batches of chat requests."""
 
-    def __init__(self, models: Sequence[ServedModel], base: Path, max_batch_size: int) -> None:
+    def __init__(self, models: Sequence[ServedModel], base: Path, max_batch_size: int, gone: Any) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=0.05,
-                         spec=SpecialistSpec(models, base))
-        self.models, self.base = list(models), base
+                         spec=SpecialistSpec(models, base, gone))
+        self.models, self.base, self.gone = list(models), base, gone
 
     def setup(self, device: str) -> None:
         # A terminal's Ctrl-C reaches every process of the group; `tailor serve` stops this worker itself.
@@ -347,9 +390,9 @@ class SpecialistAPI(ls.LitAPI):
             if previous and previous[1] != "full":
                 self.peft.delete_adapter(previous[1])
 
-    def decode_request(self, request: ChatCompletionRequest, context: dict[str, Any]) -> dict[str, Any]:
+    def decode_request(self, request: TrackedRequest, context: dict[str, Any]) -> dict[str, Any]:
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-        return {"model": request.model, "prompt": prompt_ids(self.tokenizer, conversation(request)),
+        return {"stream": request._stream, "model": request.model, "prompt": prompt_ids(self.tokenizer, conversation(request)),
                 "max_tokens": max_tokens(request), "temperature": request.temperature or 0.0,
                 "top_p": request.top_p or 1.0, "stop": stop}
 
@@ -383,6 +426,8 @@ class SpecialistAPI(ls.LitAPI):
         input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         limits = [requests[row]["max_tokens"] for row in rows]
+        streams = [requests[row]["stream"] for row in rows]
+        gone = ClientGone(streams, self.gone)
         streamer = StepStreamer()
         options: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:
@@ -395,7 +440,7 @@ class SpecialistAPI(ls.LitAPI):
             try:
                 with self.generation_lock, torch.inference_mode():
                     model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(limits),
-                                   stopping_criteria=[RowLimits(width, limits)], streamer=streamer,
+                                   stopping_criteria=[RowLimits(width, limits), gone], streamer=streamer,
                                    pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id, **options)
             except BaseException as exc:  # handed to the consuming side, which raises it
                 errors.append(exc)
@@ -408,7 +453,7 @@ class SpecialistAPI(ls.LitAPI):
             chunk = [{"role": "assistant", "content": ""} for _ in requests]
             for i, token in enumerate(step):
                 text = texts[i]
-                if text.done:
+                if text.done or streams[i] in gone.found:
                     continue
                 if token == eos or len(text.tokens) >= limits[i]:
                     text.done = True
@@ -416,6 +461,11 @@ class SpecialistAPI(ls.LitAPI):
                 text.tokens.append(token)
                 chunk[rows[i]]["content"] = text.delta(self.tokenizer, requests[rows[i]]["stop"])
             yield chunk
+        for stream in streams:
+            self.gone.pop(stream, None)
+        if gone.found:
+            log.warning("stopped generating for %d request(s) whose client went away (after %s tokens)",
+                        len(gone.found), ", ".join(str(len(texts[streams.index(s)].tokens)) for s in gone.found))
         if errors:
             raise errors[0]
         final = [{"role": "assistant", "content": ""} for _ in requests]
@@ -499,7 +549,10 @@ def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch
     if not is_loopback(host) and not key:
         raise UserError(f"--host {host} accepts connections from other machines; set {API_KEY_ENV} to the key "
                         "clients must send (Authorization: Bearer), or keep the default 127.0.0.1")
-    api = SpecialistAPI(models, base, max_batch_size)
+    # The streams whose client went away, shared by the HTTP process and the model worker. LitServe starts both
+    # with "spawn", so they share nothing else: a Manager's dict, whose proxy each of them reaches.
+    manager = multiprocessing.get_context("spawn").Manager()
+    api = SpecialistAPI(models, base, max_batch_size, manager.dict())
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     server = ls.LitServer(api, accelerator=accelerator, devices=1, timeout=600,
                           max_payload_size=MAX_BODY_BYTES,
@@ -530,4 +583,5 @@ def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch
                                            for name in spec.available()]}
 
     server.app.add_api_route("/v1/models", list_models, methods=["GET"])
+    server.gone_manager = manager  # type: ignore[attr-defined]  # lives as long as the server
     return server

@@ -6,6 +6,7 @@ restart; Ctrl-C leaves no process."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,7 @@ class Server:
     root: Path
     url: str
     process: subprocess.Popen[str]
+    log: Path  # the server's output so far
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=KEY, max_retries=0, timeout=120)
@@ -81,24 +83,27 @@ def server(first_build) -> Iterator[Server]:
     candidate = second_specialist(root / "models/production", root / "candidate")
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    process = subprocess.Popen(["tailor", "serve", "--port", str(port), "--model", f"candidate={candidate.name}"],
-                               cwd=root, env=environment(TAILOR_API_KEY=KEY),
-                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = root / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(["tailor", "serve", "--port", str(port), "--model", f"candidate={candidate.name}"],
+                                   cwd=root, env=environment(TAILOR_API_KEY=KEY), start_new_session=True,
+                                   stdout=output, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while True:
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.stdout else ""
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
         try:
             if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
                 break
         except httpx.TransportError:
             time.sleep(0.5)
-    served = Server(root, url, process)
+    served = Server(root, url, process, log)
     served.client().chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}],
                                             max_tokens=1)  # waits for the model worker
     yield served
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
-    log, _ = process.communicate(timeout=60)
-    assert "tailor: server stopped" in log and "Traceback" not in log, log[-3000:]
+    process.wait(timeout=60)
+    output = log.read_text()
+    assert "tailor: server stopped" in output and "Traceback" not in output, output[-3000:]
     time.sleep(1)
     with pytest.raises(ProcessLookupError):
         os.killpg(process.pid, 0)  # no process of the server's group is left
@@ -232,6 +237,24 @@ def test_on_loopback_only_loopback_host_names_are_answered(server: Server) -> No
     port = server.url.split(":")[2].split("/")[0]
     assert httpx.get(f"{server.url}/models", headers={**auth, "Host": f"attacker.example:{port}"}).status_code == 400
     assert httpx.get(f"{server.url}/models", headers={**auth, "Host": f"localhost:{port}"}).status_code == 200
+
+
+def test_a_stream_whose_client_goes_away_stops_generating(server: Server) -> None:
+    """A client that reads two chunks of a 400-token answer and hangs up: the model worker stops that row within a
+    few tokens instead of generating the rest for nobody. The random `candidate` specialist rarely says EOS."""
+    body = {"model": "candidate", "messages": [{"role": "user", "content": "Tell me everything."}],
+            "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server.url}/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {KEY}"}) as response:
+        events = (line for line in response.iter_lines() if line)  # server-sent events, a blank line apart
+        assert response.status_code == 200 and next(events).startswith("data:") and next(events).startswith("data:")
+    deadline = time.monotonic() + 120
+    while "whose client went away" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+        time.sleep(0.5)
+    said = re.search(r"whose client went away \(after (\d+) tokens\)", server.log.read_text())
+    assert said and int(said.group(1)) < 400, server.log.read_text()[-3000:]
+    assert ask(server.client(), "base", PROMPTS[0])  # the worker serves the next request
 
 
 def server_memory(process: subprocess.Popen[str]) -> int:

@@ -1,4 +1,5 @@
-"""What `tailor serve` takes for a new version of a served directory: every promotion, never an old one."""
+"""What `tailor serve` takes for a new version of a served directory (every promotion, never an old one), and how
+it stops generating for a client that went away."""
 
 from __future__ import annotations
 
@@ -6,16 +7,27 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from unittest.mock import patch
 
 import httpx
 import pytest
+import torch
+from litserve.specs.openai import OpenAISpec
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from transformers import AutoTokenizer
 
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
-from tasks.serving import ConcurrencyLimit, ServedModel, SpecialistSpec, listen_address, prompt_ids
+from tasks.serving import (
+    ClientGone,
+    ConcurrencyLimit,
+    ServedModel,
+    SpecialistSpec,
+    TrackedRequest,
+    listen_address,
+    prompt_ids,
+)
 
 
 def promote(target: Path, weights: bytes) -> None:
@@ -101,7 +113,7 @@ def test_host_is_one_the_server_can_bind_or_a_clear_error(host: str, address: st
 
 
 def test_a_choice_leaves_the_response_buffer_once_its_answer_is_read(tmp_path: Path) -> None:
-    spec = SpecialistSpec([], tmp_path)
+    spec = SpecialistSpec([], tmp_path, {})
     spec.response_buffer = {"uid-1": object(), "uid-2": object()}
 
     async def answer() -> AsyncIterator[str]:
@@ -112,3 +124,30 @@ def test_a_choice_leaves_the_response_buffer_once_its_answer_is_read(tmp_path: P
 
     assert asyncio.run(read()) == ["chunk"]
     assert list(spec.response_buffer) == ["uid-2"]
+
+
+def test_a_stream_whose_client_goes_away_is_marked_gone_for_the_worker(tmp_path: Path) -> None:
+    """Starlette cancels a stream's generator when its client disconnects: the spec then records the stream as
+    gone, which the worker's ClientGone reads at the next token; a stream read to its end is not recorded."""
+    gone: dict[str, float] = {}
+    spec = SpecialistSpec([], tmp_path, gone)
+    request = TrackedRequest(model="base", messages=[{"role": "user", "content": "hi"}], stream=True)
+
+    async def endless() -> AsyncIterator[str]:
+        while True:
+            yield "data: {}"
+            await asyncio.sleep(0)
+
+    async def read(count: int) -> None:
+        stream = spec.streaming_completion(request, [])
+        async for _ in stream:
+            count -= 1
+            if count == 0:
+                await stream.aclose()  # what a disconnect does to it
+                return
+
+    with patch.object(OpenAISpec, "streaming_completion", lambda self, request, pipes: endless()):
+        asyncio.run(read(3))
+    assert list(gone) == [request._stream]
+    criteria = ClientGone([request._stream, "other"], gone)
+    assert criteria(torch.zeros((2, 4), dtype=torch.long), None).tolist() == [True, False]
