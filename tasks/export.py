@@ -51,8 +51,8 @@ def converter_script(cache_dir: Path = WHEEL_CACHE) -> Path:
     dest = cache_dir / f"llama.cpp-from-llama-cpp-python-{version}"
     if (dest / CONVERTER_PARTS[0]).is_file():
         return dest / CONVERTER_PARTS[0]
-    sdist = pip_download(CONVERTER_PACKAGE, CONVERTER_SHA256, cache_dir, distribution_pattern(CONVERTER_PACKAGE, ".tar.gz"),
-                         CONVERTER_ADVICE, binary=False)
+    sdist = pip_download(CONVERTER_PACKAGE, CONVERTER_SHA256, cache_dir,
+                         distribution_pattern(CONVERTER_PACKAGE, ".tar.gz"), CONVERTER_ADVICE, binary=False)
     staging = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     with tarfile.open(sdist) as archive:

@@ -392,9 +392,9 @@ class SpecialistAPI(ls.LitAPI):
 
     def decode_request(self, request: TrackedRequest, context: dict[str, Any]) -> dict[str, Any]:
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-        return {"stream": request._stream, "model": request.model, "prompt": prompt_ids(self.tokenizer, conversation(request)),
-                "max_tokens": max_tokens(request), "temperature": request.temperature or 0.0,
-                "top_p": request.top_p or 1.0, "stop": stop}
+        return {"stream": request._stream, "model": request.model,
+                "prompt": prompt_ids(self.tokenizer, conversation(request)), "max_tokens": max_tokens(request),
+                "temperature": request.temperature or 0.0, "top_p": request.top_p or 1.0, "stop": stop}
 
     def batch(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return inputs
