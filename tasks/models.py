@@ -62,17 +62,15 @@ def pip_failure(requirement: str, stderr: str, advice: str) -> str:
     return f"pip could not download {requirement} ({last}); {advice}"
 
 
-def pip_download(requirement: str, sha256: str, cache_dir: Path, pattern: str, advice: str,
-                 binary: bool = True) -> Path:
-    """One distribution of a pinned requirement from the package index, without its dependencies, cached in
+def pip_download(requirement: str, sha256: str, cache_dir: Path, pattern: str, advice: str) -> Path:
+    """One wheel of a pinned requirement from the package index, without its dependencies, cached in
     cache_dir (`pattern` finds it there: pip names files its own way), and checked against its pinned sha256."""
     cached = sorted(cache_dir.glob(pattern))
     if cached:
         return checked(cached[0], sha256, requirement)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    kind = "--only-binary=:all:" if binary else "--no-binary=:all:"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", kind, *PIP_NETWORK_OPTIONS, "-d", str(cache_dir),
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *PIP_NETWORK_OPTIONS, "-d", str(cache_dir),
          requirement],
         stderr=subprocess.PIPE, text=True,  # stdout (pip's progress) still reaches the terminal
     )
