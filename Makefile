@@ -22,9 +22,8 @@ LOCK_INPUTS = $(shell $(PYTHON) -c 'import hashlib, json, tomllib; p = tomllib.l
 
 # Bytecode is written the first time a process imports a module, and reused after: every stage is a fresh
 # process, and without the cache each would compile its imports again. Some images turn the cache off
-# (PYTHONDONTWRITEBYTECODE); what make runs has it on. Compiling what is imported, rather than all 24,000 installed
-# modules at install (pip's default): a fresh install here takes 29 s instead of 109 s, and the first imports of the
-# pipeline's libraries then compile about 5,000 modules once (about 27 s).
+# (PYTHONDONTWRITEBYTECODE); what make runs has it on. Compiling what is imported, rather than every installed
+# module at install (pip's default), makes a fresh install several times faster (benchmarks/RESULTS.md).
 unexport PYTHONDONTWRITEBYTECODE
 
 # torch (and uv) go through pip, so that pip's configuration and TORCH_INDEX find the build the lock names (its
@@ -72,7 +71,7 @@ run: install
 	@grep -h '"reason"' reports/promotion.json
 
 # The portfolio of params.yaml (shipped: the demo portfolio), portfolio/stages.yaml, copied to portfolio/dvc.yaml
-# where DVC sees it (tasks/dag.py says why it is not there already): every specialization, the
+# where DVC sees it (tasks/core/dag.py says why it is not there already): every specialization, the
 # multi-task model MULTITASK of params.yaml's `multitask`, the cross-evaluation and the multi-task model's promotion
 # task by task; prints the matrix, the recommendations and what the multi-task model serves.
 MULTITASK ?= all
@@ -90,7 +89,7 @@ portfolio: install
 # one worker, and starts one Prefect server for all three.
 test: install docs-site
 	ruff check .
-	OMP_NUM_THREADS=1 python -m pytest -q -n 3 --durations=15
+	OMP_NUM_THREADS=1 python -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder --durations=15
 
 # The docs site (mkdocs-material) in site/: its own small environment, locked with hashes in docs/requirements.txt
 # (its tools never touch a model, so they stay out of the pipeline's lock and of every stage's dependencies).

@@ -2,7 +2,7 @@
 
 Needs no downloads: the model is built from a LlamaConfig and the tokens are random ids. Each step is one row of
 --tokens-per-step tokens holding several --seq-len sequences told apart by position_ids resets (the pipeline's
-padding-free layout). The first --warmup-steps are not timed. Prints tokens/s, MFU (tasks/flops.py) and peak GPU
+padding-free layout). The first --warmup-steps are not timed. Prints tokens/s, MFU (tasks/train/flops.py) and peak GPU
 memory, and writes them as JSON. `--tiny` shrinks everything so it runs on a CPU in seconds (fp32, no MFU).
 
     python -m benchmarks.gpu_train [--gradient-checkpointing] [--liger] [--steps 20]
@@ -24,8 +24,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from benchmarks.report import RESULTS_DIR, print_table, write_json
-from tasks.flops import mfu, peak_flops, training_flops_per_token
-from tasks.tokenization import IGNORE_INDEX
+from tasks.data.tokenization import IGNORE_INDEX
+from tasks.train.flops import mfu, peak_flops, training_flops_per_token
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasks.dag import PORTFOLIO
+from tasks.core.dag import PORTFOLIO
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

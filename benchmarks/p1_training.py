@@ -1,7 +1,7 @@
 """P1: the pipeline's packed, padding-free LoRA training against the seed recipe (every example padded to 512).
 
 Both arms: the same model, the same tokenized demo train split, the same LoRA settings, learning rate, seed, batch
-size and number of steps, built from tasks.training's own functions. The Trainer samples the same examples for
+size and number of steps, built from tasks.train.training's own functions. The Trainer samples the same examples for
 each step in both arms (same seed, same dataset length), and both compute the loss on the response tokens only,
 so the only difference is how a batch is laid out. Each arm runs in its own process: its peak RSS is its own and
 neither warms the other.
@@ -38,9 +38,10 @@ from transformers.trainer_utils import SaveStrategy
 
 from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
 from benchmarks.workload import BASE_DIR, REPO, pipeline_params, tokenized_split
-from tasks.models import load_model, padding_id, pick_device
-from tasks.tokenization import IGNORE_INDEX
-from tasks.training import training_arguments, with_lora
+from tasks.data.tokenization import IGNORE_INDEX
+from tasks.model.loading import load_model, padding_id, pick_device
+from tasks.train.adapters import with_lora
+from tasks.train.training import training_arguments
 
 RECIPES = ("packed", "padded")
 SEED_MAX_LENGTH = 512  # the seed recipe: tokenizer(..., padding="max_length", max_length=512)
@@ -107,7 +108,7 @@ def run_arm(recipe: str, model_dir: Path, steps: int) -> dict[str, Any]:
     train_set, collator = recipe_batches(recipe, tokenized_split(model_dir, "train", params), padding_id(tokenizer))
     set_seed(params.seed)
     model = with_lora(model, finetune)
-    model.config.use_cache = False  # as in tasks.training.train: position_ids resets separate packed examples
+    model.config.use_cache = False  # as in tasks.train.training.train: position_ids resets separate packed examples
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out_dir:
         args = training_arguments(finetune, Path(out_dir), device, params.seed, finetune.batch_size,

@@ -19,8 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
 from benchmarks.workload import BASE_DIR, pipeline_params, tokenized_split
-from tasks.inference import generate_answers
-from tasks.models import load_model, padding_id, pick_device
+from tasks.evaluate.inference import generate_answers
+from tasks.model.loading import load_model, padding_id, pick_device
 
 GOAL_RATIO = 3.0
 

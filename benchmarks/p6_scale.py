@@ -54,36 +54,37 @@ def generate(rows: int, path: Path) -> int:
 
 
 def run_validate(data: Path) -> None:
-    from tasks.params import load_params
-    from tasks.validation import required_columns, run_suites, write_clean_splits
+    from tasks.core.params import load_params
+    from tasks.data.validation import run_suites, write_clean_splits
+    from tasks.formats.registry import format_of
 
     params = load_params(REPO / "params.yaml")
-    columns = required_columns(params.data)
+    reader = format_of(params.data.format)
     splits = {"train": data / "train.jsonl", "eval": DEMO / "eval.jsonl"}
-    report, failures = run_suites.fn(splits["train"], splits["eval"], list(columns.values()), params.validate_,
-                                     data / "data_docs")
+    report, failures = run_suites.fn(splits["train"], splits["eval"], reader.checks(params.data, params.validate_),
+                                     params.validate_, data / "data_docs")
     if failures:
         sys.exit("validation failed: " + "; ".join(f.line() for f in failures))
-    write_clean_splits(splits, columns, data / "validated")
+    write_clean_splits(splits, lambda chunk: reader.canonical(chunk, params.data), data / "validated")
 
 
 def run_tokenize(data: Path, model: Path) -> None:
     from transformers import AutoTokenizer
 
-    from tasks.params import load_params
-    from tasks.tokenization import tokenize_file
+    from tasks.core.params import load_params
+    from tasks.data.tokenization import tokenize_file
 
     params = load_params(REPO / "params.yaml")
     tokenizer = AutoTokenizer.from_pretrained(model)
     for split in ("train", "eval"):
         tokenize_file.fn(tokenizer, data / "validated" / f"{split}.parquet", data / "tokenized" / split,
-                         params.data.format, params.tokenize.system_prompt, params.tokenize.max_length)
+                         params.data.shape, params.tokenize.system_prompt, params.tokenize.max_length)
 
 
 def run_index(data: Path) -> None:
     import pyarrow.parquet as pq
 
-    from tasks.prompting import build_index, retrieve
+    from tasks.evaluate.prompting import build_index, retrieve
 
     prompts = pq.read_table(data / "validated" / "train.parquet", columns=["prompt"]).column("prompt").to_pylist()
     index = build_index.fn(prompts, "minilm", data / "index")

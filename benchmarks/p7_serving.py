@@ -25,7 +25,7 @@ import pandas as pd
 from benchmarks.harness import environment, free_port
 from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
 from benchmarks.workload import REPO
-from tasks.dag import declared_paths
+from tasks.core.dag import declared_paths
 
 GOAL_RATIO = 2.0
 MODELS = ("production", "base")

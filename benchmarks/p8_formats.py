@@ -1,6 +1,6 @@
 """P8: training throughput by data format: chat SFT against instruction SFT on equal tokens per step, and DPO.
 
-Each arm trains the real base model through the pipeline's own `tasks.training.train` (packed LoRA for the two
+Each arm trains the real base model through the pipeline's own `tasks.train.training.train` (packed LoRA for the two
 supervised formats, TRL's DPOTrainer for preference pairs) on its demo data, tokenized as the tokenize stage
 does it, in a fresh process of its own. The chat arm's batch is sized so that a step holds about as many tokens as
 an instruction step (conversations are longer), so the two differ only in what a batch holds: several turns with
@@ -28,10 +28,10 @@ from transformers import AutoTokenizer
 
 from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
 from benchmarks.workload import BASE_DIR, REPO, pipeline_params
-from tasks.conversations import canonical_column
-from tasks.params import MessageFields
-from tasks.tokenization import features_for, tokenize_rows
-from tasks.training import train
+from tasks.core.params import DataParams
+from tasks.data.tokenization import features_for, tokenize_rows
+from tasks.formats.registry import FORMATS, format_of
+from tasks.train.training import train
 
 ARMS = {"instruction": ("data/demo/train.jsonl", "lora"), "chat": ("data/demo_chat/train.jsonl", "lora"),
         "preference": ("data/demo_preference/train.jsonl", "dpo")}
@@ -42,13 +42,12 @@ GOAL_RATIO = 0.9  # chat SFT keeps at least 90% of instruction SFT's effective t
 def tokenized(model_dir: Path, arm: str) -> Dataset:
     """The arm's demo rows tokenized as the tokenize stage tokenizes a training split."""
     params = pipeline_params()
-    frame = pd.read_json(REPO / ARMS[arm][0], lines=True).head(ROWS)
-    if arm == "chat":
-        frame = canonical_column(frame, "messages", MessageFields())
+    data = DataParams(format=arm, train=REPO / ARMS[arm][0], eval=REPO / ARMS[arm][0])
+    frame = format_of(arm).canonical(pd.read_json(data.train, lines=True).head(ROWS), data)
     rows = tokenize_rows({column: list(frame[column]) for column in frame.columns},
-                         AutoTokenizer.from_pretrained(model_dir), arm, params.tokenize.system_prompt,
+                         AutoTokenizer.from_pretrained(model_dir), data.shape, params.tokenize.system_prompt,
                          params.tokenize.max_length, train_on=params.tokenize.train_on)
-    return Dataset.from_dict(rows, features=features_for(arm))
+    return Dataset.from_dict(rows, features=features_for(FORMATS[arm].shape))
 
 
 def run_arm(arm: str, model_dir: Path, steps: int, batch_size: int) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Writes the two generated pages of the docs, so that they cannot drift from what they describe:
 
-- docs/reference.md: every params.yaml key, from the schema (tasks/params.py): type or choices, default, and what
+- docs/reference.md: every params.yaml key, from the schema (tasks/core/params.py): type or choices, default, and what
   it does (the field's description, else params.yaml's comment on that line); promote.metric's choices per task
-  come from the metric registry (tasks/metrics.py).
+  come from the metric registry (tasks/core/metrics.py).
 - docs/errors.md: the error catalogue, from the test corpora of bad data files (tests/data/bad_data) and broken
   params (tests/data/bad_params): what each mistake looks like and what the error names.
 
@@ -23,8 +23,8 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from tasks.metrics import METRICS, task_metrics
-from tasks.params import PARAMS_FILE, Params
+from tasks.core.metrics import METRICS, task_metrics
+from tasks.core.params import PARAMS_FILE, Params
 
 DOCS = Path("docs")
 REFERENCE = DOCS / "reference.md"
@@ -106,7 +106,7 @@ def field_rows(model: type[BaseModel], prefix: str, comments: dict[str, str]) ->
 def reference() -> str:
     comments = yaml_comments()
     lines = ["# Configuration reference", "",
-             "Every key of `params.yaml`, generated from the schema (`tasks/params.py`) by `make docs`; the value "
+             "Every key of `params.yaml`, generated from the schema (`tasks/core/params.py`) by `make docs`; the value "
              "params.yaml ships with is the default unless the key is required. `tailor check` validates a file "
              "against it. A specialization of the portfolio (`specializations.<name>`) sets any of the `data`, "
              "`validate`, `tokenize`, `finetune`, `baselines`, `evaluate` and `promote` keys over the top-level ones.",

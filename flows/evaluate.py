@@ -11,9 +11,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage, start_stage_run
-from tasks.comparison import compare, forgetting_record, majority_label
-from tasks.errors import UserError
-from tasks.inference import (
+from tasks.core.approaches import FINETUNED
+from tasks.core.errors import UserError
+from tasks.core.params import Params
+from tasks.data.tokenization import answerable, last_turn_only, tokenize_split, with_history
+from tasks.evaluate.comparison import compare, forgetting_record, majority_label
+from tasks.evaluate.inference import (
     attach_candidate,
     example_records,
     general_perplexity,
@@ -21,11 +24,10 @@ from tasks.inference import (
     held_out,
     score_model,
 )
-from tasks.models import load_model, padding_id, pick_device
-from tasks.params import Params
-from tasks.reporting import plot_chart, render_report
-from tasks.score_files import ScoreFile
-from tasks.tokenization import answerable, last_turn_only, tokenize_split
+from tasks.evaluate.reporting import plot_chart, render_report
+from tasks.evaluate.score_files import ScoreFile
+from tasks.formats.registry import CONVERSATION
+from tasks.model.loading import load_model, padding_id, pick_device
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,10 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     baselines = ScoreFile.read(paths.baselines)
     model, tokenizer = load_model(paths.base, pick_device("auto"))
     scored, drawn = held_out(paths.validated / "eval.parquet", params)
-    evaluation = answerable(scored, tokenizer,
-                            params.data.format, params.tokenize.system_prompt, params.tokenize.max_length)
-    dataset = tokenize_split(tokenizer, evaluation, params.data.format, params.tokenize.system_prompt,
-                             params.tokenize.max_length)
-    examples = example_records(dataset, tokenizer, params.data.format)
+    shape = params.data.shape
+    evaluation = answerable(scored, tokenizer, shape, params.tokenize.system_prompt, params.tokenize.max_length)
+    dataset = tokenize_split(tokenizer, evaluation, shape, params.tokenize.system_prompt, params.tokenize.max_length)
+    examples = example_records(dataset, tokenizer, shape)
     if examples != baselines.examples:
         raise UserError(f"{paths.baselines} scored other examples than this stage; run `dvc repro`")
     pad_id = padding_id(tokenizer)
@@ -65,14 +66,15 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     forgetting = forgetting_record(base_general, general_perplexity(candidate, general_set, pad_id,
                                                                     settings.batch_size))
     without_history = None
-    if params.data.format == "chat":  # the context ablation: the same conversations, only their last user turn
-        last_turns = tokenize_split(tokenizer, last_turn_only(evaluation), "chat", params.tokenize.system_prompt,
+    if shape == CONVERSATION and with_history(evaluation):
+        # The context ablation: the same conversations, only their last user turn.
+        last_turns = tokenize_split(tokenizer, last_turn_only(evaluation), shape, params.tokenize.system_prompt,
                                     params.tokenize.max_length)
         without_history = score_model(candidate, tokenizer, last_turns, settings.batch_size, settings.max_new_tokens,
                                       True)
-    scores = ScoreFile(params.task(), examples, {**baselines.approaches, "finetuned": finetuned})
+    scores = ScoreFile(params.task(), examples, {**baselines.approaches, FINETUNED: finetuned})
     training = json.loads(paths.training.read_text(encoding="utf-8"))
-    majority = majority_label(params.task(), params.data.format, paths.validated / "train.parquet")
+    majority = majority_label(params.task(), shape, paths.validated / "train.parquet")
     comparison = compare(scores, training["tokens_trained"], forgetting, params.promote.metric,
                          settings.bootstrap_samples, settings.confidence, params.seed, without_history, majority)
     result = comparison.record()

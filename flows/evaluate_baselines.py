@@ -16,12 +16,13 @@ import pandas as pd
 from prefect import flow
 
 from flows.stage import run_stage, start_stage_run
-from tasks.inference import example_records, held_out, score_model
-from tasks.models import load_model, pick_device
-from tasks.params import Params
-from tasks.prompting import NO_TRUNCATION, build_index, contexts, few_shot_rows, retrieve, searched_texts
-from tasks.score_files import ScoreFile
-from tasks.tokenization import answerable, tokenize_split
+from tasks.core.approaches import GENERALIST, PROMPTED, RETRIEVAL
+from tasks.core.params import Params
+from tasks.data.tokenization import answerable, tokenize_split
+from tasks.evaluate.inference import example_records, held_out, score_model
+from tasks.evaluate.prompting import NO_TRUNCATION, build_index, contexts, few_shot_rows, retrieve, searched_texts
+from tasks.evaluate.score_files import ScoreFile
+from tasks.model.loading import load_model, pick_device
 
 
 @dataclass(frozen=True)
@@ -34,24 +35,24 @@ class Paths:
 
 @flow(name="evaluate_baselines", on_running=[start_stage_run])
 def evaluate_baselines_flow(params: Params, paths: Paths) -> dict[str, dict[str, float]]:
-    baselines, tokenize, evaluate, data_format = params.baselines, params.tokenize, params.evaluate, params.data.format
+    baselines, tokenize, evaluate, shape = params.baselines, params.tokenize, params.evaluate, params.data.shape
     model, tokenizer = load_model(paths.base, pick_device("auto"))
     train = pd.read_parquet(paths.validated / "train.parquet")
     evaluation = answerable(held_out(paths.validated / "eval.parquet", params)[0], tokenizer,
-                            data_format, tokenize.system_prompt, tokenize.max_length)
-    build_index(searched_texts(train, data_format), baselines.retriever, paths.index)
-    nearest = retrieve(paths.index, searched_texts(evaluation, data_format), baselines.retrieval_k)
+                            shape, tokenize.system_prompt, tokenize.max_length)
+    build_index(searched_texts(train, shape), baselines.retriever, paths.index)
+    nearest = retrieve(paths.index, searched_texts(evaluation, shape), baselines.retrieval_k)
     shots = few_shot_rows(train, baselines.few_shot_k, baselines.few_shot_seed)
-    approaches = {"generalist": (tokenize.system_prompt, None),
-                  "prompted": (baselines.system_prompt, contexts(train, [shots] * len(evaluation), data_format)),
-                  "retrieval": (baselines.system_prompt, contexts(train, nearest, data_format))}
+    approaches = {GENERALIST: (tokenize.system_prompt, None),
+                  PROMPTED: (baselines.system_prompt, contexts(train, [shots] * len(evaluation), shape)),
+                  RETRIEVAL: (baselines.system_prompt, contexts(train, nearest, shape))}
     generate = params.task() != "text"
     scores, examples = {}, []
     for approach, (system_prompt, context) in approaches.items():
         # The generalist sees exactly the fine-tuned model's inputs: same template, same truncation.
         max_length = NO_TRUNCATION if context and generate else tokenize.max_length
-        dataset = tokenize_split(tokenizer, evaluation, data_format, system_prompt, max_length, context)
-        examples = examples or example_records(dataset, tokenizer, data_format)
+        dataset = tokenize_split(tokenizer, evaluation, shape, system_prompt, max_length, context)
+        examples = examples or example_records(dataset, tokenizer, shape)
         scores[approach] = score_model(model, tokenizer, dataset, evaluate.batch_size, evaluate.max_new_tokens,
                                        generate)
     ScoreFile(params.task(), examples, scores).write(paths.scores)

@@ -24,8 +24,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.stage import run_stage, start_stage_run
-from tasks.errors import UserError
-from tasks.interrupts import (
+from tasks.core.errors import UserError
+from tasks.core.interrupts import (
     RERUN,
     SIGNALS,
     STOP_REQUESTED,
@@ -34,7 +34,7 @@ from tasks.interrupts import (
     exit_when_interrupted,
     stop_at_step_boundary,
 )
-from tasks.params import FinetuneParams, Params
+from tasks.core.params import FinetuneParams, Params
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,18 @@ Step = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 def as_prefect_task(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a training step as a Prefect task (shown in the UI); DVC, not Prefect, caches stage results. A stop
-    on SIGINT/SIGTERM ends the stage from inside the task (see tasks/interrupts.py)."""
+    on SIGINT/SIGTERM ends the stage from inside the task (see tasks/core/interrupts.py)."""
     return task(exit_when_interrupted(fn), cache_policy=NO_CACHE)
 
 
 def finetune(params: FinetuneParams, seed: int, paths: Paths, step: Step) -> dict[str, Any]:
     """Train from the last complete checkpoint or the base model; rank 0 writes the adapter and the summary."""
-    # Imported here, where training runs, not at the top: the stage process that only launches torchrun then
-    # starts in ~3 s instead of ~14 s of CPU (torch, transformers, PEFT, TRL), per run.
+    # Imported here, where training runs, not at the top: the stage process that only launches torchrun then starts
+    # without the seconds of CPU that torch, transformers, PEFT and TRL cost (benchmarks/RESULTS.md measures them).
     from datasets import load_from_disk
 
-    from tasks.models import pick_device
-    from tasks.training import (
+    from tasks.model.loading import pick_device
+    from tasks.train.training import (
         is_main_process,
         log,
         prepare_checkpoints,

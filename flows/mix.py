@@ -13,10 +13,10 @@ from datasets import load_from_disk
 from prefect import flow
 
 from flows.stage import run_stage, start_stage_run
-from tasks.errors import UserError
-from tasks.mixing import mixture
-from tasks.params import Params
-from tasks.tokenization import fingerprint, save_reproducibly
+from tasks.core.errors import UserError
+from tasks.core.params import Params
+from tasks.data.mixing import mixture
+from tasks.data.tokenization import fingerprint, save_reproducibly
 
 
 @dataclass(frozen=True)

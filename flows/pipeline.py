@@ -22,11 +22,12 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from flows.stage import git_revision
-from tasks.dag import PIPELINE, declared_paths, dvc_target, enable_portfolio
-from tasks.errors import UserError
-from tasks.lineage import dvc_status
-from tasks.params import PARAMS_FILE, Params, load_params
-from tasks.retries import TRANSIENT_RETRIES
+from tasks.core.approaches import FINETUNED
+from tasks.core.dag import PIPELINE, declared_paths, dvc_target, enable_portfolio
+from tasks.core.errors import UserError
+from tasks.core.params import PARAMS_FILE, Params, load_params
+from tasks.core.retries import TRANSIENT_RETRIES
+from tasks.release.lineage import dvc_status
 
 
 def dvc(*args: str) -> subprocess.CompletedProcess[str]:
@@ -153,7 +154,7 @@ def outcome(stage: str, key: str | None = None) -> dict[str, Any]:
     decision = json.loads(paths["decision"].read_text(encoding="utf-8"))
     metrics = json.loads(paths["metrics"].read_text(encoding="utf-8"))
     return {"promoted": decision["promoted"], "reason": decision["reason"],
-            decision["metric"]: metrics["finetuned"].get(decision["metric"])}
+            decision["metric"]: metrics[FINETUNED].get(decision["metric"])}
 
 
 @flow(name="specialize")

@@ -2,7 +2,7 @@
 
 Each specialization's evaluate stage scored its own specialist and the baselines on its held-out set; this stage
 adds, on every set, the other specialists, the multi-task model and the task's specialist with retrieval in
-context, then compares them all with paired intervals (tasks/portfolio.py).
+context, then compares them all with paired intervals (tasks/evaluate/portfolio.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ from prefect.artifacts import create_markdown_artifact
 from transformers import AutoTokenizer
 
 from flows.stage import run_stage, start_stage_run
-from tasks.comparison import forgetting_record, majority_label
-from tasks.errors import UserError
-from tasks.inference import (
+from tasks.core.approaches import FINETUNED, GENERALIST, MULTITASK, SPECIALIST, WITH_RETRIEVAL
+from tasks.core.errors import UserError
+from tasks.core.params import Params
+from tasks.data.tokenization import answerable, tokenize_split
+from tasks.evaluate.comparison import forgetting_record, majority_label
+from tasks.evaluate.inference import (
     attach_candidate,
     example_records,
     general_perplexity,
@@ -29,21 +32,10 @@ from tasks.inference import (
     held_out,
     score_model,
 )
-from tasks.models import load_model, padding_id, pick_device
-from tasks.params import Params
-from tasks.portfolio import (
-    MULTITASK,
-    SPECIALIST,
-    WITH_RETRIEVAL,
-    Column,
-    column_record,
-    plot_heatmap,
-    portfolio_record,
-    render_portfolio,
-)
-from tasks.prompting import NO_TRUNCATION, contexts, retrieve, searched_texts
-from tasks.score_files import ScoreFile, Scores
-from tasks.tokenization import answerable, tokenize_split
+from tasks.evaluate.portfolio import Column, column_record, plot_heatmap, portfolio_record, render_portfolio
+from tasks.evaluate.prompting import NO_TRUNCATION, contexts, retrieve, searched_texts
+from tasks.evaluate.score_files import ScoreFile, Scores
+from tasks.model.loading import load_model, padding_id, pick_device
 
 
 @dataclass(frozen=True)
@@ -75,20 +67,20 @@ def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, Hel
     sets = {}
     for name in params.specializations:
         spec = params.specialized(name)
-        data_format, tokenize = spec.data.format, spec.tokenize
+        shape, tokenize = spec.data.shape, spec.tokenize
         train = pd.read_parquet(paths.validated / name / "train.parquet")
         evaluation = answerable(held_out(paths.validated / name / "eval.parquet", spec)[0],
-                                tokenizer, data_format, tokenize.system_prompt, tokenize.max_length)
-        plain = tokenize_split(tokenizer, evaluation, data_format, tokenize.system_prompt, tokenize.max_length)
+                                tokenizer, shape, tokenize.system_prompt, tokenize.max_length)
+        plain = tokenize_split(tokenizer, evaluation, shape, tokenize.system_prompt, tokenize.max_length)
         scores = ScoreFile.read(paths.reports / name / "scores.json")
-        if example_records(plain, tokenizer, data_format) != scores.examples:
+        if example_records(plain, tokenizer, shape) != scores.examples:
             raise UserError(f"{paths.reports / name / 'scores.json'} scored other examples than this stage; run "
                             "`dvc repro`")
-        nearest = retrieve(paths.index / name, searched_texts(evaluation, data_format), spec.baselines.retrieval_k)
+        nearest = retrieve(paths.index / name, searched_texts(evaluation, shape), spec.baselines.retrieval_k)
         generate = spec.task() != "text"
-        with_retrieval = tokenize_split(tokenizer, evaluation, data_format, tokenize.system_prompt,
+        with_retrieval = tokenize_split(tokenizer, evaluation, shape, tokenize.system_prompt,
                                         NO_TRUNCATION if generate else tokenize.max_length,
-                                        contexts(train, nearest, data_format))
+                                        contexts(train, nearest, shape))
         sets[name] = HeldOut(spec, plain, with_retrieval, scores)
     return sets
 
@@ -103,7 +95,7 @@ def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path
     for approach, adapter in adapters.items():
         model, tokenizer = load_model(base, pick_device("auto"))
         if not perplexity:  # the base model's, on the first load, before an adapter is merged into it
-            perplexity["generalist"] = general_perplexity(model, general, padding_id(tokenizer), batch_size)
+            perplexity[GENERALIST] = general_perplexity(model, general, padding_id(tokenizer), batch_size)
         candidate = attach_candidate(model, adapter)
         perplexity[approach] = general_perplexity(candidate, general, padding_id(tokenizer), batch_size)
         for name, held in sets.items():
@@ -118,7 +110,7 @@ def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path
 
 def forgetting_records(perplexity: dict[str, float]) -> dict[str, dict[str, float]]:
     """Each fine-tuned model's perplexity on the general text against the base model's (the generalist)."""
-    return {a: forgetting_record(perplexity["generalist"], p) for a, p in perplexity.items() if a != "generalist"}
+    return {a: forgetting_record(perplexity[GENERALIST], p) for a, p in perplexity.items() if a != GENERALIST}
 
 
 def tokens_trained(summary: Path) -> int:
@@ -142,12 +134,12 @@ def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
     columns, score_files = {}, {}
     for name, held in sets.items():
         own = held.scores.approaches
-        approaches = {**{a: (own["finetuned"] if a == SPECIALIST + name else cross[name][a]) for a in adapters},
+        approaches = {**{a: (own[FINETUNED] if a == SPECIALIST + name else cross[name][a]) for a in adapters},
                       WITH_RETRIEVAL: cross[name][WITH_RETRIEVAL],
-                      **{a: s for a, s in own.items() if a != "finetuned"}}
+                      **{a: s for a, s in own.items() if a != FINETUNED}}
         score_files[name] = ScoreFile(held.scores.task, held.scores.examples, approaches)
         spec = held.params
-        majority = majority_label(spec.task(), spec.data.format, paths.validated / name / "train.parquet")
+        majority = majority_label(spec.task(), spec.data.shape, paths.validated / name / "train.parquet")
         column = Column(name, spec.promote.metric, score_files[name], majority)
         columns[name] = column_record(column, {**trained, WITH_RETRIEVAL: trained[SPECIALIST + name]},
                                       spec.promote.min_relative_improvement, spec.evaluate.bootstrap_samples,

@@ -11,17 +11,18 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage, start_stage_run
-from tasks.atomic_dir import restore_interrupted
-from tasks.lineage import build_lineage
-from tasks.params import Params
-from tasks.promotion import (
+from tasks.core.approaches import FINETUNED
+from tasks.core.atomic_dir import restore_interrupted
+from tasks.core.params import Params
+from tasks.evaluate.score_files import ScoreFile
+from tasks.release.lineage import build_lineage
+from tasks.release.promotion import (
     decision_record,
     hold_production_place,
     production_gate,
     promotion_gates,
     publish_production,
 )
-from tasks.score_files import ScoreFile
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def promote_flow(params: Params, paths: Paths) -> dict[str, Any]:
         validation_passed = json.loads(paths.validation.read_text(encoding="utf-8"))["success"]
         lineage = build_lineage(params.model_dump(mode="json", by_alias=True), metrics, validation_passed,
                                 models=[paths.adapter, paths.base])
-        production_scores = ScoreFile(scores.task, scores.examples, {"finetuned": scores.approaches["finetuned"]})
+        production_scores = ScoreFile(scores.task, scores.examples, {FINETUNED: scores.approaches[FINETUNED]})
         publish_production(paths.adapter, paths.base, paths.production, lineage, gates, params.promote.merge,
                            production_scores)
     else:

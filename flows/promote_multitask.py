@@ -1,5 +1,5 @@
 """Stage promote_multitask: the multi-task model promoted for each task where it passes a specialist's gates
-(tasks/multitask_promotion.py), into a folder per task that then serves it instead of the specialist."""
+(tasks/release/multitask_promotion.py), into a folder per task that then serves it instead of the specialist."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage, start_stage_run
-from tasks.comparison import MAJORITY
-from tasks.lineage import build_lineage
-from tasks.multitask_promotion import PROMOTED, RETIRED, decide_task, retire, serving_note
-from tasks.params import Params
-from tasks.portfolio import MULTITASK
-from tasks.promotion import publish_production
-from tasks.score_files import ScoreFile, Scores
+from tasks.core.approaches import MULTITASK
+from tasks.core.params import Params
+from tasks.evaluate.comparison import MAJORITY
+from tasks.evaluate.score_files import ScoreFile, Scores
+from tasks.release.lineage import build_lineage
+from tasks.release.multitask_promotion import PROMOTED, RETIRED, decide_task, retire, serving_note
+from tasks.release.promotion import publish_production
 
 
 @dataclass(frozen=True)

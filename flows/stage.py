@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 from prefect import tags
 from prefect.logging.loggers import flow_run_logger
 
-from tasks.errors import UserError
-from tasks.interrupts import stop_at_once
-from tasks.params import Params, load_params
+from tasks.core.errors import UserError
+from tasks.core.interrupts import stop_at_once
+from tasks.core.params import Params, load_params
 
 P = TypeVar("P")
 
@@ -101,7 +101,7 @@ def start_stage_run(flow: Any, flow_run: Any, state: Any) -> None:
     """on_running hook of every stage flow: the first log line says which stage, experiment and revision it is;
     and SIGINT/SIGTERM stop the stage at once from here on. Prefect installs its own SIGTERM handler as the run
     starts, which would report the end of the run to an API that a Ctrl-C may already have killed (a hang of
-    minutes); this hook runs in the main thread after it, and replaces it (tasks/interrupts.py)."""
+    minutes); this hook runs in the main thread after it, and replaces it (tasks/core/interrupts.py)."""
     stop_at_once()
     labels = dict(tag.split(":", 1) for tag in flow_run.tags if ":" in tag)
     target = labels.get("specialization") or labels.get("multitask")

@@ -11,9 +11,10 @@ from prefect import flow
 from transformers import AutoTokenizer
 
 from flows.stage import run_stage, start_stage_run
-from tasks.errors import UserError
-from tasks.params import DataParams, Params, TokenizeParams
-from tasks.tokenization import tokenize_file, tokenize_replay_text
+from tasks.core.errors import UserError
+from tasks.core.params import DataParams, Params, TokenizeParams
+from tasks.data.tokenization import tokenize_file, tokenize_replay_text
+from tasks.formats.registry import CONVERSATION, PAIR
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def tokenize_flow(data: DataParams, tokenize: TokenizeParams, paths: Paths) -> d
     stats = {}
     shutil.rmtree(paths.out, ignore_errors=True)
     for split in ("train", "eval"):
-        stats[split] = tokenize_file(tokenizer, paths.validated / f"{split}.parquet", paths.out / split, data.format,
+        stats[split] = tokenize_file(tokenizer, paths.validated / f"{split}.parquet", paths.out / split, data.shape,
                                      tokenize.system_prompt, tokenize.max_length, tokenize.train_on)
     # Tokenized whatever finetune.replay_pct is (a few hundred paragraphs), so that changing the share re-runs
     # training only.
@@ -41,11 +42,11 @@ def tokenize_flow(data: DataParams, tokenize: TokenizeParams, paths: Paths) -> d
     paths.stats.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     for split, counts in stats.items():
         if counts.get("dropped_pct", 0) > tokenize.max_dropped_pct:
-            what = ("preference pairs ({pct}%) have prompts that leave no room for an answer" if data.format ==
-                    "preference" else "conversations ({pct}%) have no assistant token left to learn from")
+            what = ("preference pairs ({pct}%) have prompts that leave no room for an answer" if data.shape == PAIR
+                    else "conversations ({pct}%) have no assistant token left to learn from")
             raise UserError(f"{counts['dropped']} {split} {what.format(pct=counts['dropped_pct'])} within "
                             f"tokenize.max_length {tokenize.max_length}" + (" (even with their oldest turns dropped)"
-                                                                           if data.format == "chat" else "")
+                                                                           if data.shape == CONVERSATION else "")
                             + "; raise tokenize.max_length, shorten them, or raise tokenize.max_dropped_pct "
                             f"({tokenize.max_dropped_pct}) to train without them")
     return stats

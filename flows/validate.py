@@ -10,15 +10,16 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage, start_stage_run
-from tasks.atomic_dir import write_dir_atomically
-from tasks.errors import UserError
-from tasks.params import DataParams, Params, ValidateParams
-from tasks.validation import answer_pair, message_fields, required_columns, run_suites, write_clean_splits
+from tasks.core.atomic_dir import write_dir_atomically
+from tasks.core.errors import UserError
+from tasks.core.params import DataParams, Params, ValidateParams
+from tasks.data.validation import run_suites, write_clean_splits
+from tasks.formats.registry import format_of
 
 
 @dataclass(frozen=True)
 class Paths:
-    out: Path  # train.parquet and eval.parquet, in the pipeline's column names
+    out: Path  # train.parquet and eval.parquet, in the canonical shape of data.format
     docs: Path  # Great Expectations Data Docs
     report: Path  # the validation result as JSON
 
@@ -29,10 +30,8 @@ def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Pat
 
     The files are read in chunks, twice: once to validate, once more to write the clean splits (only if all
     expectations pass), so memory holds a chunk at a time, never a whole split."""
-    columns = required_columns(data)
-    messages = message_fields(data)
-    report, failures = run_suites(data.train, data.eval, list(columns.values()), limits, paths.docs,
-                                  messages=messages, pair=answer_pair(data))
+    reader = format_of(data.format)
+    report, failures = run_suites(data.train, data.eval, reader.checks(data, limits), limits, paths.docs)
     paths.report.parent.mkdir(parents=True, exist_ok=True)
     paths.report.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [failure.line() for failure in failures]
@@ -48,7 +47,7 @@ def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Pat
             + f"\nFix the data (or the limits under validate: in params.yaml); details in {paths.docs}/index.html"
         )
     return write_dir_atomically(paths.out, lambda staging: write_clean_splits(
-        {"train": data.train, "eval": data.eval}, columns, staging, messages))
+        {"train": data.train, "eval": data.eval}, lambda chunk: reader.canonical(chunk, data), staging))
 
 
 def main(params: Params, paths: Paths) -> None:

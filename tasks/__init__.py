@@ -1,1 +1,0 @@
-"""The work of each pipeline stage, as small typed functions (Prefect tasks)."""

@@ -17,12 +17,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tasks.dag import declared_paths
-from tasks.errors import UserError
-from tasks.interrupts import stop_children
-from tasks.lineage import show_lineage
-from tasks.params import PARAMS_FILE, Params, load_params
-from tasks.tables import table_chunks
+from tasks.core.dag import declared_paths
+from tasks.core.errors import UserError
+from tasks.core.interrupts import stop_children
+from tasks.core.params import PARAMS_FILE, Params, load_params
+from tasks.data.tables import table_chunks
+from tasks.release.lineage import show_lineage
 
 SERVER_PID = os.getpid()  # the HTTP process LitServe forks inherits the handler below; only this one reports
 
@@ -39,7 +39,7 @@ def data_problems(where: str, params: Params) -> list[str]:
     """What `validate` would refuse before reading a row: each data file exists, reads as its type and holds the
     columns its format needs under their mapped names (its first rows are read); and the prompted baseline's
     system prompt is not the demo's on other data."""
-    from tasks.validation import required_columns  # Great Expectations loads with it: only once params are valid
+    from tasks.formats.registry import format_of  # Great Expectations loads with it: only once params are valid
 
     problems = []
     for split in ("train", "eval"):
@@ -49,7 +49,7 @@ def data_problems(where: str, params: Params) -> list[str]:
         except UserError as exc:
             problems.append(f"{where}data.{split}: {exc}")
             continue
-        missing = [f"'{column}' ({role})" for role, column in required_columns(params.data).items()
+        missing = [f"'{column}' ({role})" for role, column in format_of(params.data.format).columns(params.data).items()
                    if column not in first.columns]
         if missing:
             problems.append(f"{where}data.{split}: {path} has no column {', '.join(missing)}, which data.format "
@@ -145,7 +145,7 @@ def check(path: Path) -> int:
 
 
 def export(out: Path, outtype: str) -> int:
-    from tasks.export import export_production  # torch loads only for this command
+    from tasks.release.export import export_production  # torch loads only for this command
 
     paths = declared_paths("promote")
     report = export_production(paths["production"], paths["base"],
@@ -158,7 +158,7 @@ def export(out: Path, outtype: str) -> int:
 
 
 def register(stage: str) -> int:
-    from tasks.registry import register_promoted
+    from tasks.release.registry import register_promoted
 
     print("\n".join(register_promoted(load_params(), stage)))
     return 0
@@ -200,7 +200,11 @@ def served_models(extra: list[str]) -> list[tuple[str, Path]]:
 
 
 def serve(host: str, port: int, extra: list[str], max_batch_size: int) -> None:
-    from tasks.serving import ServedModel, build_server, listen_address  # torch and the server: this command only
+    from tasks.release.serving import (  # torch and the server: this command only
+        ServedModel,
+        build_server,
+        listen_address,
+    )
 
     host = listen_address(host)
     if not 1024 <= port <= 65535:

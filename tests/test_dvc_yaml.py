@@ -4,7 +4,6 @@ command line, parsed by the flow, and each one a dep or an out)."""
 
 from __future__ import annotations
 
-import ast
 import importlib
 import shlex
 import subprocess
@@ -13,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from code_imports import imported_modules, imported_names, module_file
 
 from benchmarks.harness import copy_repository, environment
 from flows.stage import Target, stage_arguments
-from tasks.dag import PORTFOLIO_STAGES, enable_portfolio
+from tasks.core.dag import PORTFOLIO_STAGES, enable_portfolio
 
 REPO = Path(__file__).resolve().parents[1]
 # Your own specialization's stages and the portfolio's. A portfolio stage (foreach over the specializations) is
@@ -28,16 +28,21 @@ STAGES = {name: yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", "x"
           for name, stage in DECLARED.items()}
 
 
+FORMATS = "tasks/formats"  # a folder dependency: the format modules are loaded by name (tasks/formats/registry.py)
+
+
 def code_files(module: str, found: set[str] | None = None) -> set[str]:
-    """The module's file and every flows/ or tasks/ file it imports, transitively."""
+    """The module's file and every flows/ or tasks/ file it imports, transitively; the formats folder, for code that
+    loads a format by its name."""
     found = found if found is not None else set()
-    path = module.replace(".", "/") + ".py"
-    found.add(path)
-    for node in ast.walk(ast.parse((REPO / path).read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("flows", "tasks"):
-            imported = node.module.replace(".", "/") + ".py"
-            if (REPO / imported).is_file() and imported not in found:
-                code_files(node.module, found)
+    found.add(str(module_file(module).relative_to(REPO)))
+    if ("tasks.formats.registry", "format_of") in imported_names(module) and FORMATS not in found:
+        found.add(FORMATS)
+        for format_module in sorted((REPO / FORMATS).glob("*.py")):
+            code_files(".".join(format_module.relative_to(REPO).with_suffix("").parts), found)
+    for imported in imported_modules(module):
+        if str(module_file(imported).relative_to(REPO)) not in found:
+            code_files(imported, found)
     return found
 
 
@@ -55,7 +60,10 @@ def declared(stage: str, *kinds: str) -> set[str]:
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_list_exactly_its_code(stage: str) -> None:
     module, _ = command(stage)
-    assert {d for d in declared(stage, "deps") if d.endswith(".py")} == code_files(module)
+    code = code_files(module)
+    # A folder dependency stands for every file in it.
+    assert {d for d in declared(stage, "deps") if d.endswith(".py") or d == FORMATS} == \
+        {f for f in code if f == FORMATS or not f.startswith(FORMATS + "/") or FORMATS not in code}
 
 
 # What stages write but do not declare as outputs, since no re-run would rebuild it byte for byte (dvc.yaml's header):
@@ -73,7 +81,7 @@ def test_stage_paths_are_its_deps_and_outs_and_the_flow_reads_them_all(stage: st
                       "${multitask}": Target(multitask="x")}[foreach]
     given = {str(value) for field, value in vars(paths).items() if field not in UNDECLARED}
     assert "locks" in declared(stage, "deps")  # the environment: an upgrade re-runs what it may change
-    data_deps = {d for d in declared(stage, "deps") - {"locks"} if not d.endswith(".py") and not d.startswith("${")}
+    data_deps = {d for d in declared(stage, "deps") - {"locks", FORMATS} if not d.endswith(".py") and not d.startswith("${")}
     outs = declared(stage, "outs", "metrics", "plots")
     assert given <= data_deps | outs, given - data_deps - outs
     undeclared = {str(value) for field, value in vars(paths).items() if field in UNDECLARED}

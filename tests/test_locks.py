@@ -15,7 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tasks.lineage import environment_lock
+from tasks.release.lineage import environment_lock
 
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = ("locks/cpu.txt", "locks/cuda.txt")

@@ -32,7 +32,7 @@ def test_tiny_run_on_cpu_reports_throughput_and_no_mfu(tmp_path: Path) -> None:
     assert abs(result["losses"][0] - math.log(result["size"]["vocab_size"])) < 1.0
     assert 0 < result["trainable_parameters"] < result["parameters"]  # LoRA: most weights frozen
     size = result["size"]
-    # 4·N + 2·N_trainable + 12·layers·hidden·context, N without the input embedding lookup (tasks/flops.py).
+    # 4·N + 2·N_trainable + 12·layers·hidden·context, N without the input embedding lookup (tasks/train/flops.py).
     matmul = result["parameters"] - size["vocab_size"] * size["hidden_size"]
     attention = 12 * size["num_hidden_layers"] * size["hidden_size"] * result["seq_len"]
     assert result["flops_per_token"] == 4 * matmul + 2 * result["trainable_parameters"] + attention
@@ -47,5 +47,5 @@ def test_full_size_run_on_gpu(tmp_path: Path) -> None:
     assert result["parameters"] > 1e9 and result["dtype"] == "bf16"
     assert result["tokens_per_second"] > 0 and result["peak_memory_gib"] > 2
     assert all(math.isfinite(loss) for loss in result["losses"])
-    if result["mfu"] is not None:  # None on a GPU missing from tasks/flops.py's table
+    if result["mfu"] is not None:  # None on a GPU missing from tasks/train/flops.py's table
         assert 0 < result["mfu"] < 1

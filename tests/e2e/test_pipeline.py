@@ -74,8 +74,8 @@ def test_repro_builds_and_promotes_a_specialist(project: Path, first_build) -> N
     assert lineage["inputs"][TRAIN].startswith(
         next(d["md5"] for d in lock["stages"]["validate"]["deps"] if d["path"] == TRAIN))
     # Code is pinned by its hashes (a git revision would differ on every clone that rebuilds the model).
-    assert lineage["inputs"]["tasks/training.py"] == next(
-        d["md5"] for d in lock["stages"]["finetune"]["deps"] if d["path"] == "tasks/training.py")
+    assert lineage["inputs"]["tasks/train/training.py"] == next(
+        d["md5"] for d in lock["stages"]["finetune"]["deps"] if d["path"] == "tasks/train/training.py")
     assert "git_revision" not in lineage
     shown = run(project, "dvc", "metrics", "show", "--json")
     assert "finetuned" in shown.stdout and shown.returncode == 0
@@ -122,7 +122,7 @@ def test_code_edits_rerun_only_the_stages_they_affect(project: Path) -> None:
     """A metric's code feeds evaluate (not the baselines' generation); an expectation's code feeds validate
     only, not the stages that read the validated data."""
     edited = {module: (project / module).read_text(encoding="utf-8")
-              for module in ("tasks/scoring.py", "tasks/validation.py")}
+              for module in ("tasks/evaluate/scoring.py", "tasks/data/validation.py")}
     for module, code in edited.items():
         (project / module).write_text(code + "# an edit\n", encoding="utf-8")
     try:
@@ -132,6 +132,20 @@ def test_code_edits_rerun_only_the_stages_they_affect(project: Path) -> None:
             (project / module).write_text(code, encoding="utf-8")
     assert {"validate", "evaluate"} <= set(due)
     assert not {"base_model", "tokenize", "finetune", "evaluate_baselines"} & set(due), due
+
+
+@pytest.mark.parametrize(("module", "stage"), [("tasks/model/sources.py", "base_model"),
+                                              ("tasks/formats/chat.py", "validate")])
+def test_a_fix_to_model_downloads_or_to_one_format_reruns_its_stage_only(project: Path, module: str,
+                                                                          stage: str) -> None:
+    """Downloading a base model is apart from loading one, and a format's reading is validate's alone: a fix to
+    either re-runs that stage, and what follows only if its output changes."""
+    code = (project / module).read_text(encoding="utf-8")
+    (project / module).write_text(code + "# a fix\n", encoding="utf-8")
+    try:
+        assert stages_due(project) == [stage]
+    finally:
+        (project / module).write_text(code, encoding="utf-8")
 
 
 def cached_outputs(root: Path) -> list[str]:

@@ -26,8 +26,8 @@ from stage_runner import TINY_PARAMS, run, tiny_project
 from transformers import AutoTokenizer
 
 from benchmarks.harness import stages_run
-from tasks.chat_templates import NAMED_TEMPLATES
-from tasks.dag import enable_portfolio
+from tasks.core.dag import enable_portfolio
+from tasks.model.chat_templates import NAMED_TEMPLATES
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

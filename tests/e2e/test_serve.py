@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.harness import environment, free_port
-from tasks.atomic_dir import write_dir_atomically
-from tasks.errors import UserError
-from tasks.serving import API_KEY_ENV, ServedModel, build_server
+from tasks.core.atomic_dir import write_dir_atomically
+from tasks.core.errors import UserError
+from tasks.release.serving import API_KEY_ENV, ServedModel, build_server
 
 pytestmark = pytest.mark.slow
 KEY = "test-key"

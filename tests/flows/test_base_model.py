@@ -10,12 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from canonical import canonical
 from peft import LoraConfig, get_peft_model
 from stage_runner import run, stage_command
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.harness import copy_repository
-from tasks.export import export_production
+from tasks.release.export import export_production
 
 pytestmark = pytest.mark.slow
 
@@ -70,10 +71,8 @@ def test_gguf_export_matches_the_merged_model(real_base: Path) -> None:
     parameters = sum(p.numel() for p in model.get_base_model().parameters())
     production = real_base / "models/production"
     model.save_pretrained(production)
-    prompts = [json.loads(line)["prompt"] for line in
-               (real_base / "data/demo/eval.jsonl").read_text(encoding="utf-8").splitlines()[:4]]
-    eval_file = real_base / "eval.parquet"
-    pd.DataFrame({"prompt": prompts}).to_parquet(eval_file)
+    eval_file = real_base / "eval.parquet"  # as validate writes it
+    canonical(pd.read_json(real_base / "data/demo/eval.jsonl", lines=True).head(4)).to_parquet(eval_file)
 
     report = export_production(production, base, eval_file, real_base / "models/export", prompts=4)
     out = real_base / "models/export"

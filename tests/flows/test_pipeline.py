@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import check_settings
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,8 +57,8 @@ def test_the_form_cannot_change_the_base_model_the_data_or_a_path(setting: str) 
 
 def test_a_run_of_chosen_specializations_asks_dvc_for_their_promotions_only() -> None:
     from flows.pipeline import targets
-    from tasks.dag import declared_paths
-    from tasks.params import load_params
+    from tasks.core.dag import declared_paths
+    from tasks.core.params import load_params
 
     params = load_params()
     assert targets(None, params) == ["dvc.yaml"]  # your own specialization, as a plain `dvc repro`
@@ -87,8 +87,8 @@ def test_tailor_serve_serves_each_specialization_under_its_name() -> None:
 
 def test_a_task_the_multitask_model_won_is_served_by_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks.cli import served_models
-    from tasks.params import load_params
-    from tasks.registry import production_dirs, promoted
+    from tasks.core.params import load_params
+    from tasks.release.registry import production_dirs, promoted
 
     for name in ("dvc.yaml", "portfolio/stages.yaml", "params.yaml"):
         (tmp_path / name).parent.mkdir(exist_ok=True)

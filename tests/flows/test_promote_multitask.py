@@ -14,9 +14,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from flows.promote_multitask import Paths, promote_multitask_flow
-from tasks.params import parse_params
-from tasks.promotion import EVAL_SCORES
-from tasks.score_files import ScoreFile, Scores
+from tasks.core.params import parse_params
+from tasks.evaluate.score_files import ScoreFile, Scores
+from tasks.release.promotion import EVAL_SCORES
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCES = ["os", "logging", "os", "zipfile"] * 10

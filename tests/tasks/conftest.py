@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from canonical import canonical
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.tokenization import tokenize_split
+from tasks.data.tokenization import tokenize_split
+from tasks.formats.registry import CONVERSATION
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
@@ -19,4 +21,4 @@ def setup(tiny_model_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     frame = pd.read_json(DEMO / "eval.jsonl", lines=True).head(7)
-    return model, tokenizer, tokenize_split.fn(tokenizer, frame, "instruction", None, 512)
+    return model, tokenizer, tokenize_split.fn(tokenizer, canonical(frame), CONVERSATION, None, 512)

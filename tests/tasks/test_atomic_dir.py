@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.atomic_dir import staging_dir, write_dir_atomically
+from tasks.core.atomic_dir import staging_dir, write_dir_atomically
 
 
 def version(text: str):

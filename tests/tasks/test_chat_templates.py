@@ -16,13 +16,14 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.chat_templates import NAMED_TEMPLATES, chosen_template, use_chat_template
-from tasks.errors import UserError
-from tasks.models import chat_token_ids, save_model_dir
-from tasks.params import CHAT_TEMPLATES, FinetuneParams, parse_params
-from tasks.promotion import model_card
-from tasks.tokenization import IGNORE_INDEX, tokenize_instruction
-from tasks.training import with_lora
+from tasks.core.errors import UserError
+from tasks.core.params import CHAT_TEMPLATES, FinetuneParams, parse_params
+from tasks.data.tokenization import IGNORE_INDEX, tokenize_conversations
+from tasks.model.chat_templates import NAMED_TEMPLATES, chosen_template, use_chat_template
+from tasks.model.loading import chat_token_ids
+from tasks.model.sources import save_model_dir
+from tasks.release.promotion import model_card
+from tasks.train.adapters import with_lora
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = REPO / "chat_templates"
@@ -120,7 +121,8 @@ def test_named_template_renders_its_family_and_adds_what_the_tokenizer_lacks(bar
         torch.testing.assert_close(model.get_output_embeddings().weight[row], known_mean)
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id == model.config.eos_token_id
     # Trained on: the answer ends with the end-of-turn token, the one generation stops on.
-    example = tokenize_instruction(tokenizer, "Q", "A.", "S", 256)
+    [example] = tokenize_conversations(tokenizer, [[{"role": "user", "content": "Q"},
+                                                {"role": "assistant", "content": "A."}]], "S", 256, "last_turn")
     assert tokenizer.eos_token_id in [t for t in example.labels if t != IGNORE_INDEX]
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import UserError
-from tasks.export import index_download
+from tasks.core.errors import UserError
+from tasks.release.export import index_download
 
 SDIST = b"not really a tarball, but bytes with a known digest"
 

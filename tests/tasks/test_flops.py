@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tasks.flops import mfu, peak_flops, peak_flops_for_name, training_flops_per_token
+from tasks.train.flops import mfu, peak_flops, peak_flops_for_name, training_flops_per_token
 
 # hidden 64, intermediate 128, 2 layers, 4 heads of 16, 2 key/value heads (k and v project to 32), vocab 600.
 LAYER = (64 * 64 + 64 * 32 + 64 * 32 + 64 * 64) + 3 * 64 * 128 + 2 * 64  # attention + MLP + two RMSNorms

@@ -8,11 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from canonical import canonical
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.inference import example_records, generate_answers, held_out, label_quotas, reference_nll
-from tasks.params import load_params
-from tasks.tokenization import tokenize_split
+from tasks.core.params import load_params
+from tasks.data.tokenization import tokenize_split
+from tasks.evaluate.inference import example_records, generate_answers, held_out, label_quotas, reference_nll
+from tasks.formats.registry import TEXT
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
@@ -48,7 +50,7 @@ def test_perplexity_on_a_file_agrees_with_an_independent_loop(tiny_model_dir: Pa
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     text_file = Path(__file__).resolve().parents[2] / "data" / "general" / "reference.jsonl"
     texts = pd.read_json(text_file, lines=True)["text"].head(12)
-    dataset = tokenize_split.fn(tokenizer, pd.DataFrame({"text": texts}), "text", None, 96)
+    dataset = tokenize_split.fn(tokenizer, pd.DataFrame({"text": texts}), TEXT, None, 96)
     nll, tokens = reference_nll(model, dataset, batch_size=5, pad_id=tokenizer.pad_token_id)
     ours = math.exp(sum(nll) / sum(tokens))
     total, count = 0.0, 0
@@ -71,16 +73,16 @@ def test_plain_text_with_passages_in_context_is_scored_on_the_same_tokens(tiny_m
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     text_file = Path(__file__).resolve().parents[2] / "data" / "general" / "reference.jsonl"
     frame = pd.read_json(text_file, lines=True).head(4)
-    plain = tokenize_split.fn(tokenizer, frame, "text", None, 64)
+    plain = tokenize_split.fn(tokenizer, frame, TEXT, None, 64)
     passages = [["A passage shown first.", "And a second one."]] * len(frame)
-    with_context = tokenize_split.fn(tokenizer, frame, "text", None, 64, passages)
+    with_context = tokenize_split.fn(tokenizer, frame, TEXT, None, 64, passages)
     assert len(plain) == len(with_context) > len(frame)  # long paragraphs are several chunks
     for bare, shown in zip(plain, with_context):
         context = shown["prompt_length"]
         assert context > 0 and shown["input_ids"][context:] == bare["input_ids"]
         scored = [t for t in shown["labels"] if t != -100]
         assert scored == bare["input_ids"][1:]  # the first token has nothing before it without context
-    assert example_records(plain, tokenizer, "text") == example_records(with_context, tokenizer, "text")
+    assert example_records(plain, tokenizer, TEXT) == example_records(with_context, tokenizer, TEXT)
 
 
 
@@ -88,7 +90,8 @@ def test_an_eval_file_sorted_by_label_is_sampled_across_every_label(tmp_path: Pa
     """max_examples never means "the first rows": 200 rows sorted by label (120, 60, 20), 20 scored."""
     labels = ["billing"] * 120 + ["outage"] * 60 + ["refund"] * 20
     eval_file = tmp_path / "eval.parquet"
-    pd.DataFrame({"prompt": [f"ticket {i}" for i in range(200)], "response": labels}).to_parquet(eval_file)
+    frame = pd.DataFrame({"prompt": [f"ticket {i}" for i in range(200)], "response": labels})
+    canonical(frame).to_parquet(eval_file)
     shipped = load_params()
 
     def evaluated(**settings: object) -> tuple[pd.DataFrame, str]:
@@ -96,7 +99,7 @@ def test_an_eval_file_sorted_by_label_is_sampled_across_every_label(tmp_path: Pa
         return held_out(eval_file, params)
 
     rows, drawn = evaluated(max_examples=20, task="classification")
-    assert rows["response"].value_counts().to_dict() == {"billing": 12, "outage": 6, "refund": 2}
+    assert frame["response"][rows.index].value_counts().to_dict() == {"billing": 12, "outage": 6, "refund": 2}
     assert drawn == "a sample of 20 of the eval split's 200 rows (seed 42), stratified by label"
     again, _ = evaluated(max_examples=20, task="classification")
     assert again.equals(rows) and list(rows.index) == sorted(rows.index)  # seeded, in file order

@@ -13,7 +13,7 @@ import yaml
 
 from benchmarks.harness import copy_repository
 from tasks.cli import check, example_names, example_params, init
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())

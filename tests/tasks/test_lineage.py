@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.lineage import (
+from tasks.release.lineage import (
     compute,
     compute_note,
     environment_differences,
@@ -25,7 +25,7 @@ def entry(path: str, md5: str) -> dict[str, str]:
 def test_model_inputs_follow_the_dag_back_from_the_model_with_its_code_and_leave_reports_out(tmp_path: Path) -> None:
     lock = tmp_path / "dvc.lock"
     lock.write_text(yaml.safe_dump({"stages": {
-        "validate": {"deps": [entry("tasks/validation.py", "c1"), entry("data/raw.jsonl", "raw")],
+        "validate": {"deps": [entry("tasks/data/validation.py", "c1"), entry("data/raw.jsonl", "raw")],
                      "outs": [entry("data/validated", "val"), entry("reports/data_docs", "docs")]},
         "tokenize": {"deps": [entry("data/validated", "stale"), entry("models/base", "base")],
                      "outs": [entry("data/tokenized", "tok")]},
@@ -35,7 +35,7 @@ def test_model_inputs_follow_the_dag_back_from_the_model_with_its_code_and_leave
         "evaluate": {"deps": [entry("models/adapter", "adapter")], "outs": [entry("reports/metrics.json", "m")]},
     }}))
     inputs = model_inputs([Path("models/adapter"), Path("models/base")], [lock])
-    assert inputs == {"chat_templates": "tpl", "data/raw.jsonl": "raw", "tasks/validation.py": "c1", "data/tokenized": "tok",
+    assert inputs == {"chat_templates": "tpl", "data/raw.jsonl": "raw", "tasks/data/validation.py": "c1", "data/tokenized": "tok",
                       "data/tokenized/train": "train", "data/validated": "val", "models/adapter": "adapter",
                       "models/base": "base"}
     assert model_inputs([Path("models/adapter")], [tmp_path / "missing.lock"]) == {}

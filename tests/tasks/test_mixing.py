@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from tasks.mixing import draw, mixture
+from tasks.data.mixing import draw, mixture
 
 
 def test_draw_repeats_whole_passes_then_samples_without_repeats() -> None:

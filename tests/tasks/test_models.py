@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tasks.errors import UserError
-from tasks.models import checked, extract_member, load_pretrained, save_model_dir
+from tasks.core.errors import UserError
+from tasks.model.sources import checked, extract_member, load_pretrained, save_model_dir
 
 
 def test_local_model_dir_becomes_a_plain_safetensors_dir(tiny_model_dir: Path, tmp_path: Path) -> None:

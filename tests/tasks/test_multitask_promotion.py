@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.multitask_promotion import KEPT, NOT_PROMOTED, PROMOTED, RETIRED, decide_task, retire, serving_note
-from tasks.params import PromoteParams
-from tasks.promotion import EVAL_SCORES
-from tasks.score_files import ScoreFile, Scores
+from tasks.core.params import PromoteParams
+from tasks.evaluate.score_files import ScoreFile, Scores
+from tasks.release.multitask_promotion import KEPT, NOT_PROMOTED, PROMOTED, RETIRED, decide_task, retire, serving_note
+from tasks.release.promotion import EVAL_SCORES
 
 REFERENCES = ["os", "logging", "os", "zipfile"] * 10
 EXAMPLES = [{"prompt": f"q{i}", "response": r} for i, r in enumerate(REFERENCES)]

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from tasks.errors import UserError
-from tasks.params import Params, load_params, parse_params
+from tasks.core.errors import UserError
+from tasks.core.params import Params, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())

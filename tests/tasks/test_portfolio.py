@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.portfolio import Column, column_record, plot_heatmap, portfolio_record, render_portfolio
-from tasks.score_files import ScoreFile, Scores
+from tasks.evaluate.portfolio import Column, column_record, plot_heatmap, portfolio_record, render_portfolio
+from tasks.evaluate.score_files import ScoreFile, Scores
 
 REFERENCES = ["os", "logging", "os", "zipfile"] * 10
 

@@ -16,9 +16,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tasks.atomic_dir import restore_interrupted, write_dir_atomically
-from tasks.params import PromoteParams
-from tasks.promotion import (
+from tasks.core.atomic_dir import restore_interrupted, write_dir_atomically
+from tasks.core.params import PromoteParams
+from tasks.evaluate.score_files import ScoreFile, Scores
+from tasks.release.promotion import (
     EVAL_SCORES,
     Gate,
     decision_record,
@@ -27,7 +28,6 @@ from tasks.promotion import (
     promotion_gates,
     publish_production,
 )
-from tasks.score_files import ScoreFile, Scores
 
 NO_PRODUCTION = Gate("beats_production", None, 0.05, "skipped", "no production model yet")
 

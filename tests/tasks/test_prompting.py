@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from canonical import canonical
 
-from tasks.prompting import build_index, contexts, few_shot_rows, retrieve
+from tasks.evaluate.prompting import build_index, contexts, few_shot_rows, retrieve
+from tasks.formats.registry import CONVERSATION, TEXT
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 TRAIN = pd.read_json(DEMO / "train.jsonl", lines=True).head(300)
@@ -17,9 +19,9 @@ def test_few_shot_rows_are_fixed_by_the_seed_and_become_turns_or_passages() -> N
     first = few_shot_rows(TRAIN, 3, seed=0)
     assert len(first) == 3 and first == few_shot_rows(TRAIN, 3, seed=0)
     assert first != few_shot_rows(TRAIN, 3, seed=1)
-    [turns] = contexts(TRAIN, [first], "instruction")
+    [turns] = contexts(canonical(TRAIN), [first], CONVERSATION)
     assert turns == [(TRAIN["prompt"][j], TRAIN["response"][j]) for j in first]
-    [passages] = contexts(TRAIN.rename(columns={"response": "text"}), [first], "text")
+    [passages] = contexts(TRAIN.rename(columns={"response": "text"}), [first], TEXT)
     assert passages == [TRAIN["response"][j] for j in first]
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from canonical import canonical
 
-from tasks.comparison import against_majority, confusions, majority_label, most_frequent_label
-from tasks.reporting import majority_section, plot_chart, recommendation, verdict
-from tasks.score_files import ScoreFile, Scores
-from tasks.statistics import Interval
+from tasks.evaluate.comparison import against_majority, confusions, majority_label, most_frequent_label
+from tasks.evaluate.decision import recommendation
+from tasks.evaluate.reporting import majority_section, plot_chart, verdict
+from tasks.evaluate.score_files import ScoreFile, Scores
+from tasks.evaluate.statistics import Interval
+from tasks.formats.registry import CONVERSATION, PAIR
 
 COSTS = {"retrieval": {"prompt_tokens_per_example": 184.5},
          "finetuned": {"prompt_tokens_per_example": 47.9, "training_tokens": 30000}}
@@ -76,7 +79,7 @@ def test_a_label_model_that_learned_only_the_label_counts_is_named() -> None:
 
 def test_the_majority_label_is_read_for_label_tasks_only(tmp_path: Path) -> None:
     train = tmp_path / "train.parquet"
-    pd.DataFrame({"prompt": ["a", "b", "c"], "response": ["os", "Logging.", "logging"]}).to_parquet(train)
-    assert majority_label("classification", "instruction", train) == "Logging."  # counted normalized, first spelling
-    assert majority_label("free_text", "instruction", train) is None
-    assert majority_label("classification", "chat", train) is None  # a conversation's answers are no label column
+    canonical(pd.DataFrame({"prompt": ["a", "b", "c"], "response": ["os", "Logging.", "logging"]})).to_parquet(train)
+    assert majority_label("classification", CONVERSATION, train) == "Logging."  # counted normalized, first spelling
+    assert majority_label("free_text", CONVERSATION, train) is None
+    assert majority_label("classification", PAIR, train) is None  # a pair's answers are no label

@@ -8,8 +8,8 @@ import pytest
 from prefect import flow, task
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tasks.errors import UserError
-from tasks.retries import TRANSIENT_RETRIES
+from tasks.core.errors import UserError
+from tasks.core.retries import TRANSIENT_RETRIES
 
 
 def attempts_until_done(error: Exception) -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-import tasks.prompting as prompting
-from tasks.prompting import build_index, nearest_rows
+import tasks.evaluate.prompting as prompting
+from tasks.evaluate.prompting import build_index, nearest_rows
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 

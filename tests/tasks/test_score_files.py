@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.score_files import ScoreFile, Scores
+from tasks.evaluate.score_files import ScoreFile, Scores
 
 
 def test_score_file_round_trip(tmp_path: Path) -> None:

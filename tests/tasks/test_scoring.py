@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from tasks.inference import score_model
-from tasks.metrics import METRICS
-from tasks.score_files import Scores
-from tasks.scoring import CORPUS, LIKELIHOOD, PER_EXAMPLE, PREFERENCE, TaskMetrics, rouge_l
+from tasks.core.metrics import METRICS
+from tasks.evaluate.inference import score_model
+from tasks.evaluate.score_files import Scores
+from tasks.evaluate.scoring import CORPUS, LIKELIHOOD, PER_EXAMPLE, PREFERENCE, TaskMetrics, rouge_l
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 

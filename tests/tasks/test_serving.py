@@ -17,9 +17,9 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from transformers import AutoTokenizer
 
-from tasks.atomic_dir import write_dir_atomically
-from tasks.errors import UserError
-from tasks.serving import (
+from tasks.core.atomic_dir import write_dir_atomically
+from tasks.core.errors import UserError
+from tasks.release.serving import (
     ClientGone,
     ConcurrencyLimit,
     ServedModel,

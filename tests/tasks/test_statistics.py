@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.statistics import paired_bootstrap
+from tasks.evaluate.statistics import paired_bootstrap
 
 
 def mean_of(values: dict[str, np.ndarray]):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.errors import UserError
-from tasks.tables import read_table, table_chunks
+from tasks.core.errors import UserError
+from tasks.data.tables import read_table, table_chunks
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
@@ -67,7 +67,7 @@ def test_nothing_to_read_is_named_before_any_row(tmp_path: Path) -> None:
 
 def test_an_overlong_line_is_refused_without_reading_it_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
-    monkeypatch.setattr("tasks.tables.MAX_LINE_CHARS", 1000)
+    monkeypatch.setattr("tasks.data.tables.MAX_LINE_CHARS", 1000)
     path = tmp_path / "data.jsonl"
     lines = [json.dumps(r) for r in rows(3)]
     path.write_text("\n".join([*lines, json.dumps({"prompt": "x" * 5000, "response": "y"})]) + "\n")

@@ -8,16 +8,35 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from canonical import canonical
 from transformers import AutoTokenizer
 
-from tasks.tokenization import (
+from tasks.data.tokenization import (
     IGNORE_INDEX,
+    Tokenized,
     token_stats,
-    tokenize_conversation,
-    tokenize_instruction,
+    tokenize_conversations,
     tokenize_split,
     tokenize_text,
 )
+from tasks.formats.registry import CONVERSATION as CONVERSATIONS
+from tasks.formats.registry import PAIR
+
+
+def tokenize_conversation(tokenizer, messages: list[dict[str, str]], system_prompt: str | None, max_length: int,
+                          train_on: str, examples: list[tuple[str, str]] | None = None) -> Tokenized | None:
+    return tokenize_conversations(tokenizer, [messages], system_prompt, max_length, train_on,
+                                  [examples or []])[0]
+
+
+def tokenize_instruction(tokenizer, prompt: str, response: str, system_prompt: str | None,
+                         max_length: int) -> Tokenized:
+    """An instruction example, as validate writes it: a one-exchange conversation."""
+    piece = tokenize_conversation(tokenizer, [{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": response}],
+                                  system_prompt, max_length, "last_turn")
+    assert piece is not None
+    return piece
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +62,7 @@ def test_system_prompt_replaces_the_template_default(tokenizer) -> None:
 
 def test_truncation_is_counted(tokenizer) -> None:
     frame = pd.DataFrame({"prompt": ["Short?", "Long?"], "response": ["Yes.", "word " * 200]})
-    dataset = tokenize_split.fn(tokenizer, frame, "instruction", None, 64)
+    dataset = tokenize_split.fn(tokenizer, canonical(frame), CONVERSATIONS, None, 64)
     assert [len(ids) for ids in dataset["input_ids"]][1] == 64
     assert dataset["truncated"] == [False, True]
     stats = token_stats(dataset, 64)
@@ -110,7 +129,7 @@ def test_in_context_examples_go_between_the_system_message_and_the_conversation(
 
 def test_held_out_conversations_keep_what_the_user_asked_and_the_last_answer(tokenizer) -> None:
     frame = pd.DataFrame({"messages": [json.dumps(CONVERSATION)]})
-    dataset = tokenize_split.fn(tokenizer, frame, "chat", None, 256)
+    dataset = tokenize_split.fn(tokenizer, frame, CONVERSATIONS, None, 256)
     assert dataset["prompt"] == ["What does `len(obj)` do? / Which module is it in?"]
     assert dataset["response"] == ["It is in the `builtins` module."]
 
@@ -119,7 +138,7 @@ def test_a_preference_pair_is_its_chosen_example_and_the_rejected_answer_after_t
     frame = pd.DataFrame({"prompt": ["What does `len(obj)` do?", "Long? " * 80],
                           "chosen": ["Return the number of items.", "Yes."],
                           "rejected": ["Return the absolute value.", "No."]})
-    dataset = tokenize_split.fn(tokenizer, frame, "preference", None, 64)
+    dataset = tokenize_split.fn(tokenizer, canonical(frame, "preference"), PAIR, None, 64)
     assert len(dataset) == 1  # the second prompt leaves no room for an answer within 64 tokens
     row = dataset[0]
     chosen = tokenize_instruction(tokenizer, frame.prompt[0], frame.chosen[0], None, 64)

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from canonical import canonical
 from datasets import Dataset, load_from_disk
 from transformers import AutoTokenizer
 
-import tasks.tokenization as tokenization
-from tasks.errors import UserError
-from tasks.tables import read_table
-from tasks.tokenization import IGNORE_INDEX, token_stats, tokenize_file, tokenize_replay_text, tokenize_split
+import tasks.data.tokenization as tokenization
+from tasks.core.errors import UserError
+from tasks.data.tables import read_table
+from tasks.data.tokenization import IGNORE_INDEX, token_stats, tokenize_file, tokenize_replay_text, tokenize_split
+from tasks.formats.registry import CONVERSATION, TEXT
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 DEMO = DATA / "demo"
@@ -31,20 +33,22 @@ def files(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_file_in_batches_matches_the_split_in_memory(tmp_path: Path, tokenizer, monkeypatch, processes: int) -> None:
-    frame = read_table.fn(DEMO / "train.jsonl").head(300)[["prompt", "response"]].reset_index(drop=True)
+    frame = canonical(read_table.fn(DEMO / "train.jsonl").head(300))
     frame.to_parquet(tmp_path / "train.parquet", index=False)
     monkeypatch.setattr(tokenization, "BATCH_ROWS", 64)  # several batches, and a short last one
     monkeypatch.setattr(tokenization, "ROWS_PER_PROCESS", 300 // processes)
     monkeypatch.setattr(tokenization.os, "sched_getaffinity", lambda pid: set(range(processes)))
-    stats = tokenize_file.fn(tokenizer, tmp_path / "train.parquet", tmp_path / "out", "instruction", None, 96)
-    expected = tokenize_split.fn(tokenizer, frame, "instruction", None, 96)
+    stats = tokenize_file.fn(tokenizer, tmp_path / "train.parquet", tmp_path / "out", CONVERSATION, None, 96)
+    expected = tokenize_split.fn(tokenizer, frame, CONVERSATION, None, 96)
     saved = load_from_disk(str(tmp_path / "out"))
     assert saved.features == expected.features
     assert saved.to_dict() == expected.to_dict()
-    assert stats == token_stats(expected, 96) and 0 < stats["truncated_pct"] < 100
+    dropped = {"dropped": 300 - len(expected), "dropped_pct": round(100 * (300 - len(expected)) / 300, 3)}
+    assert stats == {**token_stats(expected, 96), **dropped} and 0 < stats["truncated_pct"] < 100
+    assert 0 < dropped["dropped"] < 30  # examples whose prompt alone fills max_length: nothing left to learn
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.parquet"]  # no work files left
     first = files(tmp_path / "out")
-    tokenize_file.fn(tokenizer, tmp_path / "train.parquet", tmp_path / "out", "instruction", None, 96)
+    tokenize_file.fn(tokenizer, tmp_path / "train.parquet", tmp_path / "out", CONVERSATION, None, 96)
     assert files(tmp_path / "out") == first  # same inputs, same bytes: DVC sees an unchanged output
 
 
@@ -52,8 +56,8 @@ def test_long_texts_become_several_rows(tmp_path: Path, tokenizer, monkeypatch) 
     texts = read_table.fn(DEMO.parent / "general" / "reference.jsonl").head(40)[["text"]].reset_index(drop=True)
     texts.to_parquet(tmp_path / "text.parquet", index=False)
     monkeypatch.setattr(tokenization, "BATCH_ROWS", 16)
-    stats = tokenize_file.fn(tokenizer, tmp_path / "text.parquet", tmp_path / "out", "text", None, 32)
-    expected = tokenize_split.fn(tokenizer, texts, "text", None, 32)
+    stats = tokenize_file.fn(tokenizer, tmp_path / "text.parquet", tmp_path / "out", TEXT, None, 32)
+    expected = tokenize_split.fn(tokenizer, texts, TEXT, None, 32)
     assert len(expected) > len(texts)
     assert load_from_disk(str(tmp_path / "out")).to_dict() == expected.to_dict()
     assert stats["examples"] == len(expected)

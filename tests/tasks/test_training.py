@@ -8,14 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from canonical import canonical
 from prefect.logging import disable_run_logger
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
-from tasks.errors import UserError
-from tasks.params import FinetuneParams, LoraParams
-from tasks.tokenization import tokenize_split
-from tasks.training import (
+from tasks.core.errors import UserError
+from tasks.core.params import FinetuneParams, LoraParams
+from tasks.data.tokenization import tokenize_split
+from tasks.formats.registry import CONVERSATION, PAIR, TEXT
+from tasks.train.training import (
     COMPLETE_MARKER,
     StopOnNonFiniteLoss,
     halve_batch_on_oom,
@@ -36,13 +38,13 @@ PARAMS = FinetuneParams(learning_rate=2e-2, max_steps=6, batch_size=8, save_step
 def train_set(tiny_model_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     frame = pd.read_json(DEMO / "train.jsonl", lines=True).head(64)
-    return tokenize_split.fn(tokenizer, frame, "instruction", None, 128)
+    return tokenize_split.fn(tokenizer, canonical(frame), CONVERSATION, None, 256)
 
 
 def test_replay_makes_up_its_share_of_the_examples_drawn_the_same_each_run(tiny_model_dir: Path, train_set) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     general = pd.read_json(DEMO.parent / "general" / "replay.jsonl", lines=True).head(5)
-    replay = tokenize_split.fn(tokenizer, general, "text", None, 128)
+    replay = tokenize_split.fn(tokenizer, general, TEXT, None, 128)
     mixed = with_replay(train_set, replay, 20.0, 7)
     assert len(mixed) == 80 and mixed[:64] == train_set[:]  # 16 of 80 rows are replayed text: 20%
     replayed = mixed.select(range(64, 80))["input_ids"]
@@ -188,7 +190,7 @@ def test_non_finite_loss_stops_training() -> None:
 
 def test_all_linear_targets_every_linear_layer_of_any_architecture(tiny_model_dir: Path) -> None:
     """PEFT's "all-linear" (for models whose module names differ from Llama's): every linear layer but the head."""
-    from tasks.training import with_lora
+    from tasks.train.adapters import with_lora
 
     model = with_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                       FinetuneParams(lora=LoraParams(target_modules="all-linear")))
@@ -205,8 +207,8 @@ def test_dpo_starts_from_an_sft_adapter_which_is_also_its_reference(tiny_model_d
     sft, _ = run_training(tiny_model_dir, train_set, tmp_path / "sft")
     save_trained(sft, tmp_path / "sft" / "adapter")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    pairs = tokenize_split.fn(tokenizer, pd.read_json(DEMO.parent / "demo_preference" / "train.jsonl",
-                                                      lines=True).head(32), "preference", None, 128)
+    pairs = tokenize_split.fn(tokenizer, canonical(pd.read_json(DEMO.parent / "demo_preference" / "train.jsonl",
+                                                                lines=True).head(32), "preference"), PAIR, None, 128)
     params = PARAMS.model_copy(update={"method": "dpo", "max_steps": 4, "save_steps": 2,
                                        "init_adapter": tmp_path / "sft" / "adapter"})
     trainer, summary = run_training(tiny_model_dir, pairs, tmp_path / "dpo", params)
@@ -234,7 +236,7 @@ def test_dpo_from_an_adapter_that_trains_chat_token_rows_stops_with_the_reason(t
                                                                                tiny_model_dir: Path) -> None:
     """TRL's fused LM head bypasses PEFT's trainable token rows, so DPO cannot continue such an adapter: one clear
     message, before any training."""
-    from tasks.training import preference_trainer
+    from tasks.train.dpo import trainer as preference_trainer
 
     adapter = tmp_path / "sft"
     adapter.mkdir()

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import get_args
 
 import pandas as pd
 import pytest
 
-from tasks.errors import UserError
-from tasks.params import Columns, DataParams, ValidateParams
-from tasks.tables import read_table
-from tasks.validation import answer_pair, message_fields, required_columns, run_suites
+from tasks.core.errors import UserError
+from tasks.core.params import Columns, DataParams, ValidateParams
+from tasks.data.tables import read_table
+from tasks.data.validation import row_checks, run_suites
+from tasks.formats.registry import FORMATS, PAIR, TEXT, format_of
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 LIMITS = ValidateParams(min_chars=1, max_chars=400, min_examples=5)
-COLUMNS = ["prompt", "response"]
+CHECKS = row_checks(["prompt", "response"], LIMITS)
 
 
 def demo(split: str, rows: int) -> pd.DataFrame:
@@ -24,7 +24,7 @@ def demo(split: str, rows: int) -> pd.DataFrame:
 
 
 def failed(train: pd.DataFrame, evaluation: pd.DataFrame, tmp_path: Path) -> list[str]:
-    report, failures = run_suites.fn(train, evaluation, COLUMNS, LIMITS, tmp_path / "docs")
+    report, failures = run_suites.fn(train, evaluation, CHECKS, LIMITS, tmp_path / "docs")
     assert report["success"] is (not failures)
     return [f.line() for f in failures]
 
@@ -58,8 +58,9 @@ def test_a_preference_pair_with_the_same_answer_twice_is_named(tmp_path: Path) -
                                                                "worse": "rejected"})
     pairs.loc[6, "rejected"] = pairs.loc[6, "chosen"] + " "
     report, failures = run_suites.fn(pairs, SAMPLES["preference"]("eval", 5).rename(
-        columns={"question": "prompt", "better": "chosen", "worse": "rejected"}), ["prompt", "chosen", "rejected"],
-        LIMITS, tmp_path / "docs", pair=("chosen", "rejected"))
+        columns={"question": "prompt", "better": "chosen", "worse": "rejected"}),
+        row_checks(["prompt", "chosen", "rejected"], LIMITS, answers_differ=("chosen", "rejected")), LIMITS,
+        tmp_path / "docs")
     lines = [f.line() for f in failures]
     assert len(lines) == 1 and "[train] expect_column_values_to_be_in_set(chosen_equals_rejected): the chosen and " \
         "rejected answers differ (1 rows: row 7 " in lines[0], lines
@@ -119,32 +120,39 @@ SAMPLES = {
 }
 
 
-@pytest.mark.parametrize("data_format", get_args(DataParams.model_fields["format"].annotation))
+@pytest.mark.parametrize("data_format", FORMATS)
 @pytest.mark.parametrize("allowed", [None, ["a", "b"]])
 def test_every_format_builds_its_suite_and_clean_data_passes(tmp_path: Path, data_format: str,
                                                            allowed: list[str] | None) -> None:
     """A format changes the columns every expectation is built from; each must build (GX validates its
-    arguments) and clean data must pass. With a label set, only the label column of a format that has one is
-    checked against it, so the clean data fail exactly that expectation."""
+    arguments) and clean data must pass, then map to its canonical shape. With a label set, only the label column of
+    a format that has one is checked against it, so the clean data fail exactly that expectation."""
     data = DataParams(format=data_format, train=Path("t.jsonl"), eval=Path("e.jsonl"),
                       columns=Columns(prompt="question", response="answer", text="body", messages="dialog",
                                       chosen="better", rejected="worse"))
-    columns = list(required_columns(data).values())
+    reader = format_of(data_format)
     limits = ValidateParams(min_chars=1, max_chars=4000, min_examples=5, allowed_responses=allowed)
-    report, failures = run_suites.fn(SAMPLES[data_format]("train", 40), SAMPLES[data_format]("eval", 5), columns,
-                                     limits, tmp_path / "docs", messages=message_fields(data), pair=answer_pair(data))
+    train = SAMPLES[data_format]("train", 40)
+    report, failures = run_suites.fn(train, SAMPLES[data_format]("eval", 5), reader.checks(data, limits), limits,
+                                     tmp_path / "docs")
     lines = [f.line() for f in failures]
-    if allowed and len(columns) > 1:
+    if allowed and len(reader.columns(data)) > 1:
         assert lines and all("expect_column_values_to_be_in_set" in line for line in lines), lines
     else:
         assert lines == [] and report["success"]
+    written = reader.canonical(train, data)
+    shape = FORMATS[data_format].shape
+    assert list(written.columns) == {TEXT: ["text"], PAIR: ["messages", "rejected"]}.get(shape, ["messages"])
+    assert len(written) == len(train)
+    if shape != TEXT:  # conversations that end with the answer
+        assert all(json.loads(messages)[-1]["role"] == "assistant" for messages in written["messages"])
 
 
 def test_reports_redact_what_the_pii_check_refuses_and_data_docs_escape_markup(tmp_path: Path) -> None:
     train = demo("train", 50)
     train.loc[3, "response"] = "Write to jane.doe@example.org or call 555-123-4567 for access."
     train.loc[4, "response"] = "<script>alert(1)</script>" + "x" * 5000  # too long: its markup must stay text
-    report, failures = run_suites.fn(train, demo("eval", 10), COLUMNS, LIMITS, tmp_path / "docs")
+    report, failures = run_suites.fn(train, demo("eval", 10), CHECKS, LIMITS, tmp_path / "docs")
     assert not report["success"]
     written = json.dumps(report) + "\n".join(f.line() for f in failures)
     docs = "\n".join(page.read_text(encoding="utf-8") for page in (tmp_path / "docs").rglob("*.html"))

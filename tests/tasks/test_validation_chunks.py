@@ -10,13 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tasks.params import ValidateParams
-from tasks.tables import read_table
-from tasks.validation import run_suites
+from tasks.core.params import ValidateParams
+from tasks.data.tables import read_table
+from tasks.data.validation import row_checks, run_suites
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 LIMITS = ValidateParams(min_chars=1, max_chars=400, min_examples=5)
-COLUMNS = ["prompt", "response"]
+CHECKS = row_checks(["prompt", "response"], LIMITS)
 
 
 def comparable(report: dict[str, Any]) -> dict[str, Any]:
@@ -43,8 +43,8 @@ def faulty() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_chunked_validation_reports_what_whole_validation_reports(tmp_path: Path, faulty) -> None:
     train, evaluation = faulty
-    whole_report, whole = run_suites.fn(train, evaluation, COLUMNS, LIMITS, tmp_path / "whole", chunk_rows=10**6)
-    chunked_report, chunked = run_suites.fn(train, evaluation, COLUMNS, LIMITS, tmp_path / "chunked", chunk_rows=7)
+    whole_report, whole = run_suites.fn(train, evaluation, CHECKS, LIMITS, tmp_path / "whole", chunk_rows=10**6)
+    chunked_report, chunked = run_suites.fn(train, evaluation, CHECKS, LIMITS, tmp_path / "chunked", chunk_rows=7)
     lines = [f.line() for f in whole]
     assert [f.line() for f in chunked] == lines
     assert comparable(chunked_report) == comparable(whole_report)
@@ -60,5 +60,5 @@ def test_chunked_validation_reports_what_whole_validation_reports(tmp_path: Path
     for name, frame in (("train", train), ("eval", evaluation)):
         paths[name] = tmp_path / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in frame.to_dict("records")), encoding="utf-8")
-    _, from_files = run_suites.fn(paths["train"], paths["eval"], COLUMNS, LIMITS, tmp_path / "files", chunk_rows=9)
+    _, from_files = run_suites.fn(paths["train"], paths["eval"], CHECKS, LIMITS, tmp_path / "files", chunk_rows=9)
     assert [f.line() for f in from_files] == lines

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tasks.sensitive import CONTROL_TOKEN, PII_PATTERNS, has_card_number, luhn_valid, redact
+from tasks.data.sensitive import CONTROL_TOKEN, PII_PATTERNS, has_card_number, luhn_valid, redact
 
 FOUND = [
     "Write to jane.doe@example.org for access.",

