@@ -89,7 +89,7 @@ portfolio: install
 # one worker, and starts one Prefect server for all three.
 test: install docs-site
 	ruff check .
-	OMP_NUM_THREADS=1 python -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder --durations=15
+	OMP_NUM_THREADS=1 python -m pytest -q -n 3 --durations=15
 
 # The docs site (mkdocs-material) in site/: its own small environment, locked with hashes in docs/requirements.txt
 # (its tools never touch a model, so they stay out of the pipeline's lock and of every stage's dependencies).

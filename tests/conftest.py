@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,23 +33,36 @@ HEAVY_FIRST = ("tests/e2e/test_portfolio.py", "tokenized_project", "first_build"
                "tests/flows/test_base_model_sources.py", "tests/e2e/", "tests/flows/", "tests/benchmarks/")
 
 
-def work_unit(item: pytest.Item) -> str:
-    """A test's module, or the session build it shares with other modules."""
-    module = item.nodeid.split("::", 1)[0]
-    return SHARED_BUILDS.get(module, module)
+# pytest-xdist's documented `--dist loadgroup` does not group here (pytest 9.2, pytest-xdist 3.8.0: its workers never
+# add the group to a test's id, so every test is its own unit), so this scheduler overrides LoadScopeScheduling's
+# private methods instead; the locks pin pytest-xdist, and tests/test_structure.py fails loudly if they change.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # xdist would order the units by test count, not by HEAVY_FIRST
+
+    class SharedBuildScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_BUILDS.get(module, module)
+
+        def _reschedule(self, node: Any) -> None:
+            # xdist hands a worker its next unit when 2 of its tests are left; our units are a few long tests, so
+            # that would tie a long unit to a busy worker while the other runs dry. Hand it over at the last test.
+            if self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
+
+    return SharedBuildScheduling(config, log)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test in its work unit's xdist group (`make test` runs `--dist loadgroup`: a group runs whole on one
-    worker), and the units in HEAVY_FIRST's order (stable: each module keeps its order; `--no-loadscope-reorder`
-    keeps it). pytest-xdist's documented options only, so that a new release of it cannot change the schedule."""
+    """The work units in HEAVY_FIRST's order (stable: each module keeps its order)."""
     def rank(item: pytest.Item) -> int:
-        return next((i for i, prefix in enumerate(HEAVY_FIRST) if work_unit(item).startswith(prefix)),
-                    len(HEAVY_FIRST))
+        unit = SHARED_BUILDS.get(item.nodeid.split("::", 1)[0], item.nodeid)
+        return next((i for i, prefix in enumerate(HEAVY_FIRST) if unit.startswith(prefix)), len(HEAVY_FIRST))
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(work_unit(item)))
     items.sort(key=rank)
 
 

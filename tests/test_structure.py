@@ -58,3 +58,15 @@ def test_format_names_are_spelled_only_in_tasks_formats_the_schema_and_the_evalu
     spelled = {str(p.relative_to(REPO)) for top in ("tasks", "flows") for p in (REPO / top).rglob("*.py")
                if not p.is_relative_to(REPO / "tasks/formats") and names.search(p.read_text())}
     assert spelled <= {"tasks/core/params.py", "tasks/core/metrics.py"}, spelled
+
+
+def test_the_private_pytest_xdist_api_the_test_scheduler_overrides_is_still_there() -> None:
+    """tests/conftest.py's scheduler keeps each work unit on one worker through LoadScopeScheduling's private methods;
+    a pytest-xdist release that renames them must fail here, by name, rather than scatter the shared builds."""
+    import inspect
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    for name in ("_split_scope", "_reschedule", "_pending_of", "_assign_work_unit"):
+        assert callable(getattr(LoadScopeScheduling, name, None)), f"pytest-xdist no longer has {name}"
+    assert "self.workqueue" in inspect.getsource(LoadScopeScheduling), "pytest-xdist no longer has workqueue"
