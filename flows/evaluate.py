@@ -1,4 +1,5 @@
-"""Stage evaluate: score the fine-tuned model, compare it with every baseline, measure forgetting, report."""
+"""Stage evaluate: score the fine-tuned model, alone and with the retrieved training examples in context, compare
+it with every baseline, measure forgetting, report and recommend (tasks/evaluate/decision.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage, start_stage_run
-from tasks.core.approaches import FINETUNED
+from tasks.core.approaches import FINETUNED, WITH_RETRIEVAL
 from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.data.tokenization import answerable, last_turn_only, tokenize_split, with_history
@@ -24,6 +26,7 @@ from tasks.evaluate.inference import (
     held_out,
     score_model,
 )
+from tasks.evaluate.prompting import recipes, retrieve, scored_prompts, searched_texts
 from tasks.evaluate.reporting import plot_chart, render_report
 from tasks.evaluate.score_files import ScoreFile
 from tasks.formats.registry import CONVERSATION
@@ -33,7 +36,8 @@ from tasks.model.loading import load_model, padding_id, pick_device
 @dataclass(frozen=True)
 class Paths:
     base: Path  # the base model directory
-    validated: Path  # eval.parquet: the held-out examples
+    validated: Path  # eval.parquet: the held-out examples, train.parquet: what retrieval shows
+    index: Path  # the retrieval index of the training examples (evaluate_baselines built it)
     adapter: Path  # the candidate: LoRA adapter or full model
     baselines: Path  # the baselines' per-example scores
     training: Path  # the training summary (training time is a cost)
@@ -52,7 +56,10 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     scored, drawn = held_out(paths.validated / "eval.parquet", params)
     shape = params.data.shape
     evaluation = answerable(scored, tokenizer, shape, params.tokenize.system_prompt, params.tokenize.max_length)
-    dataset = tokenize_split(tokenizer, evaluation, shape, params.tokenize.system_prompt, params.tokenize.max_length)
+    train = pd.read_parquet(paths.validated / "train.parquet")
+    recipe = recipes(params, train)
+    nearest = retrieve(paths.index, searched_texts(evaluation, shape), params.baselines.retrieval_k)
+    dataset = scored_prompts(tokenizer, evaluation, train, recipe[FINETUNED], nearest, params)
     examples = example_records(dataset, tokenizer, shape)
     if examples != baselines.examples:
         raise UserError(f"{paths.baselines} scored other examples than this stage; run `dvc repro`")
@@ -63,6 +70,9 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     candidate = attach_candidate(model, paths.adapter)
     finetuned = score_model(candidate, tokenizer, dataset, settings.batch_size, settings.max_new_tokens,
                             params.task() != "text")
+    with_retrieval = score_model(candidate, tokenizer,
+                                 scored_prompts(tokenizer, evaluation, train, recipe[WITH_RETRIEVAL], nearest, params),
+                                 settings.batch_size, settings.max_new_tokens, params.task() != "text")
     forgetting = forgetting_record(base_general, general_perplexity(candidate, general_set, pad_id,
                                                                     settings.batch_size))
     without_history = None
@@ -72,10 +82,11 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
                                     params.tokenize.max_length)
         without_history = score_model(candidate, tokenizer, last_turns, settings.batch_size, settings.max_new_tokens,
                                       True)
-    scores = ScoreFile(params.task(), examples, {**baselines.approaches, FINETUNED: finetuned})
+    scores = ScoreFile(params.task(), examples, {**baselines.approaches, FINETUNED: finetuned,
+                                                 WITH_RETRIEVAL: with_retrieval})
     training = json.loads(paths.training.read_text(encoding="utf-8"))
     majority = majority_label(params.task(), shape, paths.validated / "train.parquet")
-    comparison = compare(scores, training["tokens_trained"], forgetting, params.promote.metric,
+    comparison = compare(scores, training["tokens_trained"], forgetting, params.promote,
                          settings.bootstrap_samples, settings.confidence, params.seed, without_history, majority)
     result = comparison.record()
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,11 @@ import pandas as pd
 from prefect import flow
 
 from flows.stage import run_stage, start_stage_run
-from tasks.core.approaches import GENERALIST, PROMPTED, RETRIEVAL
+from tasks.core.approaches import BASELINES
 from tasks.core.params import Params
-from tasks.data.tokenization import answerable, tokenize_split
+from tasks.data.tokenization import answerable
 from tasks.evaluate.inference import example_records, held_out, score_model
-from tasks.evaluate.prompting import NO_TRUNCATION, build_index, contexts, few_shot_rows, retrieve, searched_texts
+from tasks.evaluate.prompting import build_index, recipes, retrieve, scored_prompts, searched_texts
 from tasks.evaluate.score_files import ScoreFile
 from tasks.model.loading import load_model, pick_device
 
@@ -42,19 +42,14 @@ def evaluate_baselines_flow(params: Params, paths: Paths) -> dict[str, dict[str,
                             shape, tokenize.system_prompt, tokenize.max_length)
     build_index(searched_texts(train, shape), baselines.retriever, paths.index)
     nearest = retrieve(paths.index, searched_texts(evaluation, shape), baselines.retrieval_k)
-    shots = few_shot_rows(train, baselines.few_shot_k, baselines.few_shot_seed)
-    approaches = {GENERALIST: (tokenize.system_prompt, None),
-                  PROMPTED: (baselines.system_prompt, contexts(train, [shots] * len(evaluation), shape)),
-                  RETRIEVAL: (baselines.system_prompt, contexts(train, nearest, shape))}
-    generate = params.task() != "text"
+    recipe = recipes(params, train)
     scores, examples = {}, []
-    for approach, (system_prompt, context) in approaches.items():
+    for approach in BASELINES:
         # The generalist sees exactly the fine-tuned model's inputs: same template, same truncation.
-        max_length = NO_TRUNCATION if context and generate else tokenize.max_length
-        dataset = tokenize_split(tokenizer, evaluation, shape, system_prompt, max_length, context)
+        dataset = scored_prompts(tokenizer, evaluation, train, recipe[approach], nearest, params)
         examples = examples or example_records(dataset, tokenizer, shape)
         scores[approach] = score_model(model, tokenizer, dataset, evaluate.batch_size, evaluate.max_new_tokens,
-                                       generate)
+                                       params.task() != "text")
     ScoreFile(params.task(), examples, scores).write(paths.scores)
     return {a: s.cost() for a, s in scores.items()}
 

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from datasets import Dataset
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from transformers import AutoTokenizer
 
 from flows.stage import run_stage, start_stage_run
-from tasks.core.approaches import FINETUNED, GENERALIST, MULTITASK, SPECIALIST, WITH_RETRIEVAL
+from tasks.core.approaches import BASELINES, FINETUNED, GENERALIST, MULTITASK, SPECIALIST, WITH_RETRIEVAL
 from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.data.tokenization import answerable, tokenize_split
@@ -33,7 +32,6 @@ from tasks.evaluate.inference import (
     score_model,
 )
 from tasks.evaluate.portfolio import Column, column_record, plot_heatmap, portfolio_record, render_portfolio
-from tasks.evaluate.prompting import NO_TRUNCATION, contexts, retrieve, searched_texts
 from tasks.evaluate.score_files import ScoreFile, Scores
 from tasks.model.loading import load_model, padding_id, pick_device
 
@@ -42,7 +40,6 @@ from tasks.model.loading import load_model, padding_id, pick_device
 class Paths:
     base: Path  # the base model directory
     validated: Path  # per specialization: train.parquet and eval.parquet
-    index: Path  # per specialization: the retrieval index of its training examples
     adapters: Path  # per specialization: its specialist
     multitask_adapter: Path  # the multi-task model
     reports: Path  # per specialization: scores.json, training.json, promotion.json
@@ -55,12 +52,11 @@ class Paths:
 
 @dataclass
 class HeldOut:
-    """One specialization's held-out examples, tokenized as its evaluate stage did, alone and with retrieval."""
+    """One specialization's held-out examples, tokenized as its evaluate stage did for its fine-tuned model."""
 
     params: Params
     plain: Dataset
-    with_retrieval: Dataset
-    scores: ScoreFile  # its evaluate stage's: its specialist (finetuned) and the baselines
+    scores: ScoreFile  # its evaluate stage's: its specialist alone and with retrieval, and the baselines
 
 
 def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, HeldOut]:
@@ -68,7 +64,6 @@ def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, Hel
     for name in params.specializations:
         spec = params.specialized(name)
         shape, tokenize = spec.data.shape, spec.tokenize
-        train = pd.read_parquet(paths.validated / name / "train.parquet")
         evaluation = answerable(held_out(paths.validated / name / "eval.parquet", spec)[0],
                                 tokenizer, shape, tokenize.system_prompt, tokenize.max_length)
         plain = tokenize_split(tokenizer, evaluation, shape, tokenize.system_prompt, tokenize.max_length)
@@ -76,20 +71,15 @@ def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, Hel
         if example_records(plain, tokenizer, shape) != scores.examples:
             raise UserError(f"{paths.reports / name / 'scores.json'} scored other examples than this stage; run "
                             "`dvc repro`")
-        nearest = retrieve(paths.index / name, searched_texts(evaluation, shape), spec.baselines.retrieval_k)
-        generate = spec.task() != "text"
-        with_retrieval = tokenize_split(tokenizer, evaluation, shape, tokenize.system_prompt,
-                                        NO_TRUNCATION if generate else tokenize.max_length,
-                                        contexts(train, nearest, shape))
-        sets[name] = HeldOut(spec, plain, with_retrieval, scores)
+        sets[name] = HeldOut(spec, plain, scores)
     return sets
 
 
 def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path, general: Dataset,
                  batch_size: int) -> tuple[dict[str, dict[str, Scores]], dict[str, float]]:
-    """Each adapter on every held-out set but its own task's (scored there by evaluate), where its specialist is
-    scored with retrieval in context instead; one adapter loaded at a time, merged into a fresh base. And the
-    perplexity of the base model and of each adapter on the same general text."""
+    """Each adapter on every held-out set but its own task's (scored there by evaluate, alone and with retrieval);
+    one adapter loaded at a time, merged into a fresh base. And the perplexity of the base model and of each adapter
+    on the same general text."""
     scored: dict[str, dict[str, Scores]] = {name: {} for name in sets}
     perplexity: dict[str, float] = {}
     for approach, adapter in adapters.items():
@@ -99,11 +89,11 @@ def cross_scores(sets: dict[str, HeldOut], adapters: dict[str, Path], base: Path
         candidate = attach_candidate(model, adapter)
         perplexity[approach] = general_perplexity(candidate, general, padding_id(tokenizer), batch_size)
         for name, held in sets.items():
-            own = approach == SPECIALIST + name
+            if approach == SPECIALIST + name:
+                continue
             evaluate = held.params.evaluate
-            scored[name][WITH_RETRIEVAL if own else approach] = score_model(
-                candidate, tokenizer, held.with_retrieval if own else held.plain, evaluate.batch_size,
-                evaluate.max_new_tokens, held.params.task() != "text")
+            scored[name][approach] = score_model(candidate, tokenizer, held.plain, evaluate.batch_size,
+                                                 evaluate.max_new_tokens, held.params.task() != "text")
         del candidate, model
     return scored, perplexity
 
@@ -135,8 +125,7 @@ def portfolio_flow(params: Params, paths: Paths) -> dict[str, Any]:
     for name, held in sets.items():
         own = held.scores.approaches
         approaches = {**{a: (own[FINETUNED] if a == SPECIALIST + name else cross[name][a]) for a in adapters},
-                      WITH_RETRIEVAL: cross[name][WITH_RETRIEVAL],
-                      **{a: s for a, s in own.items() if a != FINETUNED}}
+                      WITH_RETRIEVAL: own[WITH_RETRIEVAL], **{a: own[a] for a in BASELINES}}
         score_files[name] = ScoreFile(held.scores.task, held.scores.examples, approaches)
         spec = held.params
         majority = majority_label(spec.task(), spec.data.shape, paths.validated / name / "train.parquet")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from flows.stage import run_stage, start_stage_run
 from tasks.core.approaches import MULTITASK
 from tasks.core.params import Params
 from tasks.evaluate.comparison import MAJORITY
+from tasks.evaluate.prompting import Recipe
 from tasks.evaluate.score_files import ScoreFile, Scores
+from tasks.release.bundle import Bundle, stage_bundle
 from tasks.release.lineage import build_lineage
 from tasks.release.multitask_promotion import PROMOTED, RETIRED, decide_task, retire, serving_note
 from tasks.release.promotion import publish_production
@@ -55,8 +58,13 @@ def promote_multitask_flow(params: Params, paths: Paths) -> dict[str, Any]:
             # The params it was trained with: the top-level sections and its mixture, as its stages read them.
             lineage = build_lineage(params.model_dump(mode="json", by_alias=True), decision.metrics,
                                     validation["success"], models=[paths.adapter, paths.base])
-            publish_production(paths.adapter, paths.base, served, lineage, decision.gates, spec.promote.merge,
-                               decision.candidate)
+            # A bundle like a specialist's: the adapter, asked as the portfolio evaluated it on this task.
+            bundle = Bundle(MULTITASK, Recipe(spec.tokenize.system_prompt), spec.evaluate.max_new_tokens, "adapter")
+            with tempfile.TemporaryDirectory(prefix="tailor-bundle-") as scratch:
+                staged = Path(scratch) / "bundle"
+                stage_bundle(staged, bundle, paths.adapter)
+                publish_production(staged, bundle, paths.base, served, lineage, decision.gates, spec.promote.merge,
+                                   decision.candidate)
         elif decision.outcome == RETIRED:
             retire(served)
         tasks[name] = decision.record(spec.promote.metric)

@@ -8,8 +8,18 @@ PROMPTED = "prompted"  # the base model shown fixed few-shot examples from the t
 RETRIEVAL = "retrieval"  # the base model shown the training examples nearest to each question
 FINETUNED = "finetuned"  # the adapter (or full model) this run trained
 BASELINES = (GENERALIST, PROMPTED, RETRIEVAL)  # what needs no training, in the order reports list them
+WITH_RETRIEVAL = f"{FINETUNED}+{RETRIEVAL}"  # the fine-tuned model with the retrieved training examples in context
 # The portfolio's (tasks/evaluate/portfolio.py):
 SPECIALIST = "specialist:"  # + a specialization's name: its fine-tuned adapter, on any task
 MULTITASK = "multitask"  # one adapter trained on every specialization's data
-WITH_RETRIEVAL = f"{FINETUNED}+{RETRIEVAL}"  # the task's own specialist with the retrieved training examples in context
-SERVING_ORDER = (*BASELINES, MULTITASK, SPECIALIST, WITH_RETRIEVAL)  # cheapest first: a tie goes to the earlier
+# What serving each costs, cheapest first (tasks/evaluate/decision.py: a tie goes to the earlier). The run's own
+# fine-tuned model ranks with a specialization's specialist: both are an adapter of the task's own.
+SERVING_ORDER = (*BASELINES, MULTITASK, SPECIALIST, WITH_RETRIEVAL)
+# What the promote stage can ship as a bundle (tasks/release/bundle.py): every approach the evaluate stage scores.
+SHIPPABLE = (*BASELINES, FINETUNED, WITH_RETRIEVAL)
+ADAPTED = (FINETUNED, WITH_RETRIEVAL)  # the shippable approaches whose model is not the base model
+
+
+def serving_rank(approach: str) -> int:
+    own_adapter = approach == FINETUNED or approach.startswith(SPECIALIST)
+    return SERVING_ORDER.index(SPECIALIST if own_adapter else approach)

@@ -15,12 +15,14 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.approaches import SHIPPABLE
 from tasks.core.errors import UserError
 from tasks.core.metrics import METRICS, task_metrics
 from tasks.formats.registry import FORMATS, PAIR, TEXT, Shape
 
 PARAMS_FILE = Path("params.yaml")
 FORMAT_NAMES = tuple(FORMATS)  # the choices of data.format: the registered formats
+RECOMMENDED = "recommended"  # promote.approach: whichever the evaluation recommends (tasks/evaluate/decision.py)
 
 
 class Section(BaseModel):
@@ -270,7 +272,16 @@ class EvaluateParams(Section):
 class PromoteParams(Section):
     metric: str = Field("rouge_l", description="a metric of tasks/core/metrics.py that the evaluation task reports")
     min_relative_improvement: float = Field(
-        0.05, ge=0, description="the candidate must beat the best baseline and production by this fraction"
+        0.05, ge=0, description="what 'better' means when approaches are compared: by this fraction, with a CI that "
+        "excludes zero (the recommendation, and the gates against the generalist and production)"
+    )
+    approach: Literal[(RECOMMENDED, *SHIPPABLE)] = Field(  # type: ignore[valid-type]
+        RECOMMENDED, description="what to ship: the approach the evaluation recommends, or one named (it faces the "
+        "same gates)"
+    )
+    parity_examples: int = Field(
+        8, ge=1, le=1024, description="held-out examples `tailor serve` answers at promotion, each compared token for "
+        "token with the evaluated answer"
     )
     max_forgetting: float = Field(0.25, ge=0, description="largest allowed relative perplexity rise on general text")
     merge: bool = Field(False, description="also write the adapter merged into the base weights")

@@ -11,9 +11,10 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.core.approaches import FINETUNED
+from tasks.core.approaches import ADAPTED, BASELINES, FINETUNED
 from tasks.core.metrics import lower_is_better
-from tasks.evaluate.decision import recommendation
+from tasks.core.params import PromoteParams
+from tasks.evaluate.decision import Decision, decide, recommendation
 from tasks.evaluate.score_files import ScoreFile, Scores
 from tasks.evaluate.scoring import LIKELIHOOD, TaskMetrics, best, normalize_label, one_against_other, regressions
 from tasks.evaluate.statistics import Interval, paired_bootstrap
@@ -31,6 +32,7 @@ class Comparison:
     forgetting: dict[str, float]
     best_baseline: str
     regressions: list[dict[str, Any]]
+    decision: Decision
     recommendation: str
     # Conversations: the fine-tuned model with and without the history before the last user turn, on `metric`.
     context_ablation: dict[str, Any] | None = None
@@ -46,6 +48,7 @@ class Comparison:
         result["comparisons"] = {f"finetuned_vs_{b}": {m: {**g.as_dict(), "better": g.better} for m, g in c.items()}
                                  for b, c in self.gains.items()}
         result["best_baseline"] = self.best_baseline
+        result["decision"] = self.decision.record()
         if self.context_ablation is not None:
             result["context_ablation"] = self.context_ablation
         if self.majority is not None:
@@ -133,25 +136,29 @@ def against_majority(scores: ScoreFile, label: str, samples: int, confidence: fl
     }
 
 
-def compare(scores: ScoreFile, training_tokens: int, forgetting: dict[str, float], metric: str, samples: int,
-            confidence: float, seed: int, without_history: Scores | None = None,
+def compare(scores: ScoreFile, training_tokens: int, forgetting: dict[str, float], promote: PromoteParams,
+            samples: int, confidence: float, seed: int, without_history: Scores | None = None,
             majority_label: str | None = None) -> Comparison:
     """Every approach against every other with paired-bootstrap intervals; the fine-tuned model against each
-    baseline; the winner on `metric` (the promotion metric); for conversations, the context ablation; for label
-    tasks (`majority_label` given), every approach against always answering the most frequent training label."""
+    baseline; the decision on the promotion metric; for conversations, the context ablation; for label tasks
+    (`majority_label` given), every approach against always answering the most frequent training label."""
+    metric = promote.metric
     values = TaskMetrics(scores.task, scores.approaches, scores.references())
     single, paired = paired_bootstrap(list(scores.approaches), values.functions(), len(scores.examples), samples,
                                       confidence, seed)
-    baselines = [a for a in scores.approaches if a != FINETUNED]
+    baselines = [a for a in BASELINES if a in scores.approaches]
     costs = {a: s.cost() for a, s in scores.approaches.items()}
-    costs[FINETUNED]["training_tokens"] = training_tokens
+    for trained in ADAPTED:
+        if trained in costs:
+            costs[trained]["training_tokens"] = training_tokens
     best_baseline = best(baselines, metric, single)
+    decision = decide(metric, single, paired, promote.min_relative_improvement)
     return Comparison(
         metrics=values.names, single=single,
         gains={b: {m: paired[FINETUNED, b][m].as_gain(lower_is_better(m)) for m in values.names} for b in baselines},
         costs=costs, forgetting=forgetting, best_baseline=best_baseline,
-        regressions=regressions(values, metric, best_baseline, scores.examples),
-        recommendation=recommendation(metric, single, paired, costs, confidence),
+        regressions=regressions(values, metric, best_baseline, scores.examples), decision=decision,
+        recommendation=recommendation(decision, single, costs, confidence, promote.min_relative_improvement),
         context_ablation=(None if without_history is None else
                           context_ablation(scores, without_history, metric, samples, confidence, seed)),
         majority=(None if majority_label is None else

@@ -13,9 +13,10 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tasks.core.approaches import BASELINES, GENERALIST, MULTITASK, SERVING_ORDER, SPECIALIST, WITH_RETRIEVAL
+from tasks.core.approaches import BASELINES, GENERALIST, MULTITASK, SPECIALIST, WITH_RETRIEVAL
 from tasks.core.metrics import lower_is_better  # noqa: E402
 from tasks.evaluate.comparison import MAJORITY, constant_answer  # noqa: E402
+from tasks.evaluate.decision import decide  # noqa: E402
 from tasks.evaluate.score_files import ScoreFile  # noqa: E402
 from tasks.evaluate.scoring import LIKELIHOOD, TaskMetrics, best  # noqa: E402
 from tasks.evaluate.statistics import Interval, paired_bootstrap  # noqa: E402
@@ -30,10 +31,6 @@ class Column:
     metric: str
     scores: ScoreFile
     majority_label: str | None  # label tasks: the most frequent training label
-
-
-def serving_rank(approach: str) -> int:
-    return SERVING_ORDER.index(SPECIALIST if approach.startswith(SPECIALIST) else approach)
 
 
 def adapters(approach: str) -> int:
@@ -63,16 +60,14 @@ def column_record(column: Column, training_tokens: dict[str, int], min_relative_
         return paired[a, b][metric].as_gain(lower_is_better(metric))
 
     contenders = [a for a in approaches if a != MAJORITY]
-    winner = best(contenders, metric, single)
-    runner_up = best([a for a in contenders if a != winner], metric, single)
-    tied = [a for a in contenders if a == winner or not gain(winner, a).better]
-    recommended = min(tied, key=serving_rank)
+    decision = decide(metric, single, paired, min_relative_improvement, contenders)
+    recommended = decision.recommended
     best_baseline = best(list(BASELINES), metric, single)
     record: dict[str, Any] = {
         "metric": metric, "examples": count,
         "scores": {a: single[a][metric].as_dict() for a in approaches},
-        "best": winner, "runner_up": runner_up, "margin": gain_record(gain(winner, runner_up)),
-        "tied_with_best": tied, "recommended": recommended,
+        "best": decision.best, "runner_up": decision.runner_up, "margin": gain_record(decision.margin),
+        "tied_with_best": decision.tied, "recommended": recommended,
         "costs": {a: {"adapters": adapters(a), "training_tokens": training_tokens.get(a, 0),
                       **approaches[a].cost()} for a in contenders},
         "multitask_vs_specialist": gain_record(gain(MULTITASK, own)),

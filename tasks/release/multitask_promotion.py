@@ -43,7 +43,8 @@ class TaskDecision:
                   KEPT: f"{failed}; its earlier version still beats the specialist in production and serves on",
                   RETIRED: f"{failed}; its earlier version no longer beats the specialist in production and was "
                            "retired"}[self.outcome]
-        record = {**decision_record(self.gates, metric), "outcome": self.outcome, "reason": reason}
+        record = {**decision_record(self.gates, metric, MULTITASK, "one adapter for every task of the mixture"),
+                  "outcome": self.outcome, "reason": reason}
         if self.kept_because is not None:
             record["earlier_version_vs_specialist"] = self.kept_because.as_dict()
         return record
@@ -64,13 +65,16 @@ def decide_task(promote: PromoteParams, scores: ScoreFile, forgetting: dict[str,
     model's folder for it)."""
     restore_interrupted(served)
     candidate = as_candidate(scores)
-    metrics = compare(candidate, training_tokens, forgetting, promote.metric, samples, confidence, seed,
+    metrics = compare(candidate, training_tokens, forgetting, promote, samples, confidence, seed,
                       majority_label=majority).record()
-    gates = promotion_gates(metrics, promote, production_gate(candidate, specialist, promote, samples, confidence,
-                                                              seed))
-    gates.append(replace(production_gate(candidate, served, promote, samples, confidence, seed),
-                         name="beats_multitask_production"))
     production_only = ScoreFile(candidate.task, candidate.examples, {FINETUNED: candidate.approaches[FINETUNED]})
+    # Recommended among the baselines, not only unbeaten: where a cheaper baseline ties with it, the task is
+    # better served without an adapter (tasks/evaluate/decision.py).
+    gates = promotion_gates(metrics, promote, FINETUNED, production_gate(production_only, specialist, promote,
+                                                                         samples, confidence, seed),
+                            recommended_only=True)
+    gates.append(replace(production_gate(production_only, served, promote, samples, confidence, seed),
+                         name="beats_multitask_production"))
     if all(g.passed for g in gates):
         return TaskDecision(PROMOTED, gates, metrics, production_only)
     if not (served / EVAL_SCORES).is_file():

@@ -49,6 +49,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from tasks.core.errors import UserError
 from tasks.model.loading import load_model, pick_device
+from tasks.release.bundle import Bundle, Prompter
 from tasks.release.lineage import tampering
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -69,18 +70,31 @@ log = logging.getLogger("tailor.serve")
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A name clients put in `model`, and the directory it is served from (a LoRA adapter or a full model)."""
+    """A name clients put in `model`, and the directory it is served from: a promoted bundle (tasks/release/
+    bundle.py), or a LoRA adapter or full model given with --model."""
 
     name: str
     path: Path
 
     def kind(self) -> str | None:
-        """"adapter", "full", or None while the directory holds no model (nothing promoted yet)."""
+        """"adapter", "full", "base" (a bundle that answers with the base model's weights), or None while the
+        directory holds no model (nothing promoted yet)."""
         if (self.path / "adapter_config.json").is_file():
             return "adapter"
         if (self.path / "config.json").is_file():
             return "full"
+        if (self.path / "approach.json").is_file():
+            return "base"
         return None
+
+    def prompter(self, identity: str) -> Prompter | None:
+        """How this version builds each request's conversation (None: not a bundle; the messages go as they
+        are). Loaded once per version, like the tampering check."""
+        key = (self.path, identity)
+        if key not in PROMPTERS:
+            bundle = Bundle.read(self.path)
+            PROMPTERS[key] = None if bundle is None else Prompter(self.path, bundle)
+        return PROMPTERS[key]
 
     def identity(self) -> str | None:
         """A fingerprint that changes with every promotion into the directory; None while it is missing or is being
@@ -108,6 +122,7 @@ class ServedModel:
 
 
 VERIFIED: dict[tuple[Path, str], list[str]] = {}  # (folder, version) -> tampering found, in each process
+PROMPTERS: dict[tuple[Path, str], Prompter | None] = {}  # (folder, version) -> its bundle's prompt builder
 
 
 def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -173,19 +188,21 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]]) 
 
 
 class TrackedRequest(ChatCompletionRequest):
-    """A chat request with a stream id that travels with it to the model worker (LitServe sends the worker a copy
-    of the request, not its own ids), so the worker can stop generating when the client has gone away."""
+    """A chat request with what travels with it to the model worker (LitServe sends the worker a copy of the
+    request, not its own ids): a stream id, so the worker can stop generating when the client has gone away, and
+    the conversation as the served bundle builds it (its system prompt, examples, retrieved examples), built once
+    in the HTTP process by the check."""
 
     _stream: str = PrivateAttr(default_factory=lambda: secrets.token_hex(8))
+    _turns: list[dict[str, str]] | None = PrivateAttr(default=None)
 
 
 def max_tokens(request: ChatCompletionRequest) -> int:
     return request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
 
 
-def check_request(request: ChatCompletionRequest, available: Sequence[str], tokenizer: PreTrainedTokenizerBase,
-                  context_length: int) -> None:
-    """Everything about a request that can be refused before it is queued, as OpenAI's API refuses it."""
+def check_request(request: ChatCompletionRequest, available: Sequence[str], context_length: int) -> None:
+    """Everything about a request's fields that can be refused before it is queued, as OpenAI's API refuses it."""
     if not request.model:
         raise RequestProblem(400, f"model is required; served: {', '.join(available)}", "model")
     if request.model not in available:
@@ -207,7 +224,11 @@ def check_request(request: ChatCompletionRequest, available: Sequence[str], toke
                              "characters each", "stop")
     if request.tools or request.response_format:
         raise RequestProblem(400, "tools and response_format are not supported by this server", "tools")
-    length = len(prompt_ids(tokenizer, conversation(request)))
+
+
+def check_length(request: ChatCompletionRequest, turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase,
+                 context_length: int) -> None:
+    length = len(prompt_ids(tokenizer, turns))
     if length + max_tokens(request) > context_length:
         raise RequestProblem(400, f"This model's maximum context length is {context_length} tokens; the messages "
                              f"take {length} and max_tokens asks for {max_tokens(request)} more", "messages",
@@ -234,8 +255,10 @@ class SpecialistSpec(OpenAISpec):
             self._context_length = int(config.get("max_position_embeddings", 2048))
         return self._tokenizer, self._context_length
 
-    def check(self, request: ChatCompletionRequest) -> None:
-        check_request(request, self.available(), *self.tokenizer())
+    def check(self, request: TrackedRequest) -> None:
+        """Refuse what can be refused before the request is queued; build its conversation as the bundle does."""
+        tokenizer, context_length = self.tokenizer()
+        check_request(request, self.available(), context_length)
         model = next(model for model in self.models if model.name == request.model)
         identity = model.identity()
         problems = model.tampering(identity) if identity is not None else []
@@ -243,6 +266,21 @@ class SpecialistSpec(OpenAISpec):
             raise RequestProblem(503, f"The model `{model.name}` is not served: its files differ from those its "
                                  f"lineage.json recorded at promotion ({'; '.join(problems[:3])}). Restore them with "
                                  "`dvc checkout`, or promote again", "model", "model_files_modified")
+        turns = conversation(request)
+        prompter = model.prompter(identity) if identity is not None else None
+        if prompter is not None:
+            turns = prompter.conversation(turns)
+            if request.max_tokens is None and request.max_completion_tokens is None:
+                request.max_tokens = prompter.bundle.max_new_tokens  # as evaluated
+        check_length(request, turns, tokenizer, context_length)
+        request._turns = turns
+
+    def approach(self, name: str) -> str:
+        """What /v1/models says a name serves: its bundle's approach, or its kind of weights."""
+        model = next(model for model in self.models if model.name == name)
+        identity = model.identity()
+        prompter = model.prompter(identity) if identity is not None else None
+        return prompter.bundle.approach if prompter is not None else f"{model.kind()} (no bundle)"
 
     async def get_from_queues(self, uids: list[Any]) -> list[AsyncIterator[Any]]:
         pipes = await super().get_from_queues(uids)
@@ -351,7 +389,10 @@ class SpecialistAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         # A terminal's Ctrl-C reaches every process of the group; `tailor serve` stops this worker itself.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.device = pick_device("cuda" if device.startswith("cuda") else "cpu")
+        self.load(pick_device("cuda" if device.startswith("cuda") else "cpu"))
+
+    def load(self, device: torch.device) -> None:
+        self.device = device
         base, self.tokenizer = load_model(self.base, self.device)
         self.peft: Any = base  # becomes a PeftModel with the first adapter
         self.loaded: dict[str, tuple[str | None, str]] = {}  # name -> (identity, adapter name or "full")
@@ -366,6 +407,10 @@ class SpecialistAPI(ls.LitAPI):
             if model.path.resolve() == self.base.resolve():
                 continue  # the base model itself: rows for it run with the adapters off
             if kind is None or identity is None or self.loaded.get(model.name, (None, ""))[0] == identity:
+                continue
+            if kind == "base":  # a bundle on the base weights: its rows run with the adapters off
+                self.unload(model.name)
+                self.loaded[model.name] = (identity, BASE_ADAPTER)
                 continue
             if model.tampering(identity):  # never loaded; the HTTP side answers 503 for it
                 continue
@@ -384,16 +429,21 @@ class SpecialistAPI(ls.LitAPI):
             if model.identity() != identity:  # swapped while loading: next batch loads the new one
                 self.peft.delete_adapter(adapter)
                 continue
-            previous = self.loaded.get(model.name)
+            self.unload(model.name)
             self.loaded[model.name] = (identity, adapter)
-            self.full.pop(model.name, None)  # a full model replaced by an adapter must stop answering
-            if previous and previous[1] != "full":
-                self.peft.delete_adapter(previous[1])
+
+    def unload(self, name: str) -> None:
+        """Forget the weights served for `name` before its new version is served."""
+        previous = self.loaded.pop(name, None)
+        self.full.pop(name, None)  # a full model replaced by an adapter or a bundle must stop answering
+        if previous and previous[1] not in ("full", BASE_ADAPTER):
+            self.peft.delete_adapter(previous[1])
 
     def decode_request(self, request: TrackedRequest, context: dict[str, Any]) -> dict[str, Any]:
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        turns = request._turns if request._turns is not None else conversation(request)
         return {"stream": request._stream, "model": request.model,
-                "prompt": prompt_ids(self.tokenizer, conversation(request)), "max_tokens": max_tokens(request),
+                "prompt": prompt_ids(self.tokenizer, turns), "max_tokens": max_tokens(request),
                 "temperature": request.temperature or 0.0, "top_p": request.top_p or 1.0, "stop": stop}
 
     def batch(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -579,9 +629,38 @@ def build_server(models: Sequence[ServedModel], base: Path, host: str, max_batch
     server.app.add_exception_handler(StarletteHTTPException, problem)  # routing's 404/405 too
 
     def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "tailor"}
-                                           for name in spec.available()]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "tailor",
+                                            "approach": spec.approach(name)} for name in spec.available()]}
 
     server.app.add_api_route("/v1/models", list_models, methods=["GET"])
     server.gone_manager = manager  # type: ignore[attr-defined]  # lives as long as the server
     return server
+
+
+PARITY_NAME = "candidate"
+
+
+@dataclass(frozen=True)
+class ServedAnswer:
+    prompt: list[int]  # the prompt's token ids, as the model worker received them
+    text: str
+    stopped: bool  # ended with the end-of-turn token before max_tokens
+
+
+def served_answers(folder: Path, base: Path, conversations: list[list[dict[str, str]]]) -> list[ServedAnswer]:
+    """Each conversation answered one at a time as `tailor serve` answers a greedy request without max_tokens for
+    the bundle at `folder`: the same checks, conversation, prompt, weights and generation, without the HTTP server
+    (the promote stage's parity check)."""
+    api = SpecialistAPI([ServedModel(PARITY_NAME, folder)], base, 1, {})
+    api.load(pick_device("auto"))
+    spec: SpecialistSpec = api.spec  # type: ignore[assignment]
+    answers = []
+    for turns in conversations:
+        request = TrackedRequest(model=PARITY_NAME, messages=turns, temperature=0)
+        spec.check(request)
+        decoded = api.decode_request(request, {})
+        chunks = [chunk[0] for chunk in api.predict([decoded])]
+        completion = chunks[-1]["completion_tokens"]
+        answers.append(ServedAnswer(decoded["prompt"], "".join(chunk["content"] for chunk in chunks),
+                                    completion < decoded["max_tokens"]))
+    return answers

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+import pandas as pd
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -18,30 +19,38 @@ from transformers import AutoModelForCausalLM
 
 from tasks.core.atomic_dir import restore_interrupted, write_dir_atomically
 from tasks.core.params import PromoteParams
+from tasks.evaluate.prompting import Recipe
 from tasks.evaluate.score_files import ScoreFile, Scores
+from tasks.release.bundle import Bundle, Prompter, stage_bundle
 from tasks.release.promotion import (
     EVAL_SCORES,
+    Expected,
     Gate,
+    candidate_of,
     decision_record,
     hold_production_place,
+    parity_gate,
     production_gate,
     promotion_gates,
     publish_production,
 )
+from tasks.release.serving import ServedAnswer
 
 NO_PRODUCTION = Gate("beats_production", None, 0.05, "skipped", "no production model yet")
 
 
-def metrics(tuned_rouge: float = 0.40, ci: tuple[float, float] = (0.05, 0.15), forgetting: float = 0.02) -> dict:
-    """An evaluate-stage metrics file: retrieval is the best baseline at ROUGE-L 0.30."""
-    gain = tuned_rouge - 0.30
+def metrics(tuned_rouge: float = 0.40, forgetting: float = 0.02,
+            tied: tuple[str, ...] = ("finetuned",)) -> dict:
+    """An evaluate-stage metrics file: the generalist at ROUGE-L 0.15, retrieval at 0.30, the fine-tuned model the
+    best, with the decision (`tied`: those the best does not beat; the last is recommended)."""
     return {
         "generalist": {"rouge_l": 0.15, "perplexity": 40.0},
         "retrieval": {"rouge_l": 0.30, "perplexity": 8.0},
         "finetuned": {"rouge_l": tuned_rouge, "perplexity": 9.0, "training_tokens": 30000},
-        "best_baseline": "retrieval",
-        "comparisons": {"finetuned_vs_retrieval": {"rouge_l": {"value": gain, "ci_low": ci[0], "ci_high": ci[1]}}},
         "forgetting": {"relative_increase": forgetting},
+        "decision": {"metric": "rouge_l", "best": "finetuned", "runner_up": "retrieval", "tied_with_best": list(tied),
+                     "recommended": tied[-1]},
+        "recommendation": "Recommendation: **finetuned** is best for this data.",
     }
 
 
@@ -49,29 +58,69 @@ def failed(decision: dict) -> list[str]:
     return [g["name"] for g in decision["gates"] if not g["passed"]]
 
 
-def test_good_candidate_passes_every_gate() -> None:
-    decision = decision_record(promotion_gates(metrics(), PromoteParams(), NO_PRODUCTION), "rouge_l")
-    assert decision["promoted"] and decision["reason"] == "all gates passed"
+def gates_of(candidate: dict, approach: str = "finetuned", params: PromoteParams | None = None) -> dict:
+    return decision_record(promotion_gates(candidate, params or PromoteParams(), approach, NO_PRODUCTION),
+                           "rouge_l", approach, "test")
+
+
+def test_good_candidate_passes_every_gate_but_parity_which_the_stage_adds() -> None:
+    decision = gates_of(metrics())
+    assert decision["promoted"] and decision["reason"] == "all gates passed" and decision["approach"] == "finetuned"
+    assert [g["name"] for g in decision["gates"]] == ["finite_metrics", "not_beaten", "specializes",
+                                                      "beats_production", "forgetting"]
     production = next(g for g in decision["gates"] if g["name"] == "beats_production")
     assert production["status"] == "skipped" and production["detail"] == "no production model yet"
 
 
-@pytest.mark.parametrize(("candidate", "gate"), [
-    (metrics(tuned_rouge=0.31, ci=(0.001, 0.02)), "beats_best_baseline"),  # significant but under the 5% margin
-    (metrics(tuned_rouge=0.40, ci=(-0.01, 0.2)), "beats_best_baseline"),  # big but the CI includes zero
-    (metrics(forgetting=0.40), "forgetting"),
+@pytest.mark.parametrize(("approach", "candidate", "gate"), [
+    ("finetuned", metrics(forgetting=0.40), "forgetting"),
+    ("retrieval", metrics(), "not_beaten"),  # named in params while the fine-tuned model beats it
+    ("generalist", metrics(tied=("finetuned", "generalist")), "specializes"),  # nothing to ship
 ])
-def test_each_gate_fails_on_its_own(candidate: dict, gate: str) -> None:
-    decision = decision_record(promotion_gates(candidate, PromoteParams(), NO_PRODUCTION), "rouge_l")
+def test_each_gate_fails_on_its_own(approach: str, candidate: dict, gate: str) -> None:
+    decision = gates_of(candidate, approach)
     assert not decision["promoted"] and failed(decision) == [gate]
     assert decision["reason"] == f"failed: {gate}; production left unchanged"
+
+
+def test_an_approach_on_the_base_weights_faces_no_forgetting_gate() -> None:
+    gates = {g["name"]: g for g in gates_of(metrics(forgetting=0.9, tied=("finetuned", "retrieval")),
+                                             "retrieval")["gates"]}
+    assert gates["forgetting"]["status"] == "skipped" and gates["not_beaten"]["status"] == "pass"
+    assert "tied with the best (finetuned)" in gates["not_beaten"]["detail"]
+    assert "the best approach (finetuned) beats the generalist" in gates["specializes"]["detail"]
+
+
+def test_an_approach_named_in_params_where_nothing_beats_the_generalist_is_shipped_and_said_so() -> None:
+    everything_tied = metrics(tied=("finetuned", "retrieval", "generalist"))
+    gates = {g["name"]: g for g in gates_of(everything_tied, "retrieval")["gates"]}
+    assert gates["specializes"]["status"] == "pass" and "no approach measurably beats" in gates["specializes"]["detail"]
+
+
+def test_the_candidate_is_the_recommendation_unless_params_name_one() -> None:
+    tied = metrics(tied=("finetuned", "retrieval"))
+    assert candidate_of(tied, PromoteParams()) == "retrieval"
+    assert candidate_of(tied, PromoteParams(approach="finetuned")) == "finetuned"
 
 
 def test_nan_metric_blocks_promotion() -> None:
     broken = metrics()
     broken["finetuned"]["perplexity"] = math.nan
-    assert failed(decision_record(promotion_gates(broken, PromoteParams(), NO_PRODUCTION), "rouge_l")) == [
-        "finite_metrics"]
+    assert failed(gates_of(broken)) == ["finite_metrics"]
+
+
+def test_parity_names_the_first_example_that_serving_answers_otherwise() -> None:
+    expected = [Expected(3, [1, 2, 3], "Paris", True), Expected(7, [1, 2, 4], "Rome", True)]
+    same = [ServedAnswer([1, 2, 3], " Paris", True), ServedAnswer([1, 2, 4], "Rome", True)]
+    assert parity_gate(expected, same).status == "pass"
+    other_prompt = parity_gate(expected, [same[0], ServedAnswer([1, 9, 4, 5], "Rome", True)])
+    assert other_prompt.status == "fail" and other_prompt.value == 7
+    assert other_prompt.detail.startswith("held-out example 7: the served prompt differs from the evaluated one "
+                                          "from token 1 on (4 tokens served, 3 evaluated)")
+    other_answer = parity_gate(expected, [ServedAnswer([1, 2, 3], "Lyon", True), same[1]])
+    assert other_answer.value == 3 and "served 'Lyon' (stopped) where evaluation answered 'Paris'" in other_answer.detail
+    runaway = parity_gate(expected, [ServedAnswer([1, 2, 3], "Paris", False), same[1]])
+    assert runaway.status == "fail" and "ran to max tokens" in runaway.detail
 
 
 def scored(rouge_like: list[str], references: list[str]) -> Scores:
@@ -97,19 +146,49 @@ def test_candidate_worse_than_production_is_refused(tmp_path: Path) -> None:
     assert "older tailor" in production_gate(better, production, PromoteParams(), 200, 0.95, 0).detail
 
 
-def test_publish_writes_card_lineage_scores_and_tokenizer(tmp_path: Path, tiny_model_dir: Path) -> None:
+ADAPTER_BUNDLE = Bundle("finetuned", Recipe(None), 48, "adapter")
+
+
+def test_publish_writes_the_bundle_card_lineage_scores_and_tokenizer(tmp_path: Path, tiny_model_dir: Path) -> None:
     candidate = tmp_path / "adapter"
     candidate.mkdir()
     (candidate / "adapter_model.safetensors").write_bytes(b"weights")
+    stage_bundle(tmp_path / "staged", ADAPTER_BUNDLE, candidate)
     lineage = {"metrics": metrics(), "inputs": {"models/adapter": "abc"}, "params": {}}
-    gates = promotion_gates(metrics(), PromoteParams(), NO_PRODUCTION)
-    out = publish_production.fn(candidate, tiny_model_dir, tmp_path / "production", lineage, gates, False,
-                                ScoreFile("free_text", [], {}))
+    gates = promotion_gates(metrics(), PromoteParams(), "finetuned", NO_PRODUCTION)
+    out = publish_production.fn(tmp_path / "staged", ADAPTER_BUNDLE, tiny_model_dir, tmp_path / "production",
+                                lineage, gates, False, ScoreFile("free_text", [], {}))
     assert (out / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert Bundle.read(out) == ADAPTER_BUNDLE
     assert (out / "tokenizer.json").is_file() and (out / EVAL_SCORES).is_file()
     assert json.loads((out / "lineage.json").read_text())["inputs"] == {"models/adapter": "abc"}
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft") and "| rouge_l | 0.15 | 0.3 | 0.4 |" in card
+    assert "the **finetuned** approach, the base model" in card and "with this folder's adapter" in card
+
+
+def test_a_retrieval_bundle_carries_its_index_and_the_rows_it_points_at(tmp_path: Path, tiny_model_dir: Path) -> None:
+    index, train = tmp_path / "index", tmp_path / "train.parquet"
+    index.mkdir()
+    (index / "index.json").write_text('{"retriever": "bm25", "documents": 3}')
+    (index / "bm25_corpus.json").write_text('[["paris"], ["rome"], ["berlin"]]')
+    conversations = [[{"role": "user", "content": f"{city}?"}, {"role": "assistant", "content": country}]
+                     for city, country in (("paris", "France"), ("rome", "Italy"), ("berlin", "Germany"))]
+    pd.DataFrame({"messages": [json.dumps(c) for c in conversations], "other": [1, 2, 3]}).to_parquet(train)
+    bundle = Bundle("retrieval", Recipe("Name the country.", retrieval_k=1), 16, "base")
+    stage_bundle(tmp_path / "staged", bundle, None, index, train)
+    out = publish_production.fn(tmp_path / "staged", bundle, tiny_model_dir, tmp_path / "production",
+                                {"metrics": metrics(), "inputs": {}, "params": {}},
+                                promotion_gates(metrics(tied=("finetuned", "retrieval")), PromoteParams(),
+                                                "retrieval", NO_PRODUCTION), False, ScoreFile("free_text", [], {}))
+    assert not (out / "tokenizer.json").exists() and not (out / "adapter_config.json").exists()
+    assert list(pd.read_parquet(out / "retrieval_index/train.parquet").columns) == ["messages"]
+    assert "its weights unchanged" in (out / "README.md").read_text()
+    # What serving builds for a request: the bundle's system prompt, the nearest training exchange, the question.
+    asked = [{"role": "user", "content": "rome?"}]
+    assert Prompter(out, Bundle.read(out)).conversation(asked) == [  # type: ignore[arg-type]
+        {"role": "system", "content": "Name the country."}, {"role": "user", "content": "rome?"},
+        {"role": "assistant", "content": "Italy"}, *asked]
 
 
 def test_failed_write_leaves_the_old_version(tmp_path: Path) -> None:
@@ -191,11 +270,13 @@ def test_promotion_killed_at_any_point_leaves_a_whole_production_model(tmp_path:
         adapter.save_pretrained(tmp_path / name)
         versions[name] = tmp_path / name
     production = tmp_path / "models" / "production"
-    gates = promotion_gates(metrics(), PromoteParams(), NO_PRODUCTION)
+    gates = promotion_gates(metrics(), PromoteParams(), "finetuned", NO_PRODUCTION)
+    for name in versions:
+        stage_bundle(tmp_path / f"staged-{name}", ADAPTER_BUNDLE, versions[name])
 
     def publish(version: str) -> Callable[[], object]:
-        return lambda: publish_production.fn(versions[version], tiny_model_dir, production,
-                                             {"inputs": {"models/adapter": version}, "params": {}, "metrics": metrics()},
+        return lambda: publish_production.fn(tmp_path / f"staged-{version}", ADAPTER_BUNDLE, tiny_model_dir,
+                                             production, {"inputs": {"models/adapter": version}, "params": {}, "metrics": metrics()},
                                              gates, False, ScoreFile("free_text", [], {}))
 
     publish("new")()

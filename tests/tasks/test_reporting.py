@@ -8,7 +8,7 @@ import pandas as pd
 from canonical import canonical
 
 from tasks.evaluate.comparison import against_majority, confusions, majority_label, most_frequent_label
-from tasks.evaluate.decision import recommendation
+from tasks.evaluate.decision import decide, recommendation
 from tasks.evaluate.reporting import majority_section, plot_chart, verdict
 from tasks.evaluate.score_files import ScoreFile, Scores
 from tasks.evaluate.statistics import Interval
@@ -26,16 +26,19 @@ def single(finetuned: float, retrieval: float) -> dict:
 def test_significant_winner_is_named() -> None:
     paired = {("finetuned", "retrieval"): {"rouge_l": Interval(0.1, 0.04, 0.16)},
               ("retrieval", "finetuned"): {"rouge_l": Interval(-0.1, -0.16, -0.04)}}
-    line = recommendation("rouge_l", single(0.5, 0.4), paired, COSTS, 0.95)
+    scores = single(0.5, 0.4)
+    line = recommendation(decide("rouge_l", scores, paired, 0.05), scores, COSTS, 0.95, 0.05)
     assert line.startswith("Recommendation: **finetuned** is best for this data: rouge_l 0.5 vs 0.4 for retrieval")
     assert "95% CI [+0.04, +0.16]" in line
 
 
-def test_a_tie_is_called_a_tie_with_the_trade_off() -> None:
-    paired = {("finetuned", "retrieval"): {"rouge_l": Interval(-0.02, -0.07, 0.03)},
-              ("retrieval", "finetuned"): {"rouge_l": Interval(0.02, -0.03, 0.07)}}
-    line = recommendation("rouge_l", single(0.36, 0.38), paired, COSTS, 0.95)
-    assert "**retrieval** and **finetuned** are statistically tied" in line
+def test_a_tie_goes_to_the_cheapest_with_the_trade_off() -> None:
+    paired = {("finetuned", "retrieval"): {"rouge_l": Interval(0.02, -0.03, 0.07)},
+              ("retrieval", "finetuned"): {"rouge_l": Interval(-0.02, -0.07, 0.03)}}
+    scores = single(0.38, 0.36)
+    line = recommendation(decide("rouge_l", scores, paired, 0.05), scores, COSTS, 0.95, 0.05)
+    assert line.startswith("Recommendation: **retrieval**, the cheapest to serve of the approaches that the best, "
+                           "finetuned, does not beat by 5% with a CI excluding zero (retrieval; rouge_l 0.38 vs 0.36")
     assert "retrieval needs no training and 184.5 prompt tokens per answer" in line
     assert "finetuned needs 30,000 tokens of training and 47.9 prompt tokens per answer" in line
 
