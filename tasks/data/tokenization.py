@@ -167,6 +167,12 @@ def asked(conversation: list[dict[str, str]]) -> str:
     return " / ".join(m["content"] for m in conversation if m["role"] == "user")
 
 
+def answered(conversation: list[dict[str, str]]) -> str:
+    """A conversation's last answer (validate checks that it ends with one): the reference it is scored against,
+    the label of a label task."""
+    return conversation[-1]["content"]
+
+
 def tokenize_rows(rows: dict[str, list], tokenizer: PreTrainedTokenizerBase, shape: Shape,
                   system_prompt: str | None, max_length: int,
                   contexts: Sequence[Context] | None = None, train_on: str = "last_turn") -> dict[str, list]:
@@ -206,7 +212,7 @@ def tokenize_rows(rows: dict[str, list], tokenizer: PreTrainedTokenizerBase, sha
                                   piece.truncated or rejected.truncated)
                 out["rejected_ids"].append(rejected.input_ids[rejected.prompt_length:])
             pieces.append(piece)
-            sources.append((asked(conversation), conversation[-1]["content"]))
+            sources.append((asked(conversation), answered(conversation)))
     for piece, (prompt, response) in zip(pieces, sources):
         out["input_ids"].append(piece.input_ids)
         out["labels"].append(piece.labels)
@@ -224,10 +230,10 @@ def answerable(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, shape: S
     in-context baselines, never truncated, would still score it. Every approach is scored on these rows."""
     if shape == TEXT:
         return frame  # a text always keeps its chunks
-    keep = [i for i in range(len(frame))
-            if tokenize_rows({column: [frame[column].iloc[i]] for column in frame.columns}, tokenizer, shape,
-                             system_prompt, max_length)["input_ids"]]
-    return frame.iloc[keep].reset_index(drop=True)
+    # A pair keeps its row exactly when its chosen conversation does (tokenize_rows).
+    pieces = tokenize_conversations(tokenizer, [json.loads(messages) for messages in frame["messages"]],
+                                    system_prompt, max_length, "last_turn")
+    return frame.iloc[[i for i, piece in enumerate(pieces) if piece is not None]].reset_index(drop=True)
 
 
 @task(cache_policy=NO_CACHE)

@@ -14,6 +14,7 @@ import pandas as pd
 from tasks.core.approaches import ADAPTED, BASELINES, FINETUNED
 from tasks.core.metrics import lower_is_better
 from tasks.core.params import PromoteParams
+from tasks.data.tokenization import answered
 from tasks.evaluate.decision import Decision, decide, recommendation
 from tasks.evaluate.score_files import ScoreFile, Scores
 from tasks.evaluate.scoring import LIKELIHOOD, TaskMetrics, best, normalize_label, one_against_other, regressions
@@ -101,7 +102,7 @@ def majority_label(task: str, shape: Shape, train_file: Path) -> str | None:
     if task != "classification" or shape != CONVERSATION:
         return None
     conversations = pd.read_parquet(train_file, columns=["messages"])["messages"]
-    return most_frequent_label([json.loads(messages)[-1]["content"] for messages in conversations])
+    return most_frequent_label([answered(json.loads(messages)) for messages in conversations])
 
 
 OTHER_ANSWER = "(not a label)"

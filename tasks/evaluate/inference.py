@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from tasks.core.params import Params
 from tasks.data.tables import read_table
-from tasks.data.tokenization import IGNORE_INDEX, tokenize_split
+from tasks.data.tokenization import IGNORE_INDEX, answered, tokenize_split
 from tasks.evaluate.score_files import Scores
 from tasks.formats.registry import CONVERSATION, TEXT, Shape
 from tasks.model.loading import padding_id
@@ -37,7 +37,7 @@ def held_out(eval_file: Path, params: Params) -> tuple[pd.DataFrame, str]:
     wanted = params.evaluate.max_examples
     if len(rows) <= wanted:
         return rows, f"all {len(rows)} rows of the eval split"
-    labels = (rows["messages"].map(lambda messages: json.loads(messages)[-1]["content"])
+    labels = (rows["messages"].map(lambda messages: answered(json.loads(messages)))
               if params.evaluate.task == "classification" and params.data.shape == CONVERSATION else None)
     if labels is None:
         return rows.sample(n=wanted, random_state=params.seed).sort_index(), \

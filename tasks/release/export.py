@@ -1,5 +1,9 @@
-"""`tailor export`: the production model as a standalone merged model and as a GGUF file for llama.cpp and
-Ollama, made by llama.cpp's own converter and checked against the merged model before it is kept.
+"""`tailor export`: the production bundle as a standalone model and as a GGUF file for llama.cpp and Ollama, made
+by llama.cpp's own converter and checked against the standalone model before it is kept. The export follows the
+bundle (tasks/release/bundle.py): a fine-tuned bundle exports its adapter merged into the base weights, a prompted
+one the base weights with its system prompt and few-shot exchanges in the Ollama Modelfile (`SYSTEM`, `MESSAGE`),
+and the held-out prompts of the check are built as the bundle builds them. A retrieval bundle searches its index per
+request, which no GGUF file or Modelfile can do: it is served by `tailor serve`, and its export is refused.
 
 The converter is not copied into this repository: it comes from the llama.cpp tree vendored in the pinned
 `llama-cpp-python` source distribution (convert_hf_to_gguf.py with its `conversion` modules and `gguf-py`), fetched
@@ -28,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from tasks.core.atomic_dir import write_dir_atomically
 from tasks.core.errors import UserError
 from tasks.model.sources import PIP_NETWORK_OPTIONS, WHEEL_CACHE, checked
+from tasks.release.bundle import Bundle, Prompter
 from tasks.release.promotion import write_merged
 
 CONVERTER_PACKAGE = "llama-cpp-python==0.3.36"
@@ -118,12 +123,19 @@ def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str) -> None:
                         "not know?): " + " | ".join(last))
 
 
-def ollama_modelfile(tokenizer: PreTrainedTokenizerBase) -> str:
-    """An Ollama Modelfile beside the GGUF: the chat template in Ollama's template language, and the end-of-turn
-    token as a stop word so that answers end where the specialist learned to end them."""
+def ollama_modelfile(tokenizer: PreTrainedTokenizerBase, bundle: Bundle | None) -> str:
+    """An Ollama Modelfile beside the GGUF: the chat template in Ollama's template language, the end-of-turn token
+    as a stop word so that answers end where the specialist learned to end them, and the bundle's system prompt and
+    few-shot exchanges, which Ollama puts before every conversation as the bundle does."""
     stop = tokenizer.eos_token
     template = tokenizer.chat_template or ""
     lines = [f"FROM ./{GGUF_FILE}", "PARAMETER temperature 0", f'PARAMETER stop "{stop}"']
+    if bundle is not None:
+        lines.append(f"PARAMETER num_predict {bundle.max_new_tokens}")
+        if bundle.recipe.system_prompt:
+            lines.append(f'SYSTEM """{bundle.recipe.system_prompt}"""')
+        lines += [f'MESSAGE {role} """{text}"""' for question, answer in bundle.recipe.examples
+                  for role, text in (("user", question), ("assistant", answer))]
     if "<|im_start|>" in template:  # ChatML, as the default model and `tokenize.chat_template: chatml` write it
         lines.append('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
                      '{{ end }}<|im_start|>assistant\n"""')
@@ -132,13 +144,16 @@ def ollama_modelfile(tokenizer: PreTrainedTokenizerBase) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_prompts(eval_file: Path, tokenizer: PreTrainedTokenizerBase, count: int) -> list[list[int]]:
+def check_prompts(eval_file: Path, tokenizer: PreTrainedTokenizerBase, count: int,
+                  prompter: Prompter | None) -> list[list[int]]:
     """Held-out prompts as token ids (the validated split, in its canonical shape): conversations up to their last
-    answer through the chat template, plain text as it is."""
+    answer, as the bundle builds them (`prompter`), through the chat template; plain text as it is."""
     frame = pd.read_parquet(eval_file).head(count)
     if "text" in frame.columns:
         return [tokenizer(text[:400])["input_ids"] for text in frame["text"]]
     histories = [json.loads(messages)[:-1] for messages in frame["messages"]]
+    if prompter is not None:
+        histories = [prompter.conversation(history) for history in histories]
     return [tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
                                           return_dict=True)["input_ids"] for history in histories]
 
@@ -167,8 +182,15 @@ def export_production(production: Path, base: Path, eval_file: Path, out: Path, 
                       prompts: int = CHECK_PROMPTS) -> dict[str, Any]:
     """Write out/merged (safetensors), out/model.gguf, out/Modelfile and out/export.json (the round trip), swapped
     in whole; a GGUF whose greedy next tokens disagree with the merged model on a held-out prompt is not kept."""
-    if not (production / "adapter_config.json").is_file() and not (production / "config.json").is_file():
+    bundle = Bundle.read(production)
+    weights = (production / "adapter_config.json").is_file() or (production / "config.json").is_file()
+    if not weights and bundle is None:
         raise UserError(f"{production} holds no promoted model yet; run `dvc repro` until one is promoted")
+    if bundle is not None and bundle.recipe.retrieval_k:
+        raise UserError(f"{production} is a {bundle.approach} bundle: it searches its retrieval index for every "
+                        "request, which a GGUF file and an Ollama Modelfile cannot do. Serve it with `tailor serve` "
+                        "(docs/serving.md), or ship another approach (promote.approach)")
+    prompter = None if bundle is None else Prompter(production, bundle)
     report: dict[str, Any] = {}
 
     def write(staging: Path) -> None:
@@ -176,13 +198,16 @@ def export_production(production: Path, base: Path, eval_file: Path, out: Path, 
         merged = staging / "merged"
         if (production / "adapter_config.json").is_file():
             write_merged(base, production, merged)
-        else:
-            shutil.copytree(production, merged)  # full fine-tuning: production is already a standalone model
+        elif weights:  # full fine-tuning: production is already a standalone model
+            shutil.copytree(production, merged)
+        else:  # a bundle on the base model's weights (prompted): the base model, with its prompt in the Modelfile
+            shutil.copytree(base, merged)
         convert_to_gguf(merged, staging / GGUF_FILE, outtype)
         tokenizer = AutoTokenizer.from_pretrained(merged)
-        (staging / "Modelfile").write_text(ollama_modelfile(tokenizer), encoding="utf-8")
-        check = round_trip(merged, staging / GGUF_FILE, check_prompts(eval_file, tokenizer, prompts))
-        report.update(source=str(production), outtype=outtype, converter=CONVERTER_PACKAGE, **vars(check))
+        (staging / "Modelfile").write_text(ollama_modelfile(tokenizer, bundle), encoding="utf-8")
+        check = round_trip(merged, staging / GGUF_FILE, check_prompts(eval_file, tokenizer, prompts, prompter))
+        report.update(source=str(production), approach=bundle.approach if bundle else "adapter (no bundle)",
+                      outtype=outtype, converter=CONVERTER_PACKAGE, **vars(check))
         if check.next_token_agreement < 1.0:
             raise UserError(f"the GGUF disagrees with the merged model on the next token for "
                             f"{1 - check.next_token_agreement:.0%} of held-out prompts (largest logit difference "

@@ -161,7 +161,7 @@ def parity_gate(expected: Sequence[Expected], served: Sequence[ServedAnswer]) ->
             return Gate("parity", example.row, 0, "fail",
                         f"{where}: served {answer.strip()!r} ({'stopped' if stopped else 'ran to max tokens'}) where "
                         f"evaluation answered {example.answer!r} ({'stopped' if example.ended else 'ran to max tokens'})"
-                        "; the model or its settings changed since evaluation: run `dvc repro`")
+                        "; the model, its chat template or its settings changed since evaluation: run `dvc repro`")
     return Gate("parity", None, 0, "pass",
                 f"`tailor serve` answered {len(expected)} held-out examples with the evaluated prompt tokens, the same "
                 "greedy answers and the same stops")

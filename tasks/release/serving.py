@@ -280,7 +280,9 @@ class SpecialistSpec(OpenAISpec):
         model = next(model for model in self.models if model.name == name)
         identity = model.identity()
         prompter = model.prompter(identity) if identity is not None else None
-        return prompter.bundle.approach if prompter is not None else f"{model.kind()} (no bundle)"
+        if prompter is not None:
+            return prompter.bundle.approach
+        return "base model" if model.path.resolve() == self.base.resolve() else f"{model.kind()} (no bundle)"
 
     async def get_from_queues(self, uids: list[Any]) -> list[AsyncIterator[Any]]:
         pipes = await super().get_from_queues(uids)

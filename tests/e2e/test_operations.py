@@ -87,13 +87,14 @@ def test_deployment_and_schedule_are_registered(deployed: Path) -> None:
 
 def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path) -> None:
     started = time.time()
-    # A form field set to the value params.yaml has (nothing to re-train) and a free setting of the gates (looser
-    # than the build's 0.01, so the same candidate passes): only promote is due. (What a training knob would re-run is checked by DVC's dry run in test_pipeline.py.)
+    # A form field set to the value params.yaml has (nothing to re-train) and a free setting of a gate (stricter
+    # than the build's 10.0 and still passed): only promote is due. (What a training knob would re-run is checked
+    # by DVC's dry run in test_pipeline.py.)
     flow_run = run_deployment("specialize/weekly", timeout=900, parameters={
-        "max_steps": 8, "settings": ["promote.min_relative_improvement=0.005"]})
+        "max_steps": 8, "settings": ["promote.max_forgetting=9.0"]})
     log = flow_run_log(flow_run.id)
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-3000:]}"
-    assert "running the pipeline: finetune.max_steps=8, promote.min_relative_improvement=0.005" in log
+    assert "running the pipeline: finetune.max_steps=8, promote.max_forgetting=9.0" in log
     assert stages_run(log) == ["promote"], log[-3000:]
 
     experiment = f"prefect-{flow_run.name}"
@@ -103,7 +104,7 @@ def test_run_with_an_override_becomes_a_dvc_experiment(deployed: Path) -> None:
             for e in e.get("revs", []) if e.get("name") == experiment]
     assert len(runs) == 1, shown.stdout[:3000]
     params = runs[0]["data"]["params"]["params.yaml"]["data"]
-    assert params["promote"]["min_relative_improvement"] == 0.005  # the UI's settings, recorded by DVC
+    assert params["promote"]["max_forgetting"] == 9.0  # the UI's settings, recorded by DVC
 
     with get_client(sync_client=True) as client:
         artifacts = {a.key for a in client.read_artifacts() if a.created.timestamp() >= started - 1}

@@ -53,8 +53,9 @@ def test_repro_builds_and_promotes_a_specialist(project: Path, first_build) -> N
     assert ran[:3] == ["base_model", "validate", "tokenize"] and ran[-2:] == ["evaluate", "promote"]
     assert sorted(ran[3:5]) == ["evaluate_baselines", "finetune"]
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert set(metrics) >= {"generalist", "prompted", "retrieval", "finetuned", "forgetting", "comparisons"}
-    for approach in ("generalist", "prompted", "retrieval", "finetuned"):
+    assert set(metrics) >= {"generalist", "prompted", "retrieval", "finetuned", "finetuned+retrieval", "forgetting",
+                            "comparisons", "decision"}
+    for approach in ("generalist", "prompted", "retrieval", "finetuned", "finetuned+retrieval"):
         low, value, high = (metrics[approach][k] for k in ("perplexity_ci_low", "perplexity", "perplexity_ci_high"))
         assert low <= value <= high
     assert metrics["finetuned"]["perplexity"] < metrics["generalist"]["perplexity"]
@@ -65,8 +66,10 @@ def test_repro_builds_and_promotes_a_specialist(project: Path, first_build) -> N
     decision = json.loads((project / "reports/promotion.json").read_text())
     assert decision["promoted"] is True, decision
     gates = {g["name"]: g["status"] for g in decision["gates"]}
-    assert gates == {"finite_metrics": "pass", "beats_best_baseline": "pass", "beats_production": "skipped",
-                     "forgetting": "pass"}
+    assert gates == {"finite_metrics": "pass", "not_beaten": "pass", "specializes": "pass",
+                     "beats_production": "skipped", "forgetting": "pass", "parity": "pass"}
+    assert decision["approach"] == metrics["decision"]["recommended"] == "finetuned"
+    assert json.loads((project / "models/production/approach.json").read_text())["approach"] == "finetuned"
     lineage = json.loads((project / "models/production/lineage.json").read_text())
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     locked_adapter = next(o["md5"] for o in lock["stages"]["finetune"]["outs"] if o["path"] == "models/adapter")

@@ -1,10 +1,12 @@
 """`tailor serve` on the tiny project's promoted model, called with the official `openai` client on loopback:
 answers equal a one-at-a-time transformers generation, under concurrency too, for two LoRA specialists and the
-base model; bad requests get OpenAI-style 4xx while the server stays up; a promotion is picked up without a
-restart; Ctrl-C leaves no process."""
+base model; the bundles of the other approaches (retrieval, prompted, fine-tuned with retrieval), promoted by the
+promote stage, answer the held-out questions exactly as reports/scores.json recorded them; bad requests get
+OpenAI-style 4xx while the server stays up; a promotion is picked up without a restart; Ctrl-C leaves no process."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,6 +25,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
+from stage_runner import run, set_params
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.harness import environment, free_port
@@ -64,28 +67,73 @@ def reference_answers(root: Path, adapter: str | None) -> list[str]:
     return answers
 
 
+def randomize_lora_b(adapter: Path) -> None:
+    """Large random B matrices in the adapter's weights (a new file), so that its greedy answers differ from prompt
+    to prompt (the tiny model's own are nearly constant) and ties are unlikely."""
+    weights = load_file(adapter / "adapter_model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    (adapter / "adapter_model.safetensors").unlink()
+    save_file({name: torch.randn(t.shape, generator=generator) * 0.5 if "lora_B" in name else t
+               for name, t in weights.items()}, adapter / "adapter_model.safetensors")
+
+
 def second_specialist(production: Path, dest: Path) -> Path:
-    """Another LoRA adapter on the same base: production's, with large random B matrices, so that its greedy
-    answers differ from prompt to prompt (the tiny model's own are nearly constant) and ties are unlikely."""
+    """Another LoRA adapter on the same base: production's, with large random B matrices."""
     shutil.copytree(production, dest)
     (dest / "lineage.json").unlink()  # not a promoted model: no recorded digests to check its new weights against
-    weights = load_file(dest / "adapter_model.safetensors")
-    generator = torch.Generator().manual_seed(0)
-    save_file({name: torch.randn(t.shape, generator=generator) * 0.5 if "lora_B" in name else t
-               for name, t in weights.items()}, dest / "adapter_model.safetensors")
+    randomize_lora_b(dest)
     return dest
 
 
+SHIPPED = ("retrieval", "prompted", "finetuned+retrieval")  # the approaches the first build did not promote
+
+
+@dataclass
+class Shipped:
+    root: Path  # a copy of the first build, where each approach was promoted in turn
+    bundles: dict[str, Path]  # approach -> its promoted bundle, moved out of models/production
+
+
 @pytest.fixture(scope="module")
-def server(first_build) -> Iterator[Server]:
-    """The server on the first build's project: production, base, and a second specialist as `candidate`."""
+def shipped(first_build, tmp_path_factory: pytest.TempPathFactory) -> Shipped:
+    """A copy of the first build with a margin (50%) no approach beats any other by, so that the generalist is
+    recommended (nothing to ship); then each other approach named in promote.approach, promoted by `dvc repro`
+    from no production model, and its bundle moved aside."""
+    root = tmp_path_factory.mktemp("shipped") / "repo"
+    shutil.copytree(first_build.root, root, symlinks=True)
+    set_params(root, "promote", min_relative_improvement=0.5)
+    shutil.rmtree(root / "models/production")
+    result = run(root, "dvc", "repro", "promote")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    decision = json.loads((root / "reports/promotion.json").read_text())
+    assert (decision["approach"], decision["promoted"]) == ("generalist", False), decision
+    assert decision["reason"] == "failed: specializes; production left unchanged"
+    bundles = {}
+    for approach in SHIPPED:
+        set_params(root, "promote", approach=approach)  # the last bundle was moved aside: no production now
+        result = run(root, "dvc", "repro", "promote")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        decision = json.loads((root / "reports/promotion.json").read_text())
+        assert (decision["approach"], decision["promoted"]) == (approach, True), decision
+        assert next(g for g in decision["gates"] if g["name"] == "parity")["status"] == "pass"
+        bundles[approach] = root / "bundles" / approach.replace("+", "-")
+        shutil.move(root / "models/production", bundles[approach])
+    return Shipped(root, bundles)
+
+
+@pytest.fixture(scope="module")
+def server(first_build, shipped: Shipped) -> Iterator[Server]:
+    """The server on the first build's project: production, base, a second specialist as `candidate`, and the
+    shipped bundles under their approaches' names."""
     root = first_build.root
     candidate = second_specialist(root / "models/production", root / "candidate")
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     log = root / "serve.log"
+    bundles = [option for name, path in shipped.bundles.items() for option in ("--model", f"{name}={path}")]
     with log.open("w") as output:
-        process = subprocess.Popen(["tailor", "serve", "--port", str(port), "--model", f"candidate={candidate.name}"],
+        process = subprocess.Popen(["tailor", "serve", "--port", str(port), "--model", f"candidate={candidate.name}",
+                                    *bundles],
                                    cwd=root, env=environment(TAILOR_API_KEY=KEY), start_new_session=True,
                                    stdout=output, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
@@ -115,9 +163,59 @@ def ask(client: openai.OpenAI, model: str, prompt: str, **options: object) -> st
     return answer.choices[0].message.content or ""
 
 
+def test_each_shipped_bundle_answers_the_held_out_questions_as_evaluation_recorded(server: Server,
+                                                                                shipped: Shipped) -> None:
+    """Every held-out question of reports/scores.json, asked as a client asks it (the question alone, no
+    max_tokens): each bundle's answer is the one its approach was scored with, through its own system prompt,
+    few-shot or retrieved examples and adapter."""
+    scores = json.loads((shipped.root / "reports/scores.json").read_text())
+    client = server.client()
+    listed = httpx.get(f"{server.url}/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    assert {m["id"]: m["approach"] for m in listed} == {"production": "finetuned", "base": "base model",
+                                                        "candidate": "finetuned", **{a: a for a in SHIPPED}}
+    for approach in SHIPPED:
+        served = [client.chat.completions.create(model=approach, temperature=0, messages=[
+            {"role": "user", "content": example["prompt"]}]).choices[0].message.content.strip()
+            for example in scores["examples"]]
+        assert served == scores["approaches"][approach]["predictions"], approach
+    prompted = json.loads((shipped.bundles["prompted"] / "approach.json").read_text())
+    assert len(prompted["examples"]) == 2 and prompted["retrieval_k"] == 0  # the tiny params' few_shot_k
+    assert (shipped.bundles["retrieval"] / "retrieval_index/train.parquet").is_file()
+    assert (shipped.bundles["finetuned+retrieval"] / "adapter_model.safetensors").is_file()
+
+
+def test_serving_that_would_answer_otherwise_than_evaluation_is_refused_at_promotion(shipped: Shipped) -> None:
+    """The base model's chat template edited after evaluation: the promote stage's parity check serves held-out
+    questions through the new template, finds an answer the evaluation did not give, names its row and publishes
+    nothing. (The fine-tuned model is given large random B first and evaluated, so that its answers follow the
+    prompt: the tiny model's own hardly change with it.)"""
+    root = shipped.root
+    randomize_lora_b(root / "models/adapter")
+    evaluated = run(root, "dvc", "repro", "--single-item", "evaluate")
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    template = root / "models/base/chat_template.jinja"
+    # Every turn's role line gets a colon, the generation prompt's too: still a template where each turn extends
+    # the one before (training's requirement), but other prompt tokens than evaluation's.
+    edited = template.read_text().replace("message['role'] + '\n'", "message['role'] + ':\n'").replace(
+        "<|im_start|>assistant\n", "<|im_start|>assistant:\n")
+    assert edited.count(":\n'") == 2
+    template.unlink()  # a new file: the bytes DVC's cache holds stay as they are
+    template.write_text(edited)
+    set_params(root, "promote", approach="finetuned")
+    shutil.rmtree(root / "models/production", ignore_errors=True)
+    result = run(root, "dvc", "repro", "--single-item", "promote")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    decision = json.loads((root / "reports/promotion.json").read_text())
+    parity = next(g for g in decision["gates"] if g["name"] == "parity")
+    assert not decision["promoted"] and decision["reason"] == "failed: parity; production left unchanged"
+    assert re.match(r"held-out example \d+: served '.*' \((stopped|ran to max tokens)\) where evaluation answered",
+                    parity["detail"]), parity["detail"]
+    assert "its chat template" in parity["detail"] and not (root / "models/production/approach.json").exists()
+
+
 def test_openai_client_gets_each_models_answers_streaming_or_not_and_under_concurrency(server: Server) -> None:
     client = server.client()
-    assert {m.id for m in client.models.list()} == {"production", "base", "candidate"}
+    assert {m.id for m in client.models.list()} == {"production", "base", "candidate", *SHIPPED}
     expected = {"production": reference_answers(server.root, "models/production"),
                 "candidate": reference_answers(server.root, "candidate"),
                 "base": reference_answers(server.root, None)}

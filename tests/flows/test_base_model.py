@@ -16,6 +16,9 @@ from stage_runner import run, stage_command
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.harness import copy_repository
+from tasks.core.errors import UserError
+from tasks.evaluate.prompting import Recipe
+from tasks.release.bundle import Bundle, stage_bundle
 from tasks.release.export import export_production
 
 pytestmark = pytest.mark.slow
@@ -81,3 +84,20 @@ def test_gguf_export_matches_the_merged_model(real_base: Path) -> None:
     assert json.loads((out / "export.json").read_text())["prompts"] == 4
     modelfile = (out / "Modelfile").read_text()
     assert "FROM ./model.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+    # A prompted bundle exports the base weights with its prompt in the Modelfile, checked on prompts built as the
+    # bundle builds them; a retrieval bundle, which searches an index per request, is refused before any work.
+    prompted = real_base / "models/prompted"
+    stage_bundle(prompted, Bundle("prompted", Recipe("Answer in one sentence.", (("What is 1+1?", "2."),)), 24,
+                                  "base"), None)
+    report = export_production(prompted, base, eval_file, real_base / "models/export-prompted", prompts=2)
+    assert report["approach"] == "prompted" and report["next_token_agreement"] == 1.0, report
+    modelfile = (real_base / "models/export-prompted/Modelfile").read_text()
+    assert 'SYSTEM """Answer in one sentence."""' in modelfile and "PARAMETER num_predict 24" in modelfile
+    assert 'MESSAGE user """What is 1+1?"""\nMESSAGE assistant """2."""' in modelfile
+    retrieval = real_base / "models/retrieval"
+    stage_bundle(retrieval, Bundle("retrieval", Recipe(None, retrieval_k=2), 24, "base"), None,
+                 real_base / "models/small", eval_file)
+    with pytest.raises(UserError, match="retrieval bundle: it searches its retrieval index for every request"):
+        export_production(retrieval, base, eval_file, real_base / "models/export-retrieval")
+    assert not (real_base / "models/export-retrieval").exists()
