@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from prefect import task
 
-from tasks.core.approaches import ADAPTED, GENERALIST, SHIPPABLE
+from tasks.core.approaches import ADAPTED, FINETUNED, GENERALIST, SHIPPABLE
 from tasks.core.atomic_dir import write_dir_atomically
 from tasks.core.params import RECOMMENDED, PromoteParams
 from tasks.core.retries import TRANSIENT_RETRIES
@@ -186,7 +186,9 @@ def model_card(lineage: dict[str, Any], gates: list[Gate], bundle: Bundle, base_
     approach it is and why it was shipped, how it scores, and how to use it."""
     metrics = lineage["metrics"]
     approaches = [a for a in SHIPPABLE if a in metrics]
-    names = [m for m in metrics[bundle.approach] if not m.endswith(("_ci_low", "_ci_high"))]
+    # The multi-task model is scored on a task as its fine-tuned candidate, among that task's baselines.
+    scored = bundle.approach if bundle.approach in metrics else FINETUNED
+    names = [m for m in metrics[scored] if not m.endswith(("_ci_low", "_ci_high"))]
     rows = "\n".join(f"| {name} | " + " | ".join(str(metrics[a].get(name, "")) for a in approaches) + " |"
                      for name in names)
     adapter = bundle.model == "adapter"

@@ -147,7 +147,7 @@ def test_each_specialization_has_its_stages_and_the_matrix_compares_every_approa
     assert set(multitask["outcomes"]) == set(SPECIALIZATIONS)
     for name, decision in multitask["tasks"].items():
         gates = {g["name"] for g in decision["gates"]}
-        assert gates == {"finite_metrics", "beats_best_baseline", "beats_production", "forgetting",
+        assert gates == {"finite_metrics", "recommended", "specializes", "beats_production", "forgetting",
                          "beats_multitask_production"}
         assert decision["outcome"] in ("promoted", "not promoted")  # no earlier version on a first run
         served = root / f"models/multitask/both/production/{name}"
@@ -189,8 +189,8 @@ def test_plain_text_runs_every_stage_and_compares_every_approach(built) -> None:
     assert "not generated" not in report and "(reference: " not in report
     assert report.rstrip().splitlines()[-1].startswith("Recommendation: ")
     decision = json.loads((reports / "promotion.json").read_text())
-    assert decision["metric"] == "perplexity" and {g["name"] for g in decision["gates"]} >= {"beats_best_baseline",
-                                                                                             "forgetting"}
+    assert decision["metric"] == "perplexity" and {g["name"] for g in decision["gates"]} >= {"not_beaten",
+                                                                                             "forgetting", "parity"}
 
 
 def test_conversations_run_every_stage_and_every_approach_answers_the_last_turn(built) -> None:

@@ -19,9 +19,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from tasks.core.errors import UserError
 from tasks.core.params import CHAT_TEMPLATES, FinetuneParams, parse_params
 from tasks.data.tokenization import IGNORE_INDEX, tokenize_conversations
+from tasks.evaluate.prompting import Recipe
 from tasks.model.chat_templates import NAMED_TEMPLATES, chosen_template, use_chat_template
 from tasks.model.loading import chat_token_ids
 from tasks.model.sources import save_model_dir
+from tasks.release.bundle import Bundle
 from tasks.release.promotion import model_card
 from tasks.train.adapters import with_lora
 
@@ -215,8 +217,9 @@ def test_template_choices_in_params() -> None:
 
 def test_model_card_says_how_the_template_came_and_where_the_adapter_loads() -> None:
     lineage = {"metrics": {"finetuned": {"loss": 1.0}}, "params": {}}
-    assert "Chat template" not in model_card(lineage, [], Path("models/base"), Path("models/production"))
-    card = model_card({**lineage, "params": {"tokenize": {"chat_template": "chatml"}}}, [], Path("bases/b"),
+    bundle = Bundle("finetuned", Recipe(None), 48, "adapter")
+    assert "Chat template" not in model_card(lineage, [], bundle, Path("models/base"), Path("models/production"))
+    card = model_card({**lineage, "params": {"tokenize": {"chat_template": "chatml"}}}, [], bundle, Path("bases/b"),
                       Path("prod/p"))
     assert "## Chat template\n\n`chatml`" in card and "load it on `bases/b`" in card
     assert 'PeftModel.from_pretrained(base, "prod/p")' in card and "models/" not in card
