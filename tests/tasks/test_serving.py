@@ -19,6 +19,8 @@ from transformers import AutoTokenizer
 
 from tasks.core.atomic_dir import write_dir_atomically
 from tasks.core.errors import UserError
+from tasks.evaluate.prompting import Recipe
+from tasks.release.bundle import Bundle, stage_bundle
 from tasks.release.serving import (
     ClientGone,
     ConcurrencyLimit,
@@ -151,3 +153,24 @@ def test_a_stream_whose_client_goes_away_is_marked_gone_for_the_worker(tmp_path:
     assert list(gone) == [request._stream]
     criteria = ClientGone([request._stream, "other"], gone)
     assert criteria(torch.zeros((2, 4), dtype=torch.long), None).tolist() == [True, False]
+
+
+def test_a_bundle_builds_each_request_as_evaluation_built_its_prompts(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A prompted bundle: its system prompt and few-shot exchange before the client's question, and evaluation's
+    max_new_tokens when the client sets no max_tokens; a client's own system message replaces the bundle's, as
+    with_examples does in evaluation."""
+    folder = tmp_path / "prompted"
+    stage_bundle(folder, Bundle("prompted", Recipe("Be brief.", (("Q1", "A1"),)), 12, "base"), None)
+    spec = SpecialistSpec([ServedModel("prompted", folder)], tiny_model_dir, {})
+    request = TrackedRequest(model="prompted", messages=[{"role": "user", "content": "Q2"}])
+    spec.check(request)
+    assert request._turns == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
+                              {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    assert request.max_tokens == 12 and spec.approach("prompted") == "prompted"
+    own = TrackedRequest(model="prompted", max_tokens=3, messages=[{"role": "system", "content": "Mine."},
+                                                                    {"role": "user", "content": "Q2"}])
+    spec.check(own)
+    assert own._turns is not None and own._turns[0] == {"role": "system", "content": "Mine."} and own.max_tokens == 3
+    (folder / "approach.json").write_text("{")  # a damaged bundle: one message, not a traceback
+    with pytest.raises(UserError, match="is not a bundle tailor can read"):
+        Bundle.read(folder)
