@@ -66,9 +66,9 @@ lock:
 
 run: install
 	dvc repro promote
-	@head -n 11 reports/specialization.md | tail -n 7
+	@head -n 12 reports/specialization.md | tail -n 8
 	@tail -n 1 reports/specialization.md
-	@grep -h '"reason"' reports/promotion.json
+	@grep -h '"approach"\|"reason"' reports/promotion.json
 
 # The portfolio of params.yaml (shipped: the demo portfolio), portfolio/stages.yaml, copied to portfolio/dvc.yaml
 # where DVC sees it (tasks/core/dag.py says why it is not there already): every specialization, the

@@ -22,7 +22,6 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from flows.stage import git_revision
-from tasks.core.approaches import FINETUNED
 from tasks.core.dag import PIPELINE, declared_paths, dvc_target, enable_portfolio
 from tasks.core.errors import UserError
 from tasks.core.params import PARAMS_FILE, Params, load_params
@@ -149,12 +148,14 @@ def push_to_remote() -> None:
 
 
 def outcome(stage: str, key: str | None = None) -> dict[str, Any]:
-    """A promotion stage's decision, and the candidate's value of the metric it was decided on."""
+    """A promotion stage's decision: the approach it shipped (or refused), and that approach's value of the metric
+    it was decided on."""
     paths = declared_paths(stage, key)
     decision = json.loads(paths["decision"].read_text(encoding="utf-8"))
     metrics = json.loads(paths["metrics"].read_text(encoding="utf-8"))
-    return {"promoted": decision["promoted"], "reason": decision["reason"],
-            decision["metric"]: metrics[FINETUNED].get(decision["metric"])}
+    approach = decision["approach"]
+    return {"promoted": decision["promoted"], "approach": approach, "reason": decision["reason"],
+            decision["metric"]: metrics[approach].get(decision["metric"])}
 
 
 @flow(name="specialize")
