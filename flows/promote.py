@@ -71,6 +71,10 @@ def parity(params: Params, paths: Paths, bundle: Bundle, staged: Path, scores: S
     dataset = scored_prompts(tokenizer, evaluation, train, bundle.recipe, nearest, params)
     evaluated = scores.approaches[bundle.approach]
     rows = [i for i, truncated in enumerate(dataset["truncated"]) if not truncated][:params.promote.parity_examples]
+    if not rows:
+        return Gate("parity", None, 0, "fail", "every held-out conversation was cut to tokenize.max_length for "
+                    "evaluation, and serving never cuts one: nothing shows that the served bundle answers as "
+                    "evaluated; raise tokenize.max_length")
     expected = [Expected(i, dataset[i]["input_ids"][:dataset[i]["prompt_length"]], evaluated.predictions[i],
                          evaluated.ended[i]) for i in rows]
     conversations = [json.loads(evaluation["messages"].iloc[i])[:-1] for i in rows]  # up to the answer
