@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.core.approaches import SHIPPABLE
 from tasks.core.errors import UserError
 from tasks.core.metrics import METRICS, task_metrics
-from tasks.formats.registry import FORMATS, PAIR, TEXT, Shape
+from tasks.formats.registry import CONVERSATION, FORMATS, PAIR, TEXT, Shape
 
 PARAMS_FILE = Path("params.yaml")
 FORMAT_NAMES = tuple(FORMATS)  # the choices of data.format: the registered formats
@@ -189,10 +189,44 @@ class DpoParams(Section):
                                "variants")
 
 
+# The rewards of tasks/train/rewards.py (a test checks they agree; this module stays free of its imports).
+REWARDS = ("rouge_l", "exact_match", "accuracy", "chrf", "valid_json", "in_label_set", "ends_turn")
+
+
+class GrpoParams(Section):
+    """Reinforcement learning from verifiable rewards (finetune.method grpo), through TRL's GRPOTrainer: each prompt's
+    sampled answers are scored by the rewards and compared with each other."""
+
+    rewards: dict[str, float] = Field(
+        default_factory=lambda: {"rouge_l": 1.0, "ends_turn": 0.2},
+        description=f"reward -> weight; the task's metrics ({', '.join(REWARDS[:4])}) scored against the reference "
+                    "answer, and format checks: valid_json, in_label_set (one of the training answers), ends_turn "
+                    "(the answer stopped by itself)")
+    generations: int = Field(4, ge=2, le=64, description="answers sampled per prompt and compared with each other")
+    max_completion_length: int = Field(32, ge=1, le=131072, description="tokens generated per answer at most")
+    temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature of the generated answers")
+    beta: float = Field(0.0, ge=0, description="KL penalty against the starting model; 0 (TRL's default) needs no "
+                                               "reference model in memory")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
+        "dapo", description="TRL's loss variants; dapo (its default) normalizes by the batch's answer tokens")
+
+    @field_validator("rewards")
+    @classmethod
+    def known_rewards(cls, weights: dict[str, float]) -> dict[str, float]:
+        if not weights:
+            raise ValueError(f"name at least one reward with its weight, e.g. {{rouge_l: 1.0}}; rewards: {REWARDS}")
+        unknown = [name for name in weights if name not in REWARDS]
+        if unknown:
+            raise ValueError(f"unknown reward {', '.join(unknown)}; choose from {', '.join(REWARDS)}")
+        if any(weight <= 0 for weight in weights.values()):
+            raise ValueError("each reward's weight is above 0; leave a reward out to train without it")
+        return weights
+
+
 class FinetuneParams(Section):
-    method: Literal["lora", "full", "dpo"] = Field(
+    method: Literal["lora", "full", "dpo", "grpo"] = Field(
         "lora", description="lora: supervised, an adapter; full: supervised, every weight; dpo: preference pairs, "
-                            "an adapter")
+                            "an adapter; grpo: rewards on sampled answers (finetune.grpo), an adapter")
     init_adapter: Path | None = Field(
         None, description="start from this LoRA adapter (e.g. an SFT adapter the pipeline produced) instead of a "
                           "fresh one; with dpo it is also the reference")
@@ -216,6 +250,7 @@ class FinetuneParams(Section):
         "ddp", description="with several processes: ddp copies the model to each, fsdp shards it across them")
     lora: LoraParams = LoraParams()
     dpo: DpoParams = DpoParams()
+    grpo: GrpoParams = GrpoParams()
 
     @model_validator(mode="after")
     def sharding_needs_processes(self) -> FinetuneParams:
@@ -235,9 +270,18 @@ class FinetuneParams(Section):
 
     @model_validator(mode="after")
     def replay_needs_supervised_training(self) -> FinetuneParams:
-        if self.replay_pct > 0 and self.method == "dpo":
-            raise ValueError("replay_pct mixes general text into supervised training; DPO learns from preference "
-                             "pairs only: set replay_pct 0, or use method lora")
+        if self.replay_pct > 0 and self.method in ("dpo", "grpo"):
+            raise ValueError(f"replay_pct mixes general text into supervised training; {self.method} learns from "
+                             "its own objective only: set replay_pct 0, or use method lora")
+        return self
+
+    @model_validator(mode="after")
+    def whole_groups(self) -> FinetuneParams:
+        # TRL samples finetune.grpo.generations answers per prompt within one step's batch.
+        answers = self.batch_size * self.gradient_accumulation_steps * self.processes
+        if self.method == "grpo" and answers % self.grpo.generations:
+            raise ValueError(f"grpo.generations ({self.grpo.generations}) must divide the answers of a step: "
+                             f"batch_size x gradient_accumulation_steps x processes = {answers}")
         return self
 
     @model_validator(mode="after")
@@ -360,6 +404,11 @@ class Params(Section):
             pairs = [name for name, registered in FORMATS.items() if registered.shape == PAIR]
             raise ValueError(f"finetune.method: dpo learns from preference pairs, but data.format is "
                              f"{self.data.format}; set data.format: {' or '.join(pairs)}, or use method lora")
+        if self.finetune.method == "grpo" and self.data.shape != CONVERSATION:
+            conversations = [name for name, registered in FORMATS.items() if registered.shape == CONVERSATION]
+            raise ValueError(f"finetune.method: grpo samples answers to prompts and rewards them against the reference "
+                             f"answer, but data.format {self.data.format} has none; set data.format: "
+                             f"{' or '.join(conversations)}, or use method lora")
         if self.promote.metric not in task_metrics(self.task()):
             where = {TEXT: f"data.format {self.data.format}", PAIR: f"data.format {self.data.format} with "
                      f"evaluate.task {self.evaluate.task}"}.get(self.data.shape, f"evaluate.task {self.evaluate.task}")

@@ -15,9 +15,10 @@ from tasks.core.approaches import ADAPTED, BASELINES, FINETUNED
 from tasks.core.metrics import lower_is_better
 from tasks.core.params import PromoteParams
 from tasks.data.tokenization import answered
+from tasks.evaluate.answer_metrics import normalize_label
 from tasks.evaluate.decision import Decision, decide, recommendation
 from tasks.evaluate.score_files import ScoreFile, Scores
-from tasks.evaluate.scoring import LIKELIHOOD, TaskMetrics, best, normalize_label, one_against_other, regressions
+from tasks.evaluate.scoring import LIKELIHOOD, TaskMetrics, best, one_against_other, regressions
 from tasks.evaluate.statistics import Interval, paired_bootstrap
 from tasks.formats.registry import CONVERSATION, Shape
 

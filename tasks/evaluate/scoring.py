@@ -15,31 +15,9 @@ import sacrebleu
 
 from tasks.core.approaches import FINETUNED
 from tasks.core.metrics import lower_is_better, task_metrics
+from tasks.evaluate.answer_metrics import PER_EXAMPLE, Texts, normalize_label
 from tasks.evaluate.score_files import Scores
 from tasks.evaluate.statistics import Interval, paired_bootstrap
-
-Texts = list[str]
-
-
-def normalize_label(text: str) -> str:
-    return " ".join(text.lower().strip().strip(".!").split())
-
-
-def rouge_l(predictions: Texts, references: Texts) -> list[float]:
-    """ROUGE-L F1 per example (Google's rouge-score, stemmed)."""
-    # Imported on use: rouge-score loads NLTK (seconds: benchmarks/RESULTS.md), which promote mostly does not need.
-    from rouge_score.rouge_scorer import RougeScorer
-
-    scorer = RougeScorer(["rougeL"], use_stemmer=True)
-    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-
-
-def exact_match(predictions: Texts, references: Texts) -> list[float]:
-    return [float(p.strip() == r.strip()) for p, r in zip(predictions, references)]
-
-
-def label_accuracy(predictions: Texts, references: Texts) -> list[float]:
-    return [float(normalize_label(p) == normalize_label(r)) for p, r in zip(predictions, references)]
 
 
 def macro_f1(predictions: Texts, references: Texts) -> float:
@@ -49,10 +27,6 @@ def macro_f1(predictions: Texts, references: Texts) -> float:
                           average="macro", zero_division=0))
 
 
-# Metrics that score each generated answer on its own: computed once, then only averaged over resamples.
-PER_EXAMPLE: dict[str, Callable[[Texts, Texts], list[float]]] = {
-    "rouge_l": rouge_l, "exact_match": exact_match, "accuracy": label_accuracy,
-}
 # Metrics defined on a whole set of answers (no per-example score): recomputed on every resample.
 CORPUS: dict[str, Callable[[Texts, Texts], float]] = {
     "chrf": lambda p, r: float(sacrebleu.corpus_chrf(p, [r]).score),

@@ -4,10 +4,10 @@ test holds them equal). A new method is a module of its own (tasks/train/sft.py,
 from __future__ import annotations
 
 from tasks.core.params import FinetuneParams
-from tasks.train import dpo, sft
+from tasks.train import dpo, grpo, sft
 from tasks.train.method import Method
 
-METHODS: dict[str, Method] = {"lora": sft.METHOD, "full": sft.METHOD, "dpo": dpo.METHOD}
+METHODS: dict[str, Method] = {"lora": sft.METHOD, "full": sft.METHOD, "dpo": dpo.METHOD, "grpo": grpo.METHOD}
 
 
 def method_of(params: FinetuneParams) -> Method:

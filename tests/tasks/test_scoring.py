@@ -10,9 +10,10 @@ import pytest
 from sklearn.metrics import f1_score
 
 from tasks.core.metrics import METRICS
+from tasks.evaluate.answer_metrics import PER_EXAMPLE, rouge_l
 from tasks.evaluate.inference import score_model
 from tasks.evaluate.score_files import Scores
-from tasks.evaluate.scoring import CORPUS, LIKELIHOOD, PER_EXAMPLE, PREFERENCE, TaskMetrics, rouge_l
+from tasks.evaluate.scoring import CORPUS, LIKELIHOOD, PREFERENCE, TaskMetrics
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
