@@ -189,8 +189,11 @@ class DpoParams(Section):
                                "variants")
 
 
-# The rewards of tasks/train/rewards.py (a test checks they agree; this module stays free of its imports).
-REWARDS = ("rouge_l", "exact_match", "accuracy", "chrf", "valid_json", "in_label_set", "ends_turn")
+# The built-in rewards of tasks/train/rewards.py (a test checks they agree; this module stays free of its imports).
+# The first four are metrics of the task registry, scored against the reference answer; the others check the form.
+METRIC_REWARDS = ("rouge_l", "exact_match", "accuracy", "chrf")
+REWARDS = (*METRIC_REWARDS, "valid_json", "in_label_set", "ends_turn")
+PYTHON_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class GrpoParams(Section):
@@ -199,9 +202,13 @@ class GrpoParams(Section):
 
     rewards: dict[str, float] = Field(
         default_factory=lambda: {"rouge_l": 1.0, "ends_turn": 0.2},
-        description=f"reward -> weight; the task's metrics ({', '.join(REWARDS[:4])}) scored against the reference "
-                    "answer, and format checks: valid_json, in_label_set (one of the training answers), ends_turn "
-                    "(the answer stopped by itself)")
+        description=f"reward -> weight; the task's metrics ({', '.join(METRIC_REWARDS)}: those evaluate.task "
+                    "reports) scored against the reference answer; format checks: valid_json, in_label_set (one of "
+                    "the training answers), ends_turn (the answer stopped by itself); or a function of "
+                    "reward_module")
+    reward_module: Path = Field(
+        Path("rewards.py"), description="the Python file whose functions rewards may name besides the built-in "
+                                        "ones; the finetune stage depends on it, so an edit retrains")
     generations: int = Field(4, ge=2, le=64, description="answers sampled per prompt and compared with each other")
     max_completion_length: int = Field(32, ge=1, le=131072, description="tokens generated per answer at most")
     temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature of the generated answers")
@@ -212,15 +219,21 @@ class GrpoParams(Section):
 
     @field_validator("rewards")
     @classmethod
-    def known_rewards(cls, weights: dict[str, float]) -> dict[str, float]:
+    def named_rewards(cls, weights: dict[str, float]) -> dict[str, float]:
         if not weights:
-            raise ValueError(f"name at least one reward with its weight, e.g. {{rouge_l: 1.0}}; rewards: {REWARDS}")
-        unknown = [name for name in weights if name not in REWARDS]
-        if unknown:
-            raise ValueError(f"unknown reward {', '.join(unknown)}; choose from {', '.join(REWARDS)}")
+            raise ValueError(f"name at least one reward with its weight, e.g. {{rouge_l: 1.0}}; built in: "
+                             f"{', '.join(REWARDS)}")
+        unusable = [name for name in weights if not PYTHON_NAME.fullmatch(name)]
+        if unusable:
+            raise ValueError(f"{', '.join(unusable)}: a reward is one of {', '.join(REWARDS)}, or the name of a "
+                             "function in reward_module")
         if any(weight <= 0 for weight in weights.values()):
             raise ValueError("each reward's weight is above 0; leave a reward out to train without it")
         return weights
+
+    def custom_rewards(self) -> list[str]:
+        """The rewards finetune.grpo.rewards names that reward_module defines (checked when training starts)."""
+        return [name for name in self.rewards if name not in REWARDS]
 
 
 class FinetuneParams(Section):
@@ -336,8 +349,10 @@ class PromoteParams(Section):
 # written out, `{}` where it keeps the top-level values. seed and base_model are shared: one base model for all.
 SPECIALIZATION_SECTIONS = ("data", "validate", "tokenize", "finetune", "baselines", "evaluate", "promote")
 # Shared by every specialization: the base model's chat template is built once (base_model stage); replayed and
-# forgetting text are one general text, so every specialist's forgetting is measured on the same ground.
-SHARED_KEYS = ("tokenize.chat_template", "tokenize.replay_text", "evaluate.forgetting_text")
+# forgetting text are one general text, so every specialist's forgetting is measured on the same ground; the portfolio's
+# training stages depend on the one custom reward module.
+SHARED_KEYS = ("tokenize.chat_template", "tokenize.replay_text", "evaluate.forgetting_text",
+               "finetune.grpo.reward_module")
 # A specialization names stages, folders and its artifact in the model registry (GTO's rule: no _ or trailing -).
 SPECIALIZATION_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 MAIN_ARTIFACT = "main"  # the top-level specialization's name in the model registry
@@ -365,9 +380,7 @@ class Params(Section):
     def specialized(self, name: str) -> Params:
         """The params of specialization `name`: the top-level sections with its own set over them."""
         merged = self.model_dump(mode="json", by_alias=True, exclude={"specializations", "multitask"})
-        for section, settings in self.specializations[name].items():
-            merged[section] = deep_merge(merged[section], settings)
-        return Params.model_validate(merged)
+        return Params.model_validate(deep_merge(merged, self.specializations[name], Params))
 
     def mix_shares(self, multitask: str) -> dict[str, float]:
         """Each specialization's share of the multi-task model's training examples, summing to 1."""
@@ -409,6 +422,13 @@ class Params(Section):
             raise ValueError(f"finetune.method: grpo samples answers to prompts and rewards them against the reference "
                              f"answer, but data.format {self.data.format} has none; set data.format: "
                              f"{' or '.join(conversations)}, or use method lora")
+        other_tasks = [name for name in self.finetune.grpo.rewards
+                       if name in METRIC_REWARDS and name not in task_metrics(self.task())]
+        if self.finetune.method == "grpo" and other_tasks:
+            offered = [name for name in METRIC_REWARDS if name in task_metrics(self.task())]
+            raise ValueError(f"finetune.grpo.rewards: {', '.join(other_tasks)} is not a metric of evaluate.task "
+                             f"{self.evaluate.task}, so training would optimize what the report does not measure; "
+                             f"its metric rewards: {', '.join(offered) or 'none'} (or set evaluate.task)")
         if self.promote.metric not in task_metrics(self.task()):
             where = {TEXT: f"data.format {self.data.format}", PAIR: f"data.format {self.data.format} with "
                      f"evaluate.task {self.evaluate.task}"}.get(self.data.shape, f"evaluate.task {self.evaluate.task}")
@@ -437,18 +457,24 @@ def specialization_problems(name: str, sections: dict[str, Any]) -> list[str]:
     if isinstance(data, dict) and not {"train", "eval"} <= set(data):
         problems.append(f"{where}.data: give its own train and eval files (dvc.yaml tracks them)")
     for key in SHARED_KEYS:
-        section, field = key.split(".")
-        if isinstance(sections.get(section), dict) and field in sections[section]:
+        *path, field = key.split(".")
+        within: Any = sections
+        for part in path:
+            within = within.get(part) if isinstance(within, dict) else None
+        if isinstance(within, dict) and field in within:
             problems.append(f"{where}.{key}: shared by every specialization; set it at the top level")
     return problems
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """base with override's keys set over it, mappings merged key by key, anything else replaced."""
+def deep_merge(base: dict[str, Any], override: dict[str, Any], parent: type[BaseModel]) -> dict[str, Any]:
+    """base (a dump of one of parent's sections) with override's keys set over it: the schema's sections merged
+    key by key, anything else (values, and mappings that are one value, like finetune.grpo.rewards) replaced."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = (deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict)
-                       else value)
+        section = next((field.annotation for name, field in parent.model_fields.items() if (field.alias or name) == key
+                        and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)), None)
+        merged[key] = (deep_merge(base[key], value, section) if section is not None and isinstance(value, dict)
+                       and isinstance(base.get(key), dict) else value)
     return merged
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+from tasks.core.errors import UserError
 from tasks.core.params import FinetuneParams
 from tasks.model.loading import chat_token_ids
 
@@ -41,3 +44,16 @@ def with_lora(model: PreTrainedModel, params: FinetuneParams) -> PreTrainedModel
     if params.init_adapter is not None:
         return PeftModel.from_pretrained(model, str(params.init_adapter), is_trainable=True)
     return get_peft_model(model, lora_config(model, params))
+
+
+def for_trl(model: PreTrainedModel, params: FinetuneParams) -> tuple[PreTrainedModel, LoraConfig | None]:
+    """The model and peft_config a TRL trainer (DPO, GRPO) starts from: the base model and a fresh adapter's config
+    (TRL wraps it), or the base model wrapped with finetune.init_adapter's adapter and no config."""
+    if params.init_adapter is None:
+        return model, lora_config(model, params, chat_token_rows=False)
+    if json.loads((params.init_adapter / "adapter_config.json").read_text()).get("trainable_token_indices"):
+        raise UserError(f"finetune.init_adapter {params.init_adapter} trains the rows of the chat template's tokens "
+                        f"(the base model lacked them), which method {params.method} (TRL) does not train further; "
+                        "start from a base model with its own chat template (tokenize.chat_template: auto), or "
+                        "without init_adapter")
+    return with_lora(model, params), None

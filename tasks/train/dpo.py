@@ -6,16 +6,14 @@ runs: its imports cost seconds that the other methods do not need."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from tasks.core.errors import UserError
 from tasks.core.params import FinetuneParams
 from tasks.model.loading import padding_id
-from tasks.train.adapters import lora_config, with_lora
+from tasks.train.adapters import for_trl
 from tasks.train.method import Method
 
 
@@ -54,20 +52,14 @@ def trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_se
                        "chosen_ids": row["input_ids"][row["prompt_length"]:],
                        "rejected_ids": row["rejected_ids"]} for row in rows])
 
-    fresh = params.init_adapter is None
-    if not fresh and json.loads((params.init_adapter / "adapter_config.json").read_text()).get(
-            "trainable_token_indices"):
-        raise UserError(f"finetune.init_adapter {params.init_adapter} trains the rows of the chat template's tokens "
-                        "(the base model lacked them), which TRL's DPOTrainer cannot train further; start DPO from a "
-                        "base model with its own chat template (tokenize.chat_template: auto), or without "
-                        "init_adapter")
+    start, peft_config = for_trl(model, params)
     return PretokenizedDPOTrainer(
-        model=model if fresh else with_lora(model, params),
+        model=start,
         args=args,
         train_dataset=train_set.select_columns(["input_ids", "prompt_length", "rejected_ids"]),
         data_collator=collate,
         processing_class=tokenizer,
-        peft_config=lora_config(model, params, chat_token_rows=False) if fresh else None,
+        peft_config=peft_config,
         callbacks=callbacks,
     )
 

@@ -8,17 +8,15 @@ through it. TRL is imported where it runs: its imports cost seconds the other me
 from __future__ import annotations
 
 import importlib.util
-import json
 from typing import Any
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from tasks.core.errors import UserError
 from tasks.core.params import FinetuneParams
-from tasks.train.adapters import lora_config, with_lora
+from tasks.train.adapters import for_trl
 from tasks.train.method import Method
-from tasks.train.rewards import rewards
+from tasks.train.rewards import rewards, try_rewards
 
 LOGGED = {"reward": "train_reward_mean", "reward_std": "train_reward_std", "kl": "train_kl",
           "completions/mean_length": "train_completion_length", "completions/clipped_ratio": "train_clipped_ratio"}
@@ -52,22 +50,20 @@ def trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_se
             # assistant's header: TRL would render its text again.
             return [list(prompt) for prompt in prompts], None, {}
 
-    fresh = params.init_adapter is None
-    if not fresh and json.loads((params.init_adapter / "adapter_config.json").read_text()).get(
-            "trainable_token_indices"):
-        raise UserError(f"finetune.init_adapter {params.init_adapter} trains the rows of the chat template's tokens "
-                        "(the base model lacked them), which GRPO does not train further; start from a base model "
-                        "with its own chat template (tokenize.chat_template: auto), or without init_adapter")
     prompts = train_set.map(lambda row: {"prompt": row["input_ids"][:row["prompt_length"]]},
                             remove_columns=[c for c in train_set.column_names if c not in ("response",)])
-    functions, _ = rewards(params.grpo.rewards, sorted(set(train_set["response"])), tokenizer.eos_token_id)
+    functions, _ = rewards(params.grpo, sorted(set(train_set["response"])), tokenizer.eos_token_id)
+    # Each reward once on a few reference answers, before any sampling: a custom reward that fails stops here.
+    sample = prompts.select(range(min(4, len(prompts))))["response"]
+    try_rewards(functions, sample, [tokenizer(text)["input_ids"] for text in sample], sample)
+    start, peft_config = for_trl(model, params)
     return PretokenizedGRPOTrainer(
-        model=model if fresh else with_lora(model, params),
+        model=start,
         reward_funcs=functions,
         args=args,
         train_dataset=prompts,
         processing_class=tokenizer,
-        peft_config=lora_config(model, params, chat_token_rows=False) if fresh else None,
+        peft_config=peft_config,
         callbacks=callbacks,
     )
 

@@ -1,16 +1,21 @@
 """The rewards GRPO trains on (finetune.grpo.rewards names them, with weights): the task's own per-answer metrics,
-computed by the same code evaluation uses, and format checks. Each is a TRL reward function: the batch's
-completions (text, and token ids), the dataset's other columns (`response`, the reference) as keyword arguments,
-one float per completion."""
+computed by the same code evaluation uses, format checks, and the user's own functions in
+finetune.grpo.reward_module. Each is a TRL reward function: the batch's completions (text, and token ids), the
+dataset's other columns (`response`, the reference) as keyword arguments, one float per completion."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import sacrebleu
 
+from tasks.core.errors import UserError
+from tasks.core.params import REWARDS, GrpoParams
 from tasks.evaluate.answer_metrics import PER_EXAMPLE, normalize_label
 
 Reward = Callable[..., list[float]]
@@ -70,12 +75,62 @@ def known_rewards(labels: Sequence[str], end_of_turn: int) -> dict[str, Reward]:
     }
 
 
-def rewards(weights: dict[str, float], labels: Sequence[str], end_of_turn: int) -> tuple[list[Reward], list[float]]:
+def module_rewards(module: Path, names: list[str]) -> dict[str, Reward]:
+    """The functions `names` of the user's reward module, each checked on every call (a reward that raises or
+    returns something else than one number per answer stops training with a message naming it)."""
+    if not names:
+        return {}
+    wanted = f"finetune.grpo.rewards names {', '.join(names)}, which are not built in ({', '.join(REWARDS)})"
+    if not module.is_file():
+        raise UserError(f"finetune.grpo.reward_module: {module} not found; {wanted}: define them in that file, or "
+                        "point reward_module at the file that does")
+    spec = importlib.util.spec_from_file_location(f"tailor_rewards_{module.stem}", module)
+    assert spec is not None and spec.loader is not None  # a .py path always has a source loader
+    loaded = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(loaded)
+    except Exception as error:  # the user's code: any failure is theirs to fix, named with its cause
+        raise UserError(f"finetune.grpo.reward_module {module} failed to import: {type(error).__name__}: "
+                        f"{error}") from error
+    missing = [name for name in names if not callable(getattr(loaded, name, None))]
+    if missing:
+        defined = [name for name, value in vars(loaded).items() if callable(value) and not name.startswith("_")
+                   and getattr(value, "__module__", None) == loaded.__name__]
+        raise UserError(f"{wanted}; {module} has no function {', '.join(missing)} (it defines: "
+                        f"{', '.join(defined) or 'none'})")
+    return {name: checked(name, module, getattr(loaded, name)) for name in names}
+
+
+def checked(name: str, module: Path, function: Reward) -> Reward:
+    def reward(**batch: Any) -> list[float]:
+        try:
+            values = list(function(**batch))
+        except Exception as error:  # the user's code
+            raise UserError(f"reward {name} ({module}) raised {type(error).__name__}: {error}") from error
+        if len(values) != len(batch["completions"]) or not all(
+                isinstance(value, (int, float)) and math.isfinite(value) for value in values):
+            raise UserError(f"reward {name} ({module}) must return one finite number per answer: "
+                            f"{len(batch['completions'])} answers, it returned {str(values)[:200]}")
+        return [float(value) for value in values]
+
+    return reward
+
+
+def rewards(grpo: GrpoParams, labels: Sequence[str], end_of_turn: int) -> tuple[list[Reward], list[float]]:
     """The reward functions finetune.grpo.rewards names, in its order, and their weights."""
-    known = known_rewards(labels, end_of_turn)
+    found = {**module_rewards(grpo.reward_module, grpo.custom_rewards()), **known_rewards(labels, end_of_turn)}
     functions = []
-    for name in weights:
-        function = known[name]
+    for name in grpo.rewards:
+        function = found[name]
         function.__name__ = name  # TRL logs each reward under its function's name
         functions.append(function)
-    return functions, list(weights.values())
+    return functions, list(grpo.rewards.values())
+
+
+def try_rewards(functions: list[Reward], completions: list[str], completion_ids: list[list[int]],
+                references: list[str]) -> None:
+    """Call each reward once on the given answers, before training starts: a custom reward that fails then
+    fails in seconds, not after the model has loaded and sampled a batch."""
+    for function in functions:
+        function(prompts=[[0]] * len(completions), completions=completions, completion_ids=completion_ids,
+                 response=references)

@@ -51,7 +51,7 @@ def test_misspelled_key_is_named() -> None:
     ("finetune.learning_rate", 0, "finetune.learning_rate: Input should be greater than 0"),
     ("finetune.lora.r", 0, "finetune.lora.r: Input should be greater than or equal to 1"),
     ("finetune.max_steps", "many", "finetune.max_steps: Input should be a valid integer"),
-    ("finetune.method", "qlora", "finetune.method: Input should be 'lora', 'full' or 'dpo' (given: 'qlora')"),
+    ("finetune.method", "qlora", "finetune.method: Input should be 'lora', 'full', 'dpo' or 'grpo' (given: 'qlora')"),
     ("finetune.method", "dpo", "finetune.method: dpo learns from preference pairs, but data.format is instruction"),
     ("finetune.init_adapter", "models/nowhere", "finetune.init_adapter: not a LoRA adapter directory (no "
                                                 "adapter_config.json there); point it at one"),
@@ -98,8 +98,10 @@ def test_replay_is_for_supervised_training() -> None:
     raw = with_change("finetune.replay_pct", 10)
     assert parse_params(raw).finetune.replay_pct == 10
     raw["data"]["format"], raw["finetune"]["method"] = "preference", "dpo"
-    assert "finetune: replay_pct mixes general text into supervised training; DPO learns from preference pairs" \
+    assert "finetune: replay_pct mixes general text into supervised training; dpo learns from its own objective" \
         in error_for(raw)
+    raw["data"]["format"], raw["finetune"]["method"] = "instruction", "grpo"
+    assert "grpo learns from its own objective only: set replay_pct 0" in error_for(raw)
 
 
 def test_missing_or_malformed_file(tmp_path: Path) -> None:
@@ -124,6 +126,8 @@ def schema_defaults(model: type[BaseModel], prefix: str = "") -> dict[str, objec
         default = field.get_default(call_default_factory=True)
         if isinstance(default, BaseModel):
             found.update(schema_defaults(type(default), key + "."))
+        elif isinstance(default, dict):  # a mapping of knobs (finetune.grpo.rewards), flattened as params.yaml's
+            found.update(flat({key: default}))
         else:
             found[key] = str(default) if isinstance(default, Path) else default
     return found

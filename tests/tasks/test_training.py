@@ -242,7 +242,8 @@ def test_dpo_from_an_adapter_that_trains_chat_token_rows_stops_with_the_reason(t
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"trainable_token_indices": {"lm_head": [600, 601]}}')
     params = PARAMS.model_copy(update={"method": "dpo", "init_adapter": adapter})
-    with pytest.raises(UserError, match="trains the rows of the chat template's tokens .* start DPO from a base "
-                                        "model with its own chat template"):
+    with pytest.raises(UserError, match="trains the rows of the chat template's tokens .* method dpo \\(TRL\\) "
+                                        "does not train further; start from a base model with its own chat "
+                                        "template"):
         preference_trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            AutoTokenizer.from_pretrained(tiny_model_dir), None, None, params, [])
