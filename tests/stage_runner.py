@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,10 @@ def follow_the_own_data_page(root: Path) -> None:
     set_params(root, "baselines", system_prompt="Say what the Python callable does, in one sentence.")
     checked = run(root, "tailor", "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def wait_for(path: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)

@@ -109,7 +109,7 @@ class TrainingCurves(DVCLiveCallback):
 
 def is_timing(name: str) -> bool:
     """A Trainer log entry measured by the clock: train_runtime, train_tokens_per_second, eval_samples_per_second…"""
-    return name.endswith(("runtime", "_per_second"))
+    return name.endswith(("runtime", "_per_second", "step_time"))  # step_time: GRPO's seconds per step
 
 
 def curves_until(live_dir: Path, step: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runner import run, set_params
+from stage_runner import run, set_params, wait_for
 
 from benchmarks.harness import environment
 
@@ -27,13 +27,6 @@ def project(tokenized_project: Path) -> Path:
     set_params(tokenized_project, "finetune", max_steps=30, save_steps=10, logging_steps=5, learning_rate=0.02,
                processes=1, batch_size=8, strategy="ddp")
     return tokenized_project
-
-
-def wait_for(path: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
