@@ -1,11 +1,13 @@
-"""P8: training throughput by data format: chat SFT against instruction SFT on equal tokens per step, and DPO.
+"""P8: training throughput by data format: chat SFT against instruction SFT on equal tokens per step, DPO, and GRPO.
 
 Each arm trains the real base model through the pipeline's own `tasks.train.training.train` (packed LoRA for the two
 supervised formats, TRL's DPOTrainer for preference pairs) on its demo data, tokenized as the tokenize stage
 does it, in a fresh process of its own. The chat arm's batch is sized so that a step holds about as many tokens as
 an instruction step (conversations are longer), so the two differ only in what a batch holds: several turns with
 the loss on each answer, against one question and answer. DPO's figure counts the real (non-padding) tokens of
-each pair's two sequences, prompt included twice, as TRL feeds them.
+each pair's two sequences, prompt included twice, as TRL feeds them. GRPO's cost is the answers it samples: its row
+adds answers generated per second and optimizer steps per minute, on the demo portfolio's classification prompts
+(finetune.grpo as shipped but 8-token answers and the classification rewards).
 
     python -m benchmarks.p8_formats [--model models/base] [--steps 6]
 """
@@ -28,13 +30,17 @@ from transformers import AutoTokenizer
 
 from benchmarks.report import RESULTS_DIR, print_goals, print_table, write_json
 from benchmarks.workload import BASE_DIR, REPO, pipeline_params
-from tasks.core.params import DataParams
+from tasks.core.params import DataParams, GrpoParams
 from tasks.data.tokenization import features_for, tokenize_rows
 from tasks.formats.registry import FORMATS, format_of
 from tasks.train.training import train
 
-ARMS = {"instruction": ("data/demo/train.jsonl", "lora"), "chat": ("data/demo_chat/train.jsonl", "lora"),
-        "preference": ("data/demo_preference/train.jsonl", "dpo")}
+# arm -> (data.format, its demo file, finetune.method)
+ARMS = {"instruction": ("instruction", "data/demo/train.jsonl", "lora"),
+        "chat": ("chat", "data/demo_chat/train.jsonl", "lora"),
+        "preference": ("preference", "data/demo_preference/train.jsonl", "dpo"),
+        "grpo": ("instruction", "data/portfolio/classification/train.jsonl", "grpo")}
+GRPO = GrpoParams(rewards={"accuracy": 1.0, "in_label_set": 0.2}, max_completion_length=8)
 ROWS = 512  # training rows tokenized per arm: more than the steps take
 GOAL_RATIO = 0.9  # chat SFT keeps at least 90% of instruction SFT's effective tokens/s
 
@@ -42,26 +48,31 @@ GOAL_RATIO = 0.9  # chat SFT keeps at least 90% of instruction SFT's effective t
 def tokenized(model_dir: Path, arm: str) -> Dataset:
     """The arm's demo rows tokenized as the tokenize stage tokenizes a training split."""
     params = pipeline_params()
-    data = DataParams(format=arm, train=REPO / ARMS[arm][0], eval=REPO / ARMS[arm][0])
-    frame = format_of(arm).canonical(pd.read_json(data.train, lines=True).head(ROWS), data)
+    data_format, path, _ = ARMS[arm]
+    data = DataParams(format=data_format, train=REPO / path, eval=REPO / path)
+    frame = format_of(data_format).canonical(pd.read_json(data.train, lines=True).head(ROWS), data)
     rows = tokenize_rows({column: list(frame[column]) for column in frame.columns},
                          AutoTokenizer.from_pretrained(model_dir), data.shape, params.tokenize.system_prompt,
                          params.tokenize.max_length, train_on=params.tokenize.train_on)
-    return Dataset.from_dict(rows, features=features_for(FORMATS[arm].shape))
+    return Dataset.from_dict(rows, features=features_for(FORMATS[data_format].shape))
 
 
 def run_arm(arm: str, model_dir: Path, steps: int, batch_size: int) -> dict[str, Any]:
     """Train one arm for `steps` steps here; its summary as the finetune stage writes it."""
     params = pipeline_params()
     dataset = tokenized(model_dir, arm)
-    finetune = params.finetune.model_copy(update={"method": ARMS[arm][1], "max_steps": steps,
+    finetune = params.finetune.model_copy(update={"method": ARMS[arm][2], "max_steps": steps,
                                                   "batch_size": batch_size, "save_steps": 10 * steps,
-                                                  "logging_steps": 1})
+                                                  "logging_steps": 1, "grpo": GRPO})
     with tempfile.TemporaryDirectory() as out, disable_run_logger():
         _, summary = train(model_dir, dataset, finetune, params.seed, torch.device("cpu"), Path(out) / "checkpoints",
                            Path(out) / "live")
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    return {**summary.pop("timings"), **summary, "arm": arm, "mean_example_tokens": round(sum(lengths) / len(lengths), 1)}
+    timings = summary.pop("timings")
+    if finetune.method == "grpo":
+        timings |= {"answers_per_second": round(steps * batch_size / timings["train_seconds"], 2),
+                    "steps_per_minute": round(60 * steps / timings["train_seconds"], 2)}
+    return {**timings, **summary, "arm": arm, "mean_example_tokens": round(sum(lengths) / len(lengths), 1)}
 
 
 def run_arm_in_subprocess(arm: str, model_dir: Path, steps: int, batch_size: int) -> dict[str, Any]:
@@ -95,11 +106,12 @@ def main() -> None:
         return
     batch = pipeline_params().finetune.batch_size
     chat_batch = max(1, round(batch * mean_tokens(model_dir, "instruction") / mean_tokens(model_dir, "chat")))
-    sizes = {"instruction": batch, "chat": chat_batch, "preference": batch}
+    sizes = {"instruction": batch, "chat": chat_batch, "preference": batch, "grpo": batch}
     arms = {arm: run_arm_in_subprocess(arm, model_dir, args.steps, size) for arm, size in sizes.items()}
     ratio = arms["chat"]["tokens_per_second"] / arms["instruction"]["tokens_per_second"]
-    print_table(f"P8 training by data format: {args.steps} LoRA steps each, cpu",
-                ["batch_size", "mean_example_tokens", "tokens_per_second", "train_seconds"], arms)
+    print_table(f"P8 training by data format and method: {args.steps} LoRA steps each, cpu",
+                ["batch_size", "mean_example_tokens", "tokens_per_second", "train_seconds", "answers_per_second",
+                 "steps_per_minute"], arms)
     print_goals({"effective tokens/s, chat SFT ÷ instruction SFT": (round(ratio, 2), f"≥ {GOAL_RATIO:g}",
                                                                      ratio >= GOAL_RATIO)})
     write_json(args.out, {"benchmark": "p8_formats", "model": str(args.model), "steps": args.steps, "arms": arms,
