@@ -14,6 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def mentions_reference(completions: list[str], response: list[str], **_: Any) -> list[float]:
+    """1 for an answer that contains its reference anywhere (case aside): partial credit that a model which answers
+    in sentences can earn long before it answers with the exact label (docs/grpo.md shows it at work)."""
+    return [float(reference.strip().lower() in answer.lower()) for answer, reference in zip(completions, response)]
+
+
 def brevity(completions: list[str], response: list[str], **_: Any) -> list[float]:
     """1 for an answer no longer than its reference, falling to 0 at twice its length: it discourages padding an
     answer out to the completion limit when the metric alone would not."""

@@ -17,10 +17,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pydantic import BaseModel
+
 from tasks.core.dag import declared_paths
 from tasks.core.errors import UserError
 from tasks.core.interrupts import stop_children
-from tasks.core.params import PARAMS_FILE, Params, load_params
+from tasks.core.params import PARAMS_FILE, Params, load_params, subsection
 from tasks.data.tables import table_chunks
 from tasks.release.lineage import show_lineage
 
@@ -75,13 +77,17 @@ def example_summary(name: str) -> str:
     return (EXAMPLES / name / "params.yaml").read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
 
 
-def overlay(base: Any, keys: Any) -> None:
-    """Set the example's keys over the base, mapping by mapping; a key's comment travels with it. A mapping of
-    another kind (a base_model of another `source`, whose keys differ) replaces the base's whole."""
+def overlay(base: Any, keys: Any, section: type[BaseModel] | None = Params) -> None:
+    """Set the example's keys over the base, section by section; a key's comment travels with it. A mapping that is
+    one value (finetune.grpo.rewards) replaces the base's whole, as does a base_model of another `source` (its keys
+    differ)."""
     for key, value in keys.items():
         below = base.get(key)
-        if value and isinstance(value, dict) and isinstance(below, dict) and value.get("source") == below.get("source"):
-            overlay(below, value)
+        inner = subsection(section, key)
+        same_source = isinstance(value, dict) and isinstance(below, dict) and "source" in value \
+            and value["source"] == below.get("source")
+        if value and isinstance(value, dict) and isinstance(below, dict) and (inner is not None or same_source):
+            overlay(below, value, inner)
             continue
         base[key] = value
         if key in keys.ca.items:

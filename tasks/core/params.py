@@ -466,13 +466,20 @@ def specialization_problems(name: str, sections: dict[str, Any]) -> list[str]:
     return problems
 
 
+def subsection(parent: type[BaseModel] | None, key: str) -> type[BaseModel] | None:
+    """The schema's section at `key` of `parent` (by its params.yaml name), or None where the key holds a value: a
+    number, a list, or a mapping that is one value, like finetune.grpo.rewards."""
+    fields = parent.model_fields.items() if parent is not None else ()
+    return next((field.annotation for name, field in fields if (field.alias or name) == key
+                 and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)), None)
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any], parent: type[BaseModel]) -> dict[str, Any]:
     """base (a dump of one of parent's sections) with override's keys set over it: the schema's sections merged
-    key by key, anything else (values, and mappings that are one value, like finetune.grpo.rewards) replaced."""
+    key by key, anything else replaced."""
     merged = dict(base)
     for key, value in override.items():
-        section = next((field.annotation for name, field in parent.model_fields.items() if (field.alias or name) == key
-                        and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)), None)
+        section = subsection(parent, key)
         merged[key] = (deep_merge(base[key], value, section) if section is not None and isinstance(value, dict)
                        and isinstance(base.get(key), dict) else value)
     return merged
