@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage, start_stage_run
-from tasks.core.approaches import FINETUNED, WITH_RETRIEVAL
+from tasks.core.approaches import FINETUNED, INIT_ADAPTER, WITH_RETRIEVAL
 from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.data.tokenization import answerable, last_turn_only, tokenize_split, with_history
@@ -24,6 +24,7 @@ from tasks.evaluate.inference import (
     general_perplexity,
     general_text_set,
     held_out,
+    score_adapter,
     score_model,
 )
 from tasks.evaluate.prompting import recipes, retrieve, scored_prompts, searched_texts
@@ -67,6 +68,11 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     general_set = general_text_set(tokenizer, settings.forgetting_text, settings.forgetting_max_chunks,
                                    params.tokenize.max_length)
     base_general = general_perplexity(model, general_set, pad_id, settings.batch_size)
+    started = {}
+    if params.finetune.init_adapter is not None:  # what this run's training added to the adapter it started from
+        started[INIT_ADAPTER], model = score_adapter(model, params.finetune.init_adapter, tokenizer, dataset,
+                                                     settings.batch_size, settings.max_new_tokens,
+                                                     params.task() != "text")
     candidate = attach_candidate(model, paths.adapter)
     finetuned = score_model(candidate, tokenizer, dataset, settings.batch_size, settings.max_new_tokens,
                             params.task() != "text")
@@ -83,7 +89,7 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
         without_history = score_model(candidate, tokenizer, last_turns, settings.batch_size, settings.max_new_tokens,
                                       True)
     scores = ScoreFile(params.task(), examples, {**baselines.approaches, FINETUNED: finetuned,
-                                                 WITH_RETRIEVAL: with_retrieval})
+                                                 WITH_RETRIEVAL: with_retrieval, **started})
     training = json.loads(paths.training.read_text(encoding="utf-8"))
     majority = majority_label(params.task(), shape, paths.validated / "train.parquet")
     comparison = compare(scores, training["tokens_trained"], forgetting, params.promote,

@@ -9,6 +9,9 @@ RETRIEVAL = "retrieval"  # the base model shown the training examples nearest to
 FINETUNED = "finetuned"  # the adapter (or full model) this run trained
 BASELINES = (GENERALIST, PROMPTED, RETRIEVAL)  # what needs no training, in the order reports list them
 WITH_RETRIEVAL = f"{FINETUNED}+{RETRIEVAL}"  # the fine-tuned model with the retrieved training examples in context
+# The adapter finetune.init_adapter names, which this run's training (DPO, GRPO, more SFT) started from: scored so
+# that the report says what the new training added; never shipped from this run (its own run shipped it).
+INIT_ADAPTER = "init_adapter"
 # The portfolio's (tasks/evaluate/portfolio.py):
 SPECIALIST = "specialist:"  # + a specialization's name: its fine-tuned adapter, on any task
 MULTITASK = "multitask"  # one adapter trained on every specialization's data

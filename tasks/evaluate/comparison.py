@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.core.approaches import ADAPTED, BASELINES, FINETUNED
+from tasks.core.approaches import ADAPTED, BASELINES, FINETUNED, INIT_ADAPTER, SHIPPABLE
 from tasks.core.metrics import lower_is_better
 from tasks.core.params import PromoteParams
 from tasks.data.tokenization import answered
@@ -149,15 +149,17 @@ def compare(scores: ScoreFile, training_tokens: int, forgetting: dict[str, float
     single, paired = paired_bootstrap(list(scores.approaches), values.functions(), len(scores.examples), samples,
                                       confidence, seed)
     baselines = [a for a in BASELINES if a in scores.approaches]
+    against = baselines + [a for a in (INIT_ADAPTER,) if a in scores.approaches]  # what the fine-tuned model faces
     costs = {a: s.cost() for a, s in scores.approaches.items()}
     for trained in ADAPTED:
         if trained in costs:
             costs[trained]["training_tokens"] = training_tokens
     best_baseline = best(baselines, metric, single)
-    decision = decide(metric, single, paired, promote.min_relative_improvement)
+    decision = decide(metric, single, paired, promote.min_relative_improvement,
+                      [a for a in scores.approaches if a in SHIPPABLE])
     return Comparison(
         metrics=values.names, single=single,
-        gains={b: {m: paired[FINETUNED, b][m].as_gain(lower_is_better(m)) for m in values.names} for b in baselines},
+        gains={b: {m: paired[FINETUNED, b][m].as_gain(lower_is_better(m)) for m in values.names} for b in against},
         costs=costs, forgetting=forgetting, best_baseline=best_baseline,
         regressions=regressions(values, metric, best_baseline, scores.examples), decision=decision,
         recommendation=recommendation(decision, single, costs, confidence, promote.min_relative_improvement),

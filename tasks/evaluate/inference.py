@@ -183,3 +183,14 @@ def attach_candidate(model: PreTrainedModel, candidate_dir: Path) -> Any:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     del model  # full fine-tuning: the candidate replaces the base instead of sitting beside it
     return AutoModelForCausalLM.from_pretrained(candidate_dir, dtype=dtype, use_safetensors=True).to(device)
+
+
+def score_adapter(model: PreTrainedModel, adapter_dir: Path, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
+                  batch_size: int, max_new_tokens: int, generate: bool) -> tuple[Scores, PreTrainedModel]:
+    """Score a LoRA adapter on the loaded base, unmerged, then take it off again: its scores, and the base model as
+    it was (so that the candidate can be merged into it next)."""
+    from peft import PeftModel
+
+    attached = PeftModel.from_pretrained(model, adapter_dir)
+    scores = score_model(attached, tokenizer, dataset, batch_size, max_new_tokens, generate)
+    return scores, attached.unload()

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tasks.core.approaches import FINETUNED
+from tasks.core.approaches import FINETUNED, INIT_ADAPTER
 from tasks.core.metrics import lower_is_better  # noqa: E402
 from tasks.evaluate.comparison import Comparison  # noqa: E402
 from tasks.evaluate.statistics import Interval  # noqa: E402
@@ -40,7 +40,8 @@ def render_report(comparison: Comparison, confidence: float, examples: int, draw
         cells = [f"{single[a][m].value:.4g} [{single[a][m].low:.4g}, {single[a][m].high:.4g}]" for m in metrics]
         cells += [f"{costs[a][n]:g}" if n in costs[a] else "–" for n in cost_names]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += ["", "## Fine-tuned against each baseline", "",
+    lines += ["", "## Fine-tuned against each baseline" + (" and the adapter it started from" if INIT_ADAPTER in
+                                                            comparison.gains else ""), "",
               "Improvement (positive = fine-tuned is better) with its interval; \"better\" only when it excludes zero.",
               "", "| baseline | " + " | ".join(metrics) + " |", "|" + "---|" * (1 + len(metrics))]
     for baseline, by_metric in comparison.gains.items():

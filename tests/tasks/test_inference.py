@@ -9,11 +9,19 @@ import pandas as pd
 import pytest
 import torch
 from canonical import canonical
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.core.params import load_params
 from tasks.data.tokenization import tokenize_split
-from tasks.evaluate.inference import example_records, generate_answers, held_out, label_quotas, reference_nll
+from tasks.evaluate.inference import (
+    example_records,
+    generate_answers,
+    held_out,
+    label_quotas,
+    reference_nll,
+    score_adapter,
+)
 from tasks.formats.registry import TEXT
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
@@ -112,3 +120,17 @@ def test_label_quotas_are_proportional_and_keep_every_label() -> None:
     assert label_quotas(pd.Series({"a": 50, "b": 30, "c": 20}), 10) == {"a": 5, "b": 3, "c": 2}
     assert label_quotas(pd.Series({"a": 997, "b": 2, "c": 1}), 10) == {"a": 8, "b": 1, "c": 1}
     assert sum(label_quotas(pd.Series({"a": 3, "b": 3, "c": 3}), 2).values()) == 2
+
+
+def test_an_adapter_scored_beside_the_base_leaves_the_base_as_it_was(setup, tmp_path: Path) -> None:
+    """The adapter finetune.init_adapter names is scored unmerged and taken off again: the candidate is merged into
+    the same base next, which must not carry the first adapter."""
+    model, tokenizer, dataset = setup
+    before, _ = reference_nll(model, dataset, batch_size=4, pad_id=tokenizer.pad_token_id)
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(model.name_or_path),
+                             LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "adapter")
+    scores, base = score_adapter(model, tmp_path / "adapter", tokenizer, dataset, 4, 4, generate=False)
+    after, _ = reference_nll(base, dataset, batch_size=4, pad_id=tokenizer.pad_token_id)
+    assert after == pytest.approx(before, rel=1e-5) and scores.nll != pytest.approx(before, rel=1e-3)
+    assert not any("lora" in name for name, _ in base.named_modules())

@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from canonical import canonical
 
-from tasks.evaluate.comparison import against_majority, confusions, majority_label, most_frequent_label
+from tasks.core.approaches import INIT_ADAPTER
+from tasks.core.params import PromoteParams
+from tasks.evaluate.comparison import (
+    against_majority,
+    compare,
+    confusions,
+    forgetting_record,
+    majority_label,
+    most_frequent_label,
+)
 from tasks.evaluate.decision import decide, recommendation
-from tasks.evaluate.reporting import majority_section, plot_chart, verdict
+from tasks.evaluate.reporting import majority_section, plot_chart, render_report, verdict
 from tasks.evaluate.score_files import ScoreFile, Scores
 from tasks.evaluate.statistics import Interval
 from tasks.formats.registry import CONVERSATION, PAIR
@@ -86,3 +96,28 @@ def test_the_majority_label_is_read_for_label_tasks_only(tmp_path: Path) -> None
     assert majority_label("classification", CONVERSATION, train) == "Logging."  # counted normalized, first spelling
     assert majority_label("free_text", CONVERSATION, train) is None
     assert majority_label("classification", PAIR, train) is None  # a pair's answers are no label
+
+
+def test_the_adapter_training_started_from_is_compared_but_never_recommended() -> None:
+    """GRPO or DPO from an SFT adapter: the report says what the new training added to it (the SFT model is an
+    extra row, and the fine-tuned model's gain over it), and the decision is among what this run can ship."""
+    references = ["os", "logging"] * 6
+    examples = [{"prompt": f"callable {i}", "response": r} for i, r in enumerate(references)]
+
+    def answering(predictions: list[str]) -> Scores:
+        return Scores(nll=[1.0] * 12, target_tokens=[1] * 12, prompt_tokens=[9] * 12, predictions=predictions,
+                      ended=[True] * 12, generated_tokens=24)
+
+    approaches = {"generalist": answering(["sys"] * 12), "prompted": answering(["sys"] * 12),
+                  "retrieval": answering(["os"] * 12), "finetuned": answering(references[:10] + ["sys", "sys"]),
+                  "finetuned+retrieval": answering(references[:10] + ["sys", "sys"]),
+                  INIT_ADAPTER: answering(list(references))}
+    comparison = compare(ScoreFile("classification", examples, approaches), 1000, forgetting_record(10.0, 10.5),
+                         PromoteParams(metric="accuracy"), 300, 0.95, 0)
+    assert comparison.single[INIT_ADAPTER]["accuracy"].value == 1.0  # the best score, yet not a contender
+    assert INIT_ADAPTER not in comparison.decision.tied and comparison.decision.best == "finetuned"
+    assert comparison.gains[INIT_ADAPTER]["accuracy"].value == pytest.approx(-2 / 12)
+    assert "finetuned_vs_init_adapter" in comparison.record()["comparisons"]
+    report = render_report(comparison, 0.95, 12, "all")
+    assert "## Fine-tuned against each baseline and the adapter it started from" in report
+    assert "| init_adapter | " in report
