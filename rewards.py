@@ -16,7 +16,8 @@ from typing import Any
 
 def mentions_reference(completions: list[str], response: list[str], **_: Any) -> list[float]:
     """1 for an answer that contains its reference anywhere (case aside): partial credit that a model which answers
-    in sentences can earn long before it answers with the exact label (docs/grpo.md shows it at work)."""
+    in sentences earns long before it answers with the exact label. It can be gamed (an answer naming every label
+    earns it on every prompt): docs/grpo.md measures GRPO doing just that from the base model, and how to avoid it."""
     return [float(reference.strip().lower() in answer.lower()) for answer, reference in zip(completions, response)]
 
 
