@@ -92,6 +92,7 @@ class Columns(Section):
     messages: str = "messages"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    tools: str = "tools"
 
 
 class MessageFields(Section):
@@ -107,12 +108,16 @@ class DataParams(Section):
     format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
         "instruction", description="instruction: prompt/response pairs; text: plain text for domain adaptation; "
                                    "chat: multi-turn conversations (a list of messages per row); preference: a "
-                                   "prompt with a chosen and a rejected answer"
+                                   "prompt with a chosen and a rejected answer; tools: conversations with tool "
+                                   "calls and reasoning traces (OpenAI's format)"
     )
     train: Path
     eval: Path = Field(description="held-out examples, never trained on; dvc.yaml tracks both files")
     columns: Columns = Columns()
     messages: MessageFields = MessageFields()
+    reasoning: Literal["train", "strip"] = Field(
+        "train", description="tools format: the assistant's reasoning traces are trained on (kept as <think>...</think> "
+                             "before the answer) or stripped")
 
     @property
     def shape(self) -> Shape:

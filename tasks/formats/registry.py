@@ -32,6 +32,7 @@ FORMATS: dict[str, Registered] = {
     "text": Registered("tasks.formats.text", TEXT),
     "chat": Registered("tasks.formats.chat", CONVERSATION),
     "preference": Registered("tasks.formats.preference", PAIR),
+    "tools": Registered("tasks.formats.tools", CONVERSATION),  # tool calls and reasoning, as tasks/formats/hermes.py writes them
 }
 
 

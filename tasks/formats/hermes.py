@@ -1,0 +1,155 @@
+"""The text convention tool calls and reasoning traces are written in (Hermes, as Qwen2.5's chat template writes it
+inside ChatML): one module, so that validation, training, evaluation, `tailor serve` and the exported template
+write and read exactly the same text.
+
+- The tools are listed in the system message, one JSON definition a line between <tools> and </tools>.
+- An assistant's calls follow its text (if any), each `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`.
+- The results of consecutive `tool` messages become one user message of `<tool_response>` blocks.
+- A reasoning trace opens the assistant's message: `<think>\\n...\\n</think>\\n\\n` then the answer.
+
+A conversation rendered so is a plain system/user/assistant conversation: every later stage reads it as it reads
+any other, and the loss falls on the assistant's text and calls, never on tool results (a user turn).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided "
+                "with function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+                "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+                "<args-json-object>}\n</tool_call>")
+CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+TAG = re.compile(r"</?think>")
+
+
+def dumped(value: Any) -> str:
+    """JSON as Jinja's tojson writes it in chat templates (", " and ": " separators, characters kept)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def tools_block(tools: list[dict[str, Any]]) -> str:
+    return TOOLS_HEADER + "".join("\n" + dumped(tool) for tool in tools) + TOOLS_FOOTER
+
+
+def call_text(name: str, arguments: dict[str, Any]) -> str:
+    return f"{CALL_OPEN}\n{dumped({'name': name, 'arguments': arguments})}\n{CALL_CLOSE}"
+
+
+def assistant_text(content: str, calls: list[tuple[str, dict[str, Any]]], reasoning: str | None) -> str:
+    """An assistant message as the model writes it: its trace (when kept), its text, then its calls."""
+    parts = [content] if content else []
+    parts += [call_text(name, arguments) for name, arguments in calls]
+    text = "\n".join(parts)
+    return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{text}" if reasoning else text
+
+
+def responses_text(results: list[str]) -> str:
+    return "\n".join(f"<tool_response>\n{result}\n</tool_response>" for result in results)
+
+
+def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]], keep_reasoning: bool) -> list[dict[str, str]]:
+    """An OpenAI-style conversation (checked beforehand: tasks/formats/tools.py) as system/user/assistant messages
+    in this convention. Assistant messages may carry `tool_calls` (arguments as a JSON string or an object) and
+    `reasoning_content`; a trace written inline as <think>...</think> is read the same way."""
+    rendered: list[dict[str, str]] = []
+    system = [m["content"] for m in messages[:1] if m["role"] == "system"]
+    if tools:
+        rendered.append({"role": "system", "content": "\n\n".join(system + [tools_block(tools)])})
+    elif system:
+        rendered.append({"role": "system", "content": system[0]})
+    results: list[str] = []
+    for message in messages[len(system):]:
+        if message["role"] == "tool":
+            results.append(str(message.get("content") or ""))
+            continue
+        if results:
+            rendered.append({"role": "user", "content": responses_text(results)})
+            results = []
+        if message["role"] != "assistant":
+            rendered.append({"role": message["role"], "content": message["content"]})
+            continue
+        reasoning, content = split_reasoning(message.get("content") or "")
+        reasoning = message.get("reasoning_content") or reasoning
+        calls = [(call["function"]["name"], arguments_of(call["function"]["arguments"]))
+                 for call in message.get("tool_calls") or []]
+        rendered.append({"role": "assistant",
+                         "content": assistant_text(content, calls, reasoning if keep_reasoning else None)})
+    if results:
+        rendered.append({"role": "user", "content": responses_text(results)})
+    return rendered
+
+
+def arguments_of(arguments: str | dict[str, Any]) -> dict[str, Any]:
+    return json.loads(arguments) if isinstance(arguments, str) else arguments
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """(the trace, the rest) of a message that opens with <think>...</think>; (None, text) of any other."""
+    stripped = text.lstrip()
+    if not stripped.startswith(THINK_OPEN) or THINK_CLOSE not in stripped:
+        return None, text
+    trace, rest = stripped[len(THINK_OPEN):].split(THINK_CLOSE, 1)
+    return trace.strip(), rest.lstrip()
+
+
+def tag_problem(text: str) -> str | None:
+    """Why a text's <think> tags are not one trace opening the message (None when they are, or there are none)."""
+    tags = TAG.findall(text)
+    if not tags:
+        return None
+    if tags != [THINK_OPEN, THINK_CLOSE]:
+        depth = 0
+        for tag in tags:
+            depth += 1 if tag == THINK_OPEN else -1
+            if depth > 1:
+                return "nested <think> tags"
+            if depth < 0:
+                return "a </think> with no <think> before it"
+        return "unclosed <think> tag" if depth else "more than one <think>...</think> trace"
+    if not text.lstrip().startswith(THINK_OPEN):
+        return "the <think>...</think> trace does not open the message"
+    return None
+
+
+@dataclass
+class Answer:
+    """A generated assistant message read back: its trace, its text, and its calls (name and arguments as the model
+    wrote them; `arguments` is None where the call's JSON did not parse into a name and an object)."""
+
+    reasoning: str | None
+    content: str
+    calls: list[tuple[str | None, dict[str, Any] | None]] = field(default_factory=list)
+
+    @property
+    def valid_calls(self) -> bool:
+        return all(name is not None and arguments is not None for name, arguments in self.calls)
+
+
+def parse(text: str) -> Answer:
+    reasoning, rest = split_reasoning(text)
+    calls: list[tuple[str | None, dict[str, Any] | None]] = []
+    for body in CALL.findall(rest):
+        try:
+            call = json.loads(body)
+        except json.JSONDecodeError:
+            calls.append((None, None))
+            continue
+        valid = isinstance(call, dict) and isinstance(call.get("name"), str)
+        arguments = call.get("arguments") if valid else None
+        calls.append((call["name"] if valid else None, arguments if isinstance(arguments, dict) else None))
+    if CALL_OPEN in rest and CALL_CLOSE not in rest.rsplit(CALL_OPEN, 1)[1]:
+        calls.append((None, None))  # cut off inside a call (the token limit): a call that cannot be made
+    content = CALL.sub("", rest.split(CALL_OPEN)[0] if CALL_OPEN in rest else rest).strip()
+    return Answer(reasoning, content, calls)
+
+
+def final_answer(text: str) -> str:
+    """The answer without its reasoning trace: what evaluation scores."""
+    return split_reasoning(text)[1]
