@@ -61,7 +61,7 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     recipe = recipes(params, train)
     nearest = retrieve(paths.index, searched_texts(evaluation, shape), params.baselines.retrieval_k)
     dataset = scored_prompts(tokenizer, evaluation, train, recipe[FINETUNED], nearest, params)
-    examples = example_records(dataset, tokenizer, shape)
+    examples = example_records(dataset, tokenizer, shape, evaluation.get("messages"))
     if examples != baselines.examples:
         raise UserError(f"{paths.baselines} scored other examples than this stage; run `dvc repro`")
     pad_id = padding_id(tokenizer)

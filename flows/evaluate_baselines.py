@@ -47,7 +47,7 @@ def evaluate_baselines_flow(params: Params, paths: Paths) -> dict[str, dict[str,
     for approach in BASELINES:
         # The generalist sees exactly the fine-tuned model's inputs: same template, same truncation.
         dataset = scored_prompts(tokenizer, evaluation, train, recipe[approach], nearest, params)
-        examples = examples or example_records(dataset, tokenizer, shape)
+        examples = examples or example_records(dataset, tokenizer, shape, evaluation.get("messages"))
         scores[approach] = score_model(model, tokenizer, dataset, evaluate.batch_size, evaluate.max_new_tokens,
                                        params.task() != "text")
     ScoreFile(params.task(), examples, scores).write(paths.scores)

@@ -68,7 +68,7 @@ def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, Hel
                                 tokenizer, shape, tokenize.system_prompt, tokenize.max_length)
         plain = tokenize_split(tokenizer, evaluation, shape, tokenize.system_prompt, tokenize.max_length)
         scores = ScoreFile.read(paths.reports / name / "scores.json")
-        if example_records(plain, tokenizer, shape) != scores.examples:
+        if example_records(plain, tokenizer, shape, evaluation.get("messages")) != scores.examples:
             raise UserError(f"{paths.reports / name / 'scores.json'} scored other examples than this stage; run "
                             "`dvc repro`")
         sets[name] = HeldOut(spec, plain, scores)

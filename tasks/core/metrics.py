@@ -18,7 +18,7 @@ class Metric:
     description: str
 
 
-LIKELIHOOD = ("free_text", "summarization", "translation", "classification", "text")
+LIKELIHOOD = ("free_text", "summarization", "translation", "classification", "tool_calling", "text")
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("loss", True, LIKELIHOOD, "mean negative log-likelihood per reference token"),
     Metric("perplexity", True, LIKELIHOOD, "exp(loss)"),
@@ -29,6 +29,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("accuracy", False, ("classification",), "the answer equals the reference label after normalizing case, "
                                                    "spaces and a final period"),
     Metric("macro_f1", False, ("classification",), "macro-averaged F1 over the labels (scikit-learn)"),
+    Metric("tool_selection", False, ("tool_calling",), "the answer calls the reference's functions (as a multiset), "
+                                                       "or none when the reference answers in text"),
+    Metric("argument_exact", False, ("tool_calling",), "the answer's calls are the reference's, every argument equal"),
+    Metric("argument_match", False, ("tool_calling",), "share of the reference calls' arguments given the same value "
+                                                       "by a call of the same function"),
+    Metric("valid_calls", False, ("tool_calling",), "every call written is JSON with a name and an arguments object"),
+    Metric("schema_valid", False, ("tool_calling",), "every call names an offered tool and its arguments validate "
+                                                     "against that tool's JSON schema"),
     Metric("preference_accuracy", False, ("preference",), "share of pairs where the chosen answer has the higher "
                                                           "mean log-likelihood per token"),
     Metric("preference_margin", False, ("preference",), "mean log-likelihood per token of the chosen answer minus "

@@ -196,7 +196,8 @@ class DpoParams(Section):
 
 # The built-in rewards of tasks/train/rewards.py (a test checks they agree; this module stays free of its imports).
 # The first four are metrics of the task registry, scored against the reference answer; the others check the form.
-METRIC_REWARDS = ("rouge_l", "exact_match", "accuracy", "chrf")
+METRIC_REWARDS = ("rouge_l", "exact_match", "accuracy", "chrf", "tool_selection", "argument_exact",
+                  "argument_match", "valid_calls")
 REWARDS = (*METRIC_REWARDS, "valid_json", "in_label_set", "ends_turn")
 PYTHON_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -319,8 +320,14 @@ class BaselinesParams(Section):
     retriever: Literal["minilm", "bm25"] = Field("minilm", description="minilm: offline embeddings; bm25: words")
 
 
+TOOL_CALLING = "tool_calling"  # evaluate.task for tool-calling conversations (data.format tools)
+
+
 class EvaluateParams(Section):
-    task: Literal["free_text", "summarization", "translation", "classification"] = "free_text"
+    task: Literal["free_text", "summarization", "translation", "classification", "tool_calling"] = Field(
+        "free_text", description="what the answers are: free_text, summarization, translation, classification (a "
+                                 "label), or tool_calling (each held-out conversation's first answer: which tools "
+                                 "it calls, and with which arguments)")
     max_examples: int = Field(64, ge=1, description="held-out examples scored: all when the eval split has no more, "
                                                    "else a seeded sample (stratified by label for classification)")
     batch_size: int = Field(16, ge=1)
@@ -434,6 +441,9 @@ class Params(Section):
             raise ValueError(f"finetune.grpo.rewards: {', '.join(other_tasks)} is not a metric of evaluate.task "
                              f"{self.evaluate.task}, so training would optimize what the report does not measure; "
                              f"its metric rewards: {', '.join(offered) or 'none'} (or set evaluate.task)")
+        if self.evaluate.task == TOOL_CALLING and self.data.format != "tools":
+            raise ValueError("evaluate.task: tool_calling scores tool calls, written by data.format tools; set "
+                             "data.format: tools, or another evaluate.task")
         if self.promote.metric not in task_metrics(self.task()):
             where = {TEXT: f"data.format {self.data.format}", PAIR: f"data.format {self.data.format} with "
                      f"evaluate.task {self.evaluate.task}"}.get(self.data.shape, f"evaluate.task {self.evaluate.task}")

@@ -13,13 +13,14 @@ import pandas as pd
 
 from tasks.core.approaches import ADAPTED, BASELINES, FINETUNED, INIT_ADAPTER, SHIPPABLE
 from tasks.core.metrics import lower_is_better
-from tasks.core.params import PromoteParams
+from tasks.core.params import TOOL_CALLING, PromoteParams
 from tasks.data.tokenization import answered
 from tasks.evaluate.answer_metrics import normalize_label
 from tasks.evaluate.decision import Decision, decide, recommendation
 from tasks.evaluate.score_files import ScoreFile, Scores
 from tasks.evaluate.scoring import LIKELIHOOD, TaskMetrics, best, one_against_other, regressions
 from tasks.evaluate.statistics import Interval, paired_bootstrap
+from tasks.formats.hermes import parse
 from tasks.formats.registry import CONVERSATION, Shape
 
 MAJORITY = "majority_class"  # the label baseline: always the most frequent training label
@@ -40,6 +41,8 @@ class Comparison:
     context_ablation: dict[str, Any] | None = None
     # Label tasks: every approach against always answering the most frequent training label, and its confusions.
     majority: dict[str, Any] | None = None
+    # Tool calling: per approach, expected tool -> called tool -> count.
+    tool_confusions: dict[str, dict[str, dict[str, int]]] | None = None
 
     def record(self) -> dict[str, Any]:
         """reports/metrics.json: flat numbers per approach (what `dvc metrics diff` compares), then the rest."""
@@ -55,6 +58,8 @@ class Comparison:
             result["context_ablation"] = self.context_ablation
         if self.majority is not None:
             result[MAJORITY] = self.majority
+        if self.tool_confusions is not None:
+            result["tool_confusions"] = self.tool_confusions
         result["recommendation"] = self.recommendation
         return result
 
@@ -77,7 +82,7 @@ def context_ablation(scores: ScoreFile, without_history: Scores, metric: str, sa
     and the paired difference (positive: the history helps), so that a specialist that ignores the conversation
     shows."""
     with_history, without, gain = one_against_other(scores.task, scores.approaches[FINETUNED], without_history,
-                                                    scores.references(), metric, samples, confidence, seed)
+                                                    scores.examples, metric, samples, confidence, seed)
     return {"metric": metric, "with_history": with_history.as_dict(), "without_history": without.as_dict(),
             "history_gain": {**gain.as_dict(), "better": gain.better}}
 
@@ -109,15 +114,35 @@ def majority_label(task: str, shape: Shape, train_file: Path) -> str | None:
 OTHER_ANSWER = "(not a label)"
 
 
+def counted(answers: list[str], expected: list[str]) -> dict[str, dict[str, int]]:
+    """Expected -> answered -> count."""
+    table: dict[str, Counter[str]] = {}
+    for answer, wanted in zip(answers, expected):
+        table.setdefault(wanted, Counter())[answer] += 1
+    return {wanted: dict(counts.most_common()) for wanted, counts in sorted(table.items())}
+
+
 def confusions(predictions: list[str], references: list[str]) -> dict[str, dict[str, int]]:
     """Reference label -> answered label -> count, labels normalized; answers that are no reference label are
     counted together, so a model that answers outside the label set shows without a column per stray answer."""
     labels = {normalize_label(reference) for reference in references}
-    table: dict[str, Counter[str]] = {}
-    for prediction, reference in zip(predictions, references):
-        answer = normalize_label(prediction)
-        table.setdefault(normalize_label(reference), Counter())[answer if answer in labels else OTHER_ANSWER] += 1
-    return {reference: dict(counts.most_common()) for reference, counts in sorted(table.items())}
+    answers = [normalize_label(prediction) for prediction in predictions]
+    return counted([a if a in labels else OTHER_ANSWER for a in answers], [normalize_label(r) for r in references])
+
+
+TEXT_ANSWER, BROKEN_CALL = "(no call)", "(unreadable call)"
+
+
+def called(text: str) -> str:
+    """The tools an answer calls, as one name ("a + b" for parallel calls), or that it calls none."""
+    names = sorted(name or BROKEN_CALL for name, _ in parse(text).calls)
+    return " + ".join(names) or TEXT_ANSWER
+
+
+def tool_confusions(scores: ScoreFile) -> dict[str, dict[str, dict[str, int]]]:
+    """Tool calling: per approach, expected tool -> called tool -> count."""
+    expected = [called(reference) for reference in scores.references()]
+    return {a: counted([called(p) for p in s.predictions], expected) for a, s in scores.approaches.items()}
 
 
 def against_majority(scores: ScoreFile, label: str, samples: int, confidence: float, seed: int) -> dict[str, Any]:
@@ -126,7 +151,7 @@ def against_majority(scores: ScoreFile, label: str, samples: int, confidence: fl
     not better than that constant answer has learned nothing the label counts did not already say."""
     count = len(scores.examples)
     approaches = {**scores.approaches, MAJORITY: constant_answer(label, count)}
-    functions = {name: fn for name, fn in TaskMetrics(scores.task, approaches, scores.references()).functions().items()
+    functions = {name: fn for name, fn in TaskMetrics(scores.task, approaches, scores.examples).functions().items()
                  if name not in LIKELIHOOD}  # the constant answer has no likelihood to compare
     single, paired = paired_bootstrap(list(approaches), functions, count, samples, confidence, seed)
     return {
@@ -145,7 +170,7 @@ def compare(scores: ScoreFile, training_tokens: int, forgetting: dict[str, float
     baseline; the decision on the promotion metric; for conversations, the context ablation; for label tasks
     (`majority_label` given), every approach against always answering the most frequent training label."""
     metric = promote.metric
-    values = TaskMetrics(scores.task, scores.approaches, scores.references())
+    values = TaskMetrics(scores.task, scores.approaches, scores.examples)
     single, paired = paired_bootstrap(list(scores.approaches), values.functions(), len(scores.examples), samples,
                                       confidence, seed)
     baselines = [a for a in BASELINES if a in scores.approaches]
@@ -167,4 +192,5 @@ def compare(scores: ScoreFile, training_tokens: int, forgetting: dict[str, float
                           context_ablation(scores, without_history, metric, samples, confidence, seed)),
         majority=(None if majority_label is None else
                   against_majority(scores, majority_label, samples, confidence, seed)),
+        tool_confusions=tool_confusions(scores) if scores.task == TOOL_CALLING else None,
     )

@@ -20,20 +20,24 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.core.params import Params
+from tasks.core.params import TOOL_CALLING, Params
 from tasks.data.tables import read_table
 from tasks.data.tokenization import IGNORE_INDEX, answered, tokenize_split
 from tasks.evaluate.score_files import Scores
+from tasks.formats.hermes import declared_tools, first_answer
 from tasks.formats.registry import CONVERSATION, TEXT, Shape
 from tasks.model.loading import padding_id
 
 
 def held_out(eval_file: Path, params: Params) -> tuple[pd.DataFrame, str]:
     """The examples every approach is scored on (the same in every evaluation stage), and how they were drawn:
-    the whole validated eval split when it has at most evaluate.max_examples rows; otherwise a sample seeded by
+    the whole validated eval split (for tool calling, each conversation up to its first answer) when it has at most evaluate.max_examples rows; otherwise a sample seeded by
     params' seed, never the first rows (a file sorted by label or by source would be scored on one part of it),
     stratified by label for a classification task so that each label keeps its share, at least one row each."""
     rows = pd.read_parquet(eval_file)
+    if params.evaluate.task == TOOL_CALLING:  # scored on the turn that decides whether and how to call a tool
+        rows["messages"] = rows["messages"].map(
+            lambda messages: json.dumps(first_answer(json.loads(messages)), ensure_ascii=False))
     wanted = params.evaluate.max_examples
     if len(rows) <= wanted:
         return rows, f"all {len(rows)} rows of the eval split"
@@ -63,13 +67,20 @@ def label_quotas(counts: pd.Series, wanted: int) -> dict[str, int]:
     return {str(label): int(quota) for label, quota in quotas.items()}
 
 
-def example_records(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, shape: Shape) -> list[dict[str, str]]:
-    """One record per scored example: the question and reference answer, or the plain-text chunk itself (a long
-    document is scored as several max_length chunks, each its own example)."""
+def example_records(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, shape: Shape,
+                    conversations: pd.Series | None = None) -> list[dict[str, Any]]:
+    """One record per scored example: the question and reference answer (and the tools the conversation offered,
+    when it offered some: `conversations`, the scored rows' canonical messages), or the plain-text chunk itself (a
+    long document is scored as several max_length chunks, each its own example)."""
     if shape == TEXT:
         return [{"text": tokenizer.decode(ids[length:], skip_special_tokens=True)}
                 for ids, length in zip(dataset["input_ids"], dataset["prompt_length"])]
-    return [{"prompt": p, "response": r} for p, r in zip(dataset["prompt"], dataset["response"])]
+    records: list[dict[str, Any]] = [{"prompt": p, "response": r}
+                                     for p, r in zip(dataset["prompt"], dataset["response"])]
+    for record, messages in zip(records, conversations if conversations is not None else []):
+        if tools := declared_tools(json.loads(messages)):
+            record["tools"] = tools
+    return records
 
 
 def batches(indices: list[int], size: int) -> list[list[int]]:

@@ -53,7 +53,7 @@ def column_record(column: Column, training_tokens: dict[str, int], min_relative_
     count = len(column.scores.examples)
     if column.majority_label is not None and metric not in LIKELIHOOD:
         approaches[MAJORITY] = constant_answer(column.majority_label, count)
-    values = TaskMetrics(column.scores.task, approaches, column.scores.references(), only=metric)
+    values = TaskMetrics(column.scores.task, approaches, column.scores.examples, only=metric)
     single, paired = paired_bootstrap(list(approaches), values.functions(), count, samples, confidence, seed)
 
     def gain(a: str, b: str) -> Interval:

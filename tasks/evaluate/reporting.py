@@ -74,6 +74,10 @@ def render_report(comparison: Comparison, confidence: float, examples: int, draw
                   + ("it uses the history." if gain["better"] else "no evidence that it uses the history.")]
     if comparison.majority is not None:
         lines += majority_section(comparison.majority, confidence)
+    if comparison.tool_confusions is not None:
+        lines += ["", "## Called tool vs expected tool", ""]
+        for approach, table in comparison.tool_confusions.items():
+            lines += confusion_table(f"{approach} (rows: the reference's call; columns: the answer's)", table)
     lines += ["", comparison.recommendation, ""]
     return "\n".join(lines)
 
@@ -93,12 +97,15 @@ def majority_section(majority: dict[str, Any], confidence: float) -> list[str]:
                         "zero or lie below it)")
         lines.append(f"- {approach}: {'; '.join(cells)}: {verdict_line}.")
     for approach, table in majority["confusions"].items():
-        answered = sorted({a for row in table.values() for a in row})
-        lines += ["", f"Confusions of {approach} (rows: reference label; columns: its answer):", "",
-                  "| reference | " + " | ".join(answered) + " |", "|" + "---|" * (1 + len(answered))]
-        lines += [f"| {reference} | " + " | ".join(str(row.get(a, 0)) for a in answered) + " |"
-                  for reference, row in table.items()]
+        lines += confusion_table(f"Confusions of {approach} (rows: reference label; columns: its answer)", table)
     return lines
+
+
+def confusion_table(caption: str, table: dict[str, dict[str, int]]) -> list[str]:
+    answered = sorted({a for row in table.values() for a in row})
+    lines = ["", f"{caption}:", "", "| reference | " + " | ".join(answered) + " |", "|" + "---|" * (1 + len(answered))]
+    return lines + [f"| {reference} | " + " | ".join(str(row.get(a, 0)) for a in answered) + " |"
+                    for reference, row in table.items()]
 
 
 def plot_chart(metrics: list[str], single: dict[str, dict[str, Interval]], path: str) -> None:

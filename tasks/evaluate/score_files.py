@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.formats.hermes import split_reasoning
+
 
 @dataclass
 class Scores:
@@ -40,6 +42,9 @@ class Scores:
             result["generated_tokens_per_example"] = round(self.generated_tokens / len(self.predictions), 1)
         if self.ended:
             result["runaway_pct"] = round(100 * (1 - float(np.mean(self.ended))), 1)
+        traces = [split_reasoning(prediction)[0] for prediction in self.predictions]
+        if any(traces):  # reasoning traces are not scored (the answer after them is): their length is a cost
+            result["reasoning_words_per_example"] = round(float(np.mean([len((t or "").split()) for t in traces])), 1)
         return result
 
 

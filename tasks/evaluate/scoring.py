@@ -15,7 +15,7 @@ import sacrebleu
 
 from tasks.core.approaches import FINETUNED
 from tasks.core.metrics import lower_is_better, task_metrics
-from tasks.evaluate.answer_metrics import PER_EXAMPLE, Texts, normalize_label
+from tasks.evaluate.answer_metrics import PER_EXAMPLE, Texts, normalize_label, on_final_answers, schema_valid
 from tasks.evaluate.score_files import Scores
 from tasks.evaluate.statistics import Interval, paired_bootstrap
 
@@ -29,10 +29,12 @@ def macro_f1(predictions: Texts, references: Texts) -> float:
 
 # Metrics defined on a whole set of answers (no per-example score): recomputed on every resample.
 CORPUS: dict[str, Callable[[Texts, Texts], float]] = {
-    "chrf": lambda p, r: float(sacrebleu.corpus_chrf(p, [r]).score),
-    "bleu": lambda p, r: float(sacrebleu.corpus_bleu(p, [r]).score),
-    "macro_f1": macro_f1,
+    "chrf": on_final_answers(lambda p, r: float(sacrebleu.corpus_chrf(p, [r]).score)),
+    "bleu": on_final_answers(lambda p, r: float(sacrebleu.corpus_bleu(p, [r]).score)),
+    "macro_f1": on_final_answers(macro_f1),
 }
+# Metrics of each answer's tool calls against the tools its example offered (the ScoreFile records them).
+WITH_TOOLS: dict[str, Callable[[Texts, list[list[dict[str, Any]]]], list[float]]] = {"schema_valid": schema_valid}
 # Metrics of the reference tokens' log-likelihood (teacher forcing), from the summed NLL and token counts.
 LIKELIHOOD: dict[str, Callable[[float], float]] = {"loss": lambda loss: loss, "perplexity": math.exp}
 # Metrics of a preference pair, from its margin: the chosen answer's mean log-likelihood per token minus the
@@ -51,22 +53,27 @@ def preference_margins(scores: Scores) -> np.ndarray:
 class TaskMetrics:
     """The metrics of one task type, computable on any resample of the examples (for the bootstrap)."""
 
-    def __init__(self, task: str, scores: dict[str, Scores], references: Texts, only: str | None = None) -> None:
-        """Every metric of the task, or `only` that one (per-example scores are computed here, up front)."""
+    def __init__(self, task: str, scores: dict[str, Scores], examples: list[dict[str, Any]],
+                 only: str | None = None) -> None:
+        """Every metric of the task, or `only` that one (per-example scores are computed here, up front), on the
+        examples a ScoreFile records (their reference answers, and for tool calls the tools they offered)."""
         self.names = [only] if only else task_metrics(task)
         self.scores = scores
-        self.references = references
+        self.references = references = [e.get("response", "") for e in examples]
         self.nll = {a: np.asarray(s.nll) for a, s in scores.items()}
         self.tokens = {a: np.asarray(s.target_tokens) for a, s in scores.items()}
         self.per_example = {(a, name): np.asarray(PER_EXAMPLE[name](s.predictions, references), dtype=float)
                             for a, s in scores.items() for name in self.names if name in PER_EXAMPLE}
         self.per_example.update({(a, name): PREFERENCE[name](preference_margins(s)) for a, s in scores.items()
                                  for name in self.names if name in PREFERENCE})
+        offered = [e.get("tools", []) for e in examples]
+        self.per_example.update({(a, name): np.asarray(WITH_TOOLS[name](s.predictions, offered), dtype=float)
+                                 for a, s in scores.items() for name in self.names if name in WITH_TOOLS})
 
     def value(self, name: str, approach: str, index: np.ndarray) -> float:
         if name in LIKELIHOOD:
             return LIKELIHOOD[name](float(self.nll[approach][index].sum() / max(self.tokens[approach][index].sum(), 1)))
-        if name in PER_EXAMPLE or name in PREFERENCE:
+        if (approach, name) in self.per_example:
             return float(self.per_example[approach, name][index].mean())
         predictions = [self.scores[approach].predictions[i] for i in index]
         return CORPUS[name](predictions, [self.references[i] for i in index])
@@ -81,13 +88,13 @@ class TaskMetrics:
         return {name: (lambda a, i, name=name: self.value(name, a, i)) for name in self.names}
 
 
-def one_against_other(task: str, one: Scores, other: Scores, references: Texts, metric: str, samples: int,
-                      confidence: float, seed: int) -> tuple[Interval, Interval, Interval]:
+def one_against_other(task: str, one: Scores, other: Scores, examples: list[dict[str, Any]], metric: str,
+                      samples: int, confidence: float, seed: int) -> tuple[Interval, Interval, Interval]:
     """`metric` for two models scored on the same examples, and the first one's gain over the other (positive:
     better, whichever way the metric points), with paired-bootstrap intervals."""
     pair = {"one": one, "other": other}
-    values = TaskMetrics(task, pair, references, only=metric)
-    single, paired = paired_bootstrap(list(pair), {metric: values.functions()[metric]}, len(references), samples,
+    values = TaskMetrics(task, pair, examples, only=metric)
+    single, paired = paired_bootstrap(list(pair), {metric: values.functions()[metric]}, len(examples), samples,
                                       confidence, seed)
     return (single["one"][metric], single["other"][metric],
             paired["one", "other"][metric].as_gain(lower_is_better(metric)))

@@ -38,11 +38,14 @@ def tools_block(tools: list[dict[str, Any]]) -> str:
     return TOOLS_HEADER + "".join("\n" + dumped(tool) for tool in tools) + TOOLS_FOOTER
 
 
-def call_text(name: str, arguments: dict[str, Any]) -> str:
-    return f"{CALL_OPEN}\n{dumped({'name': name, 'arguments': arguments})}\n{CALL_CLOSE}"
+def call_text(name: str, arguments: str | dict[str, Any]) -> str:
+    """A call, its arguments as given: a JSON string kept as it is written (validation checked it), an object
+    written as JSON."""
+    written = arguments if isinstance(arguments, str) else dumped(arguments)
+    return f'{CALL_OPEN}\n{{"name": {dumped(name)}, "arguments": {written}}}\n{CALL_CLOSE}'
 
 
-def assistant_text(content: str, calls: list[tuple[str, dict[str, Any]]], reasoning: str | None) -> str:
+def assistant_text(content: str, calls: list[tuple[str, str | dict[str, Any]]], reasoning: str | None) -> str:
     """An assistant message as the model writes it: its trace (when kept), its text, then its calls."""
     parts = [content] if content else []
     parts += [call_text(name, arguments) for name, arguments in calls]
@@ -52,6 +55,22 @@ def assistant_text(content: str, calls: list[tuple[str, dict[str, Any]]], reason
 
 def responses_text(results: list[str]) -> str:
     return "\n".join(f"<tool_response>\n{result}\n</tool_response>" for result in results)
+
+
+def declared_tools(conversation: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The tool definitions a rendered conversation's system message lists (none: [])."""
+    system = conversation[0]["content"] if conversation and conversation[0]["role"] == "system" else ""
+    if TOOLS_HEADER not in system:
+        return []
+    block = system.split(TOOLS_HEADER, 1)[1].split(TOOLS_FOOTER, 1)[0]
+    return [json.loads(line) for line in block.splitlines() if line.strip()]
+
+
+def first_answer(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A rendered conversation up to its first assistant message: the turn that calls a tool, or answers without
+    one (what a tool-calling evaluation scores)."""
+    first = next(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    return conversation[:first + 1]
 
 
 def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]], keep_reasoning: bool) -> list[dict[str, str]]:
@@ -77,17 +96,12 @@ def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]], keep_rea
             continue
         reasoning, content = split_reasoning(message.get("content") or "")
         reasoning = message.get("reasoning_content") or reasoning
-        calls = [(call["function"]["name"], arguments_of(call["function"]["arguments"]))
-                 for call in message.get("tool_calls") or []]
+        calls = [(call["function"]["name"], call["function"]["arguments"]) for call in message.get("tool_calls") or []]
         rendered.append({"role": "assistant",
                          "content": assistant_text(content, calls, reasoning if keep_reasoning else None)})
     if results:
         rendered.append({"role": "user", "content": responses_text(results)})
     return rendered
-
-
-def arguments_of(arguments: str | dict[str, Any]) -> dict[str, Any]:
-    return json.loads(arguments) if isinstance(arguments, str) else arguments
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
@@ -146,10 +160,68 @@ def parse(text: str) -> Answer:
         calls.append((call["name"] if valid else None, arguments if isinstance(arguments, dict) else None))
     if CALL_OPEN in rest and CALL_CLOSE not in rest.rsplit(CALL_OPEN, 1)[1]:
         calls.append((None, None))  # cut off inside a call (the token limit): a call that cannot be made
-    content = CALL.sub("", rest.split(CALL_OPEN)[0] if CALL_OPEN in rest else rest).strip()
-    return Answer(reasoning, content, calls)
+    return Answer(reasoning, rest.split(CALL_OPEN, 1)[0].strip(), calls)
 
 
 def final_answer(text: str) -> str:
     """The answer without its reasoning trace: what evaluation scores."""
     return split_reasoning(text)[1]
+
+
+# The same convention as a Jinja prelude to a chat template: it rewrites `messages` (with `tools`, `tool_calls`,
+# `tool` messages and traces) into the rendered conversation `render` writes, then the model's own template renders
+# that. An exported GGUF carries it (tasks/release/export.py), so llama.cpp and other Jinja readers render a tool
+# conversation as training did; tests/tasks/test_tools_format.py checks the two renderings are the same.
+TEMPLATE_PRELUDE = """{%- set keep_reasoning = KEEP %}
+{%- set ns = namespace(out=[], results=[], text='', parts=[]) %}
+{%- set offered = tools if tools is defined and tools else [] %}
+{%- set own = messages[0]['content'] if messages and messages[0]['role'] == 'system' else none %}
+{%- if offered %}
+    {%- set ns.text = HEADER %}
+    {%- for tool in offered %}{%- set ns.text = ns.text ~ '\\n' ~ (tool | tojson) %}{%- endfor %}
+    {%- set ns.text = ns.text ~ FOOTER %}
+    {%- set ns.out = [{'role': 'system', 'content': (own ~ '\\n\\n' if own is not none else '') ~ ns.text}] %}
+{%- elif own is not none %}
+    {%- set ns.out = [{'role': 'system', 'content': own}] %}
+{%- endif %}
+{%- for message in messages[(1 if own is not none else 0):] %}
+    {%- if message['role'] == 'tool' %}
+        {%- set ns.results = ns.results + ['<tool_response>\\n' ~ (message['content'] or '') ~ '\\n</tool_response>'] %}
+    {%- else %}
+        {%- if ns.results %}
+            {%- set ns.out = ns.out + [{'role': 'user', 'content': ns.results | join('\\n')}] %}
+            {%- set ns.results = [] %}
+        {%- endif %}
+        {%- if message['role'] != 'assistant' %}
+            {%- set ns.out = ns.out + [{'role': message['role'], 'content': message['content']}] %}
+        {%- else %}
+            {%- set ns.text = message['content'] if message['content'] is string else '' %}
+            {%- set trace = message['reasoning_content'] if message['reasoning_content'] is defined else none %}
+            {%- if ns.text.lstrip().startswith('<think>') and '</think>' in ns.text %}
+                {%- set inline = ns.text.lstrip()[7:].split('</think>', 1) %}
+                {%- set trace = trace or inline[0].strip() %}
+                {%- set ns.text = inline[1].lstrip() %}
+            {%- endif %}
+            {%- set ns.parts = [ns.text] if ns.text else [] %}
+            {%- for call in (message['tool_calls'] if message['tool_calls'] is defined and message['tool_calls'] else []) %}
+                {%- set arguments = call['function']['arguments'] %}
+                {%- set ns.parts = ns.parts + ['<tool_call>\\n{"name": ' ~ (call['function']['name'] | tojson) ~ ', "arguments": '
+                    ~ (arguments if arguments is string else arguments | tojson) ~ '}\\n</tool_call>'] %}
+            {%- endfor %}
+            {%- set ns.text = ns.parts | join('\\n') %}
+            {%- if keep_reasoning and trace %}
+                {%- set ns.text = '<think>\\n' ~ trace.strip() ~ '\\n</think>\\n\\n' ~ ns.text %}
+            {%- endif %}
+            {%- set ns.out = ns.out + [{'role': 'assistant', 'content': ns.text}] %}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if ns.results %}{%- set ns.out = ns.out + [{'role': 'user', 'content': ns.results | join('\\n')}] %}{%- endif %}
+{%- set messages = ns.out %}
+"""
+
+
+def with_tools(template: str, keep_reasoning: bool) -> str:
+    """A chat template that renders tool conversations in this convention before `template` renders the result."""
+    return (TEMPLATE_PRELUDE.replace("KEEP", "true" if keep_reasoning else "false")
+            .replace("HEADER", dumped(TOOLS_HEADER)).replace("FOOTER", dumped(TOOLS_FOOTER)) + template)

@@ -136,11 +136,11 @@ def message_problem(message: Any, turn: int, previous: str | None, pending: dict
         return "reasoning_content is text, and the trace is given once (not also as <think> in the content)"
     if problem := hermes.tag_problem(content or ""):
         return problem
-    for call in calls:
-        if problem := call_problem(call, declared):
-            return problem
-        pending[call["id"]] = call["function"]["name"]
-    return None
+    found = [call_problem(call, declared) for call in calls]
+    for call in calls:  # a refused call's result is still its result: one mistake, one problem
+        if isinstance(call, dict) and isinstance(call.get("id"), str) and isinstance(call.get("function"), dict):
+            pending[call["id"]] = str(call["function"].get("name"))
+    return next((problem for problem in found if problem), None)
 
 
 def conversation_problems(messages: list[Any], declared: dict[str, dict[str, Any]]) -> list[str | None]:

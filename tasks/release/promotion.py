@@ -81,7 +81,7 @@ def production_gate(candidate: ScoreFile, production_dir: Path, params: PromoteP
                     "production was scored on other eval examples; its scores are not comparable")
     (shipped, current), = production.approaches.items()
     (approach, scores), = candidate.approaches.items()
-    _, reference, gain = one_against_other(candidate.task, scores, current, candidate.references(), params.metric,
+    _, reference, gain = one_against_other(candidate.task, scores, current, candidate.examples, params.metric,
                                            samples, confidence, seed)
     return margin_gate("beats_production", params.metric, gain, reference.value, params.min_relative_improvement,
                        f"production ({shipped})")

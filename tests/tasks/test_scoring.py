@@ -13,13 +13,13 @@ from tasks.core.metrics import METRICS
 from tasks.evaluate.answer_metrics import PER_EXAMPLE, rouge_l
 from tasks.evaluate.inference import score_model
 from tasks.evaluate.score_files import Scores
-from tasks.evaluate.scoring import CORPUS, LIKELIHOOD, PREFERENCE, TaskMetrics
+from tasks.evaluate.scoring import CORPUS, LIKELIHOOD, PREFERENCE, WITH_TOOLS, TaskMetrics
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
 
 def test_every_registered_metric_has_exactly_one_computation() -> None:
-    computed = [*PER_EXAMPLE, *CORPUS, *LIKELIHOOD, *PREFERENCE]
+    computed = [*PER_EXAMPLE, *CORPUS, *LIKELIHOOD, *PREFERENCE, *WITH_TOOLS]
     assert sorted(computed) == sorted(METRICS)
 
 
@@ -33,7 +33,7 @@ def test_rouge_l_from_the_library() -> None:
 def test_task_metrics_and_cost(setup) -> None:
     model, tokenizer, dataset = setup
     scores = score_model.fn(model, tokenizer, dataset, 4, 8, generate=True)
-    metrics = TaskMetrics("free_text", {"m": scores}, list(dataset["response"]))
+    metrics = TaskMetrics("free_text", {"m": scores}, [{"response": r} for r in dataset["response"]])
     everything = np.arange(len(dataset))
     assert math.isclose(metrics.value("perplexity", "m", everything),
                         math.exp(sum(scores.nll) / sum(scores.target_tokens)), rel_tol=1e-9)
@@ -49,7 +49,7 @@ def test_preference_compares_mean_log_likelihood_per_token_not_totals() -> None:
     rejected one is more likely."""
     scores = Scores(nll=[4.0, 3.0], target_tokens=[8, 3], rejected_nll=[2.0, 1.0], rejected_tokens=[2, 2],
                     prompt_tokens=[5, 5], predictions=["a", "b"])
-    metrics = TaskMetrics("free_text+preference", {"m": scores}, ["a", "c"])
+    metrics = TaskMetrics("free_text+preference", {"m": scores}, [{"response": "a"}, {"response": "c"}])
     assert metrics.names == ["loss", "perplexity", "rouge_l", "preference_accuracy", "preference_margin"]
     both = np.arange(2)
     assert metrics.value("preference_accuracy", "m", both) == 0.5
@@ -62,7 +62,7 @@ def test_label_and_translation_metrics_come_from_libraries() -> None:
     refs = ["positive", "negative", "positive", "neutral"]
     preds = ["Positive.", "negative", "negative", "neutral"]
     scores = {"m": Scores(nll=[1.0] * 4, target_tokens=[1] * 4, prompt_tokens=[3] * 4, predictions=preds)}
-    labels = TaskMetrics("classification", scores, refs)
+    labels = TaskMetrics("classification", scores, [{"response": r} for r in refs])
     everything = np.arange(4)
     assert labels.value("exact_match", "m", everything) == 0.5  # "Positive." is not an exact match
     assert labels.value("accuracy", "m", everything) == 0.75  # but it is the right label
@@ -71,6 +71,6 @@ def test_label_and_translation_metrics_come_from_libraries() -> None:
                  average="macro"))
     translation = TaskMetrics("translation", {"m": Scores(nll=[1.0], target_tokens=[1], prompt_tokens=[1],
                                                           predictions=["the cat sat on the mat"])},
-                              ["the cat sat on the mat"])
+                              [{"response": "the cat sat on the mat"}])
     assert translation.value("chrf", "m", np.arange(1)) == pytest.approx(100.0)
     assert translation.value("bleu", "m", np.arange(1)) == pytest.approx(100.0)

@@ -207,6 +207,54 @@ def main() -> None:
         "expect_column_values_to_not_match_regex(chosen)", eval="pref_eval.jsonl", data=preference)
     add("pref_leaked_eval.jsonl", jsonl(pairs[:30] + [pair_eval[4]] + pairs[30:]),
         "[eval] expect_column_values_to_not_be_in_set(prompt)", eval="pref_eval.jsonl", data=preference)
+
+    # Tool-calling conversations: sixty good ones from data/demo_tools, the one at line 31 calling a tool, broken.
+    agents = [json.loads(line) for line in (DEMO.parent / "demo_tools" / "train.jsonl").read_text(
+        encoding="utf-8").splitlines()[:61]]
+    calling = next(i for i in range(30, 61) if len(agents[i]["messages"]) == 4)
+    agents[30], agents[calling] = agents[calling], agents[30]
+    agents = agents[:60]
+    agent_eval = [json.loads(line) for line in (DEMO.parent / "demo_tools" / "eval.jsonl").read_text(
+        encoding="utf-8").splitlines()[:10]]
+    (HERE / "tools_eval.jsonl").write_text(jsonl(agent_eval), encoding="utf-8")
+    (HERE / "tools_good.jsonl").write_text(jsonl(agents), encoding="utf-8")
+    tools = {"format": "tools"}
+
+    def agent_broken(change: object) -> list[dict]:
+        """The sixty conversations with line 31's (user, call, result, answer) changed in place by `change`."""
+        rows = json.loads(json.dumps(agents))
+        change(rows[30])  # type: ignore[operator]
+        return rows
+
+    def set_call(**fields: object) -> object:
+        return lambda row: row["messages"][1]["tool_calls"][0]["function"].update(fields)
+
+    def set_answer(content: str) -> object:
+        return lambda row: row["messages"][3].update(content=content)
+
+    add("tools_undeclared.jsonl", jsonl(agent_broken(set_call(name="get_weather"))),
+        "calls 'get_weather', which is not among the conversation's tools", line="line 31 turn 2",
+        eval="tools_eval.jsonl", data=tools)
+    add("tools_arguments_not_json.jsonl", jsonl(agent_broken(set_call(arguments="{value: 3"))),
+        "are not JSON", line="line 31 turn 2", eval="tools_eval.jsonl", data=tools)
+    add("tools_arguments_against_schema.jsonl", jsonl(agent_broken(set_call(arguments='{"colour": "red"}'))),
+        "do not match its parameters", line="line 31 turn 2", eval="tools_eval.jsonl", data=tools)
+    add("tools_call_without_result.jsonl", jsonl(agent_broken(lambda row: row["messages"].pop(2))),
+        "has no tool result before this message", line="line 31 turn 3", eval="tools_eval.jsonl", data=tools)
+    add("tools_unbalanced_think.jsonl", jsonl(agent_broken(set_answer("<think>\nThe tool said so.\n\nDone."))),
+        "unclosed <think> tag", line="line 31 turn 4", eval="tools_eval.jsonl", data=tools)
+    add("tools_nested_think.jsonl", jsonl(agent_broken(set_answer("<think>a <think>b</think></think> Done."))),
+        "nested <think> tags", line="line 31 turn 4", eval="tools_eval.jsonl", data=tools)
+    add("tools_bad_definition.jsonl", jsonl(agent_broken(
+        lambda row: row["tools"][0]["function"].update(parameters={"type": "objekt"}))),
+        "parameters is not a valid JSON schema", line="line 31 turn 1", eval="tools_eval.jsonl", data=tools)
+    add("tools_pii_in_arguments.jsonl", jsonl(agent_broken(lambda row: row["messages"][2].update(
+        content='{"result": "sent to jane.doe@example.com"}'))),
+        "expect_column_values_to_not_match_regex_list(content)", line="line 31 turn 3", eval="tools_eval.jsonl",
+        data=tools)
+    add("tools_leaked_eval.jsonl", jsonl(agents[:30] + [agent_eval[4]] + agents[30:]),
+        "[eval] expect_column_values_to_not_be_in_set(opening)", line="line 5 turn", eval="tools_eval.jsonl",
+        data=tools)
     (HERE / "cases.json").write_text(json.dumps(cases, indent=2) + "\n", encoding="utf-8")
     print(f"{len(cases)} bad-data cases written to {HERE}")
 
