@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tasks.core.errors import UserError
 from tasks.data.sensitive import refused_rows
+from tasks.formats.hermes import TOOLS_HEADER
 from tasks.formats.registry import CONVERSATION, PAIR, TEXT, Shape
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens are context, not targets
@@ -66,9 +67,13 @@ def example_turns(examples: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
 def with_examples(messages: list[dict[str, str]], system_prompt: str | None,
                   examples: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
     """A conversation as the model sees it: its own system message (or system_prompt), then the example turns
-    (few-shot or retrieved, for the in-context baselines), then its turns."""
+    (few-shot or retrieved, for the in-context baselines), then its turns. A system message that only lists the
+    tools (tasks/formats/hermes.py) is not the data's own instruction: system_prompt goes before it, where the
+    data's own would be."""
     own = messages[:1] if messages[0]["role"] == "system" else []
     system = own or ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    if own and system_prompt and own[0]["content"].startswith(TOOLS_HEADER):
+        system = [{"role": "system", "content": f"{system_prompt}\n\n{own[0]['content']}"}]
     return system + example_turns(examples) + messages[len(own):]
 
 

@@ -221,7 +221,9 @@ def build_suite(name: str, limits: ValidateParams, min_rows: int, forbidden: dic
 
 
 def columns(data: DataParams) -> dict[str, str]:
-    return {"messages": data.columns.messages, "tools": data.columns.tools}
+    """The column every file needs; data.columns.tools is read where the file has it (a file of reasoning traces
+    without tools has none)."""
+    return {"messages": data.columns.messages}
 
 
 def checks(data: DataParams, limits: ValidateParams) -> Checks:
