@@ -225,3 +225,71 @@ def with_tools(template: str, keep_reasoning: bool) -> str:
     """A chat template that renders tool conversations in this convention before `template` renders the result."""
     return (TEMPLATE_PRELUDE.replace("KEEP", "true" if keep_reasoning else "false")
             .replace("HEADER", dumped(TOOLS_HEADER)).replace("FOOTER", dumped(TOOLS_FOOTER)) + template)
+
+
+@dataclass
+class Delta:
+    """What a streamed answer adds: trace text, answer text, and calls now complete (name, arguments object)."""
+
+    reasoning: str = ""
+    content: str = ""
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def held(text: str, tag: str) -> int:
+    """How many characters at the end of `text` could be the start of `tag` (kept back until the next token)."""
+    return next((n for n in range(min(len(tag) - 1, len(text)), 0, -1) if tag.startswith(text[-n:])), 0)
+
+
+class Reader:
+    """Reads a generated answer as it streams, into the parts an OpenAI-compatible reply has: its reasoning trace
+    (`reasoning_content`), its text (`content`) and, when `calls` is on (the request offered tools), its tool
+    calls, each handed over once complete. Text that may be the start of a tag is held back until the next token
+    says; a call the model did not finish (the token limit) ends up in the text, so nothing written is lost.
+    `prefix` is what the reply was begun with (a forced call's opening), read before the generated text."""
+
+    def __init__(self, calls: bool, prefix: str = "") -> None:
+        self.text, self.calls_on = prefix, calls
+        self.sent_reasoning, self.sent_content, self.sent_calls = 0, 0, 0
+
+    def feed(self, new: str) -> Delta:
+        self.text += new
+        return self.delta(final=False)
+
+    def finish(self) -> Delta:
+        return self.delta(final=True)
+
+    def parts(self, final: bool) -> tuple[str, str, list[tuple[str, dict[str, Any]]]]:
+        """(the trace, the answer text, the complete calls) that can be told so far."""
+        text, reasoning = self.text, ""
+        stripped = text.lstrip()
+        if stripped.startswith(THINK_OPEN):
+            trace, closed, rest = stripped[len(THINK_OPEN):].partition(THINK_CLOSE)
+            if not closed:
+                trace = trace if final else trace[:len(trace) - held(trace, THINK_CLOSE)]
+                return trace.lstrip() if final else trace.lstrip().rstrip(), "", []
+            reasoning, text = trace.strip(), rest.lstrip()
+        elif not final and THINK_OPEN.startswith(stripped) and stripped:
+            return "", "", []
+        answer, opened, after = text.partition(CALL_OPEN) if self.calls_on else (text, "", "")
+        calls: list[tuple[str, dict[str, Any]]] = []
+        if opened:
+            for body in CALL.findall(CALL_OPEN + after):
+                name, arguments = parse(f"{CALL_OPEN}{body}{CALL_CLOSE}").calls[0]
+                if name is None or arguments is None:
+                    break
+                calls.append((name, arguments))
+            unfinished = len(calls) < (CALL_OPEN + after).count(CALL_OPEN)
+            if final and unfinished:  # a call cut off or unreadable: kept as text
+                answer = answer + CALL_OPEN + after
+        elif not final:
+            answer = answer[:len(answer) - held(answer, CALL_OPEN)] if self.calls_on else answer
+        return reasoning, answer if final and not opened else answer.rstrip(), calls
+
+    def delta(self, final: bool) -> Delta:
+        reasoning, content, calls = self.parts(final)
+        delta = Delta(reasoning[self.sent_reasoning:], content[self.sent_content:], calls[self.sent_calls:])
+        self.sent_reasoning = max(self.sent_reasoning, len(reasoning))
+        self.sent_content = max(self.sent_content, len(content))
+        self.sent_calls = max(self.sent_calls, len(calls))
+        return delta
