@@ -3,8 +3,8 @@ offline, every tool result computed by running the real function (Python's datet
 
 Tool-calling conversations, in OpenAI's fine-tuning format: a user asks; the assistant calls one tool, two in
 parallel, or none (a question the tools do not serve); each call is answered by a `tool` message with the function's
-real result; the assistant answers with it. Each conversation declares three of the tools (the ones it needs and
-others), in a seeded order. What memorizing cannot win:
+real result; the assistant answers with it. Each conversation declares two of the tools (the ones it needs, and others
+to choose from), in a seeded order. What memorizing cannot win:
 - `weekday` is declared in training conversations but called only in held-out ones, so choosing it is read from its
   description;
 - the held-out arguments (dates, numbers, texts) are drawn from ranges the training ones never use.
@@ -60,7 +60,7 @@ def schema(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$", "description": "a date, YYYY-MM-DD"}
+DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}  # YYYY-MM-DD
 TOOLS: dict[str, tuple[Callable[..., Any], str, dict[str, Any]]] = {
     "add_days": (add_days, "The date a number of days after (or before, if negative) a date.",
                  schema({"date": DATE, "days": {"type": "integer"}})),
@@ -142,7 +142,7 @@ def conversation(rng: random.Random, index: int, held_out: bool) -> dict[str, An
     kind = rng.choices(["single", "parallel", "plain"], weights=[6, 3, 1])[0]
     wanted = {"single": 1, "parallel": 2, "plain": 0}[kind]
     names = rng.sample(["weekday", *rng.sample(trained, 3)] if held_out and rng.random() < 0.4 else trained, wanted)
-    declared = names + rng.sample([n for n in TOOLS if n not in names], 3 - wanted)
+    declared = names + rng.sample([n for n in TOOLS if n not in names], max(2 - wanted, 0))
     rng.shuffle(declared)
     tools = [definition(name) for name in declared]
     if kind == "plain":

@@ -31,16 +31,29 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import litserve as ls
 import torch
 from fastapi import BackgroundTasks, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from litserve.specs.openai import ChatCompletionRequest, OpenAISpec
+from litserve.specs.openai import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamingChoice,
+    ChatMessage,
+    ChoiceDelta,
+    FunctionCall,
+    OpenAISpec,
+    ToolCall,
+    UsageInfo,
+    _openai_format_error,
+)
+from litserve.utils import LitAPIStatus, azip
 from peft import PeftModel
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -48,13 +61,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.generation.streamers import BaseStreamer
 
 from tasks.core.errors import UserError
+from tasks.formats import hermes
+from tasks.formats.tools import message_problem, read_tools
 from tasks.model.loading import load_model, pick_device
 from tasks.release.bundle import Bundle, Prompter
 from tasks.release.lineage import tampering
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 DEFAULT_MAX_TOKENS = 256
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 API_KEY_ENV = "TAILOR_API_KEY"
 # Limits like Hugging Face TGI's: each stop string is searched for at every token, and a body is parsed and
 # tokenized before the model worker sees it, so one client could otherwise tie up the server.
@@ -154,16 +169,69 @@ def message_text(content: Any, index: int) -> str:
     return content
 
 
-def conversation(request: ChatCompletionRequest) -> list[dict[str, str]]:
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+def request_messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The request's messages as OpenAI's format spells them (tool calls and results included), text checked."""
     if not request.messages:
         raise RequestProblem(400, "messages must hold at least one message", "messages")
-    turns = []
+    messages: list[dict[str, Any]] = []
     for index, message in enumerate(request.messages):
         if message.role not in ROLES:
             raise RequestProblem(400, f"messages[{index}].role is {message.role!r}; use one of {sorted(ROLES)}",
                                  f"messages[{index}].role")
-        turns.append({"role": message.role, "content": message_text(message.content, index)})
-    return turns
+        calls = [call.model_dump(include={"id", "type", "function"}) for call in message.tool_calls or []]
+        called = message.role == "assistant" and calls and message.content in (None, "")
+        entry = {"role": message.role, "content": None if called else message_text(message.content, index)}
+        if calls:
+            entry["tool_calls"] = calls
+        if message.role == "tool":
+            entry["tool_call_id"] = message.tool_call_id
+        messages.append(entry)
+    return messages
+
+
+def conversation(request: TrackedRequest) -> list[dict[str, str]]:
+    """The request as the conversation training rendered: its tools (unless tool_choice is none), calls and results
+    in the Hermes convention (tasks/formats/hermes.py), checked by the rules validate applies to training data."""
+    messages = request_messages(request)
+    offered = [tool.model_dump(exclude_none=True) for tool in request.tools or []]
+    if offered or any(m["role"] == "tool" or "tool_calls" in m for m in messages):
+        declared, problem = read_tools(offered)
+        if problem:
+            raise RequestProblem(400, problem, "tools")
+        pending: dict[str, str] = {}
+        for index, message in enumerate(messages):
+            if problem := message_problem(message, index, messages[index - 1]["role"] if index else None, pending,
+                                          declared):
+                raise RequestProblem(400, f"messages[{index}]: {problem}", f"messages[{index}]")
+    choice = request.tool_choice
+    if choice not in (None, "auto", "none") and not offered:
+        raise RequestProblem(400, "tool_choice names a call to make, but the request offers no tools", "tool_choice")
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in {t["function"]["name"] for t in offered}:
+        raise RequestProblem(400, f"tool_choice names {choice.function.name!r}, which is not among the tools",
+                             "tool_choice")
+    return hermes.render(messages, [] if choice == "none" else offered, keep_reasoning=True)
+
+
+def answer_opening(request: TrackedRequest) -> str:
+    """What the assistant's reply is begun with, so that tool_choice holds: the opening of a call ("required"), of a
+    call to the named function, or nothing."""
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        return f'{hermes.CALL_OPEN}\n{{"name": {hermes.dumped(choice.function.name)}, "arguments": '
+    return f"{hermes.CALL_OPEN}\n" if choice == "required" else ""
+
+
+def reads_calls(request: ChatCompletionRequest) -> bool:
+    return bool(request.tools) and request.tool_choice != "none"
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]]) -> list[int]:
@@ -193,6 +261,8 @@ class TrackedRequest(ChatCompletionRequest):
     the conversation as the served bundle builds it (its system prompt, examples, retrieved examples), built once
     in the HTTP process by the check."""
 
+    # OpenAI's choices ("any" was LitServe's spelling of "required"), a named function among them.
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     _stream: str = PrivateAttr(default_factory=lambda: secrets.token_hex(8))
     _turns: list[dict[str, str]] | None = PrivateAttr(default=None)
 
@@ -222,8 +292,8 @@ def check_request(request: ChatCompletionRequest, available: Sequence[str], cont
     if len(stops) > MAX_STOP_STRINGS or any(len(stop) > MAX_STOP_CHARS for stop in stops):
         raise RequestProblem(400, f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} "
                              "characters each", "stop")
-    if request.tools or request.response_format:
-        raise RequestProblem(400, "tools and response_format are not supported by this server", "tools")
+    if request.response_format:
+        raise RequestProblem(400, "response_format is not supported by this server", "response_format")
 
 
 def check_length(request: ChatCompletionRequest, turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase,
@@ -303,12 +373,31 @@ class SpecialistSpec(OpenAISpec):
         return await super().chat_completion(request, background_tasks)
 
     async def streaming_completion(self, request: TrackedRequest, pipe_responses: list) -> AsyncIterator[str]:
-        """The stream's chunks; when the client goes away first (Starlette then cancels this), the worker is told,
-        and stops generating for it at its next token."""
+        """The stream's chunks, each answer read as it comes into its trace, text and tool calls (a call is sent
+        whole once its closing tag is written); when the client goes away first (Starlette then cancels this), the
+        worker is told, and stops generating for it at its next token."""
         ended = False
+        readers = [hermes.Reader(reads_calls(request), answer_opening(request)) for _ in pipe_responses]
+        usage: list[UsageInfo] = []
+
+        def choice(i: int, delta: hermes.Delta, end: bool = False) -> StreamedChoice:
+            calls_before = readers[i].sent_calls - len(delta.calls)  # a call's index counts the whole answer's
+            return StreamedChoice(index=i, delta=reply_message(delta, AnswerDelta, calls_before),
+                                  finish_reason=("tool_calls" if readers[i].sent_calls else "stop") if end else None)
+
         try:
-            async for chunk in super().streaming_completion(request, pipe_responses):
-                yield chunk
+            try:
+                async for step in azip(*pipe_responses):
+                    encoded = answered_chunks(step)
+                    usage = [UsageInfo(**chunk) for chunk in encoded]  # the last step's counts are the totals
+                    yield sse(AnswerChunk(model=request.model or "", choices=[
+                        choice(i, readers[i].feed(chunk.get("content") or "")) for i, chunk in enumerate(encoded)]))
+                yield sse(AnswerChunk(model=request.model or "", usage=sum(usage), choices=[
+                    choice(i, reader.finish(), end=True) for i, reader in enumerate(readers)]))
+                yield "data: [DONE]\n\n"
+            except Exception as error:  # as LitServe's own stream ends: an error event, not a broken connection
+                log.error("error in a streamed answer: %s", error, exc_info=True)
+                yield _openai_format_error(error)
             ended = True
         finally:
             if not ended:
@@ -317,6 +406,73 @@ class SpecialistSpec(OpenAISpec):
                     if now - since > GONE_KEPT_SECONDS:
                         self.gone.pop(stream, None)
                 self.gone[request._stream] = now
+
+
+    async def non_streaming_completion(self, request: TrackedRequest, generator_list: list) -> Any:
+        """The whole answer of each choice, read into its trace, text and tool calls."""
+        choices, usage = [], []
+        for i, pipe in enumerate(generator_list):
+            reader = hermes.Reader(reads_calls(request), answer_opening(request))
+            async for item in pipe:
+                encoded = answered_chunks([item])[0]
+                usage.append(UsageInfo(**encoded))
+                reader.feed(encoded.get("content") or "")
+            reasoning, content, calls = reader.parts(final=True)
+            choices.append(AnsweredChoice(index=i, message=reply_message(hermes.Delta(reasoning, content, calls),
+                                                                         AnswerMessage),
+                                          finish_reason="tool_calls" if calls else "stop"))
+        return Answer(model=request.model or "", choices=choices, usage=sum(usage))
+
+
+class AnswerMessage(ChatMessage):
+    """A reply as OpenAI-compatible servers write it: the reasoning trace apart from the answer's text."""
+
+    reasoning_content: str | None = None
+
+
+class AnswerDelta(ChoiceDelta):
+    reasoning_content: str | None = None
+
+
+class AnsweredChoice(BaseModel):
+    index: int
+    message: AnswerMessage
+    finish_reason: Literal["stop", "tool_calls"]
+
+
+class Answer(ChatCompletionResponse):
+    choices: list[AnsweredChoice]  # type: ignore[assignment]
+
+
+class StreamedChoice(ChatCompletionStreamingChoice):
+    delta: AnswerDelta | None  # type: ignore[assignment]
+
+
+class AnswerChunk(ChatCompletionChunk):
+    choices: list[StreamedChoice]  # type: ignore[assignment]
+    usage: UsageInfo | None = None
+
+
+def answered_chunks(step: Sequence[tuple[Any, str]]) -> list[dict[str, Any]]:
+    """The worker's chunks of one step, one per choice; an error it raised is raised here, as LitServe does."""
+    chunks = []
+    for response, status in step:
+        if status == LitAPIStatus.ERROR:
+            raise response if isinstance(response, HTTPException) else HTTPException(status_code=500)
+        chunks.append(json.loads(response))
+    return chunks
+
+
+def reply_message(delta: hermes.Delta, kind: type[ChatMessage], calls_before: int = 0) -> Any:
+    """A reply (or a streamed piece of one) from what the reader found: text, trace, and calls with new ids."""
+    calls = [ToolCall(index=calls_before + i, id=f"call_{secrets.token_hex(12)}", function=FunctionCall(
+        name=name, arguments=hermes.dumped(arguments))) for i, (name, arguments) in enumerate(delta.calls)]
+    return kind(role="assistant", content=delta.content or (None if calls else ""),
+                reasoning_content=delta.reasoning or None, tool_calls=calls or None)
+
+
+def sse(chunk: BaseModel) -> str:
+    return f"data: {chunk.model_dump_json(by_alias=True)}\n\n"
 
 
 class StepStreamer(BaseStreamer):
@@ -444,8 +600,9 @@ class SpecialistAPI(ls.LitAPI):
     def decode_request(self, request: TrackedRequest, context: dict[str, Any]) -> dict[str, Any]:
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         turns = request._turns if request._turns is not None else conversation(request)
+        opening = self.tokenizer(answer_opening(request), add_special_tokens=False)["input_ids"]
         return {"stream": request._stream, "model": request.model,
-                "prompt": prompt_ids(self.tokenizer, turns), "max_tokens": max_tokens(request),
+                "prompt": prompt_ids(self.tokenizer, turns) + opening, "max_tokens": max_tokens(request),
                 "temperature": request.temperature or 0.0, "top_p": request.top_p or 1.0, "stop": stop}
 
     def batch(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
