@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from tasks.core.atomic_dir import write_dir_atomically
 from tasks.core.errors import UserError
+from tasks.formats import hermes
 from tasks.model.sources import PIP_NETWORK_OPTIONS, WHEEL_CACHE, checked
 from tasks.release.bundle import Bundle, Prompter
 from tasks.release.promotion import write_merged
@@ -123,6 +124,25 @@ def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str) -> None:
                         "not know?): " + " | ".join(last))
 
 
+# ChatML in Ollama's template language, with tools as tasks/formats/hermes.py writes them: the definitions in the
+# system message, an assistant's calls in <tool_call> tags (Ollama reads a reply's calls back by this template), and
+# consecutive tool results as one user message of <tool_response> blocks. Ollama writes a definition's JSON with its
+# own key order, so the tools block may differ in spacing and order from training's (no Ollama here to check it).
+OLLAMA_CHATML = (
+    "{{- if or .System .Tools }}<|im_start|>system\n{{ if .System }}{{ .System }}{{ if .Tools }}\n\n{{ end }}{{ end }}"
+    "{{- if .Tools }}" + hermes.TOOLS_HEADER + "{{ range .Tools }}\n{{ . }}{{ end }}" + hermes.TOOLS_FOOTER
+    + "{{ end }}<|im_end|>\n{{ end }}"
+    "{{- $previous := \"\" }}{{- range $m := .Messages }}{{- if ne .Role \"system\" }}"
+    "{{- if eq .Role \"tool\" }}{{ if eq $previous \"tool\" }}\n{{ else }}<|im_start|>user\n{{ end }}"
+    "<tool_response>\n{{ .Content }}\n</tool_response>"
+    "{{- else }}{{ if eq $previous \"tool\" }}<|im_end|>\n{{ end }}<|im_start|>{{ .Role }}\n{{ .Content }}"
+    "{{- range $j, $c := .ToolCalls }}{{ if or $j $m.Content }}\n{{ end }}<tool_call>\n"
+    "{\"name\": \"{{ .Function.Name }}\", \"arguments\": {{ .Function.Arguments }}}\n</tool_call>{{ end }}<|im_end|>\n"
+    "{{ end }}{{ $previous = .Role }}{{ end }}{{ end }}{{ if eq $previous \"tool\" }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
+
+
 def ollama_modelfile(tokenizer: PreTrainedTokenizerBase, bundle: Bundle | None) -> str:
     """An Ollama Modelfile beside the GGUF: the chat template in Ollama's template language, the end-of-turn token
     as a stop word so that answers end where the specialist learned to end them, and the bundle's system prompt and
@@ -137,8 +157,7 @@ def ollama_modelfile(tokenizer: PreTrainedTokenizerBase, bundle: Bundle | None) 
         lines += [f'MESSAGE {role} """{text}"""' for question, answer in bundle.recipe.examples
                   for role, text in (("user", question), ("assistant", answer))]
     if "<|im_start|>" in template:  # ChatML, as the default model and `tokenize.chat_template: chatml` write it
-        lines.append('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
-                     '{{ end }}<|im_start|>assistant\n"""')
+        lines.append(f'TEMPLATE """{OLLAMA_CHATML}"""')
     else:  # Ollama reads the Jinja template the converter stored in the GGUF (tokenizer.chat_template)
         lines.append("# TEMPLATE: taken from the GGUF's tokenizer.chat_template")
     return "\n".join(lines) + "\n"
@@ -202,8 +221,12 @@ def export_production(production: Path, base: Path, eval_file: Path, out: Path, 
             shutil.copytree(production, merged)
         else:  # a bundle on the base model's weights (prompted): the base model, with its prompt in the Modelfile
             shutil.copytree(base, merged)
-        convert_to_gguf(merged, staging / GGUF_FILE, outtype)
         tokenizer = AutoTokenizer.from_pretrained(merged)
+        # The GGUF's chat template renders tool definitions, calls, results and traces as training did (a plain
+        # conversation as before), so that llama.cpp and other Jinja readers keep the model's tool calling.
+        tokenizer.chat_template = hermes.with_tools(tokenizer.chat_template, keep_reasoning=True)
+        tokenizer.save_pretrained(merged)
+        convert_to_gguf(merged, staging / GGUF_FILE, outtype)
         (staging / "Modelfile").write_text(ollama_modelfile(tokenizer, bundle), encoding="utf-8")
         check = round_trip(merged, staging / GGUF_FILE, check_prompts(eval_file, tokenizer, prompts, prompter))
         report.update(source=str(production), approach=bundle.approach if bundle else "adapter (no bundle)",

@@ -81,7 +81,7 @@ def test_a_tool_calling_file_runs_every_stage_and_every_approach_is_scored_on_th
         for metric in ("tool_selection", "argument_exact", "argument_match", "valid_calls", "schema_valid"):
             assert metrics[approach][f"{metric}_ci_low"] <= metrics[approach][metric] <= \
                 metrics[approach][f"{metric}_ci_high"], (approach, metric)
-    assert metrics["finetuned"]["reasoning_words_per_example"] == 0  # scored on the call turn: no trace there
+    assert "reasoning_words_per_example" not in metrics["finetuned"]  # scored on the call turn: no trace there
     report = (root / "reports/report.md").read_text()
     assert "## Called tool vs expected tool" in report and "| clock |" in report
     # The fine-tuned model learned to call the tool with the right arguments, as the held-out references do.

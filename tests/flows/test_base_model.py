@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from canonical import canonical
+from gguf import GGUFReader
 from peft import LoraConfig, get_peft_model
 from stage_runner import run, stage_command
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -18,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from benchmarks.harness import copy_repository
 from tasks.core.errors import UserError
 from tasks.evaluate.prompting import Recipe
+from tasks.formats import hermes
 from tasks.release.bundle import Bundle, stage_bundle
 from tasks.release.export import export_production
 
@@ -74,8 +76,10 @@ def test_gguf_export_matches_the_merged_model(real_base: Path) -> None:
     parameters = sum(p.numel() for p in model.get_base_model().parameters())
     production = real_base / "models/production"
     model.save_pretrained(production)
-    eval_file = real_base / "eval.parquet"  # as validate writes it
-    canonical(pd.read_json(real_base / "data/demo/eval.jsonl", lines=True).head(4)).to_parquet(eval_file)
+    eval_file = real_base / "eval.parquet"  # as validate writes it: two instructions and two tool conversations
+    tool_rows = pd.read_json(real_base / "data/demo_tools/eval.jsonl", lines=True).head(2)
+    pd.concat([canonical(pd.read_json(real_base / "data/demo/eval.jsonl", lines=True).head(2)),
+               canonical(tool_rows, "tools")], ignore_index=True).to_parquet(eval_file)
 
     report = export_production(production, base, eval_file, real_base / "models/export", prompts=4)
     out = real_base / "models/export"
@@ -84,6 +88,16 @@ def test_gguf_export_matches_the_merged_model(real_base: Path) -> None:
     assert json.loads((out / "export.json").read_text())["prompts"] == 4
     modelfile = (out / "Modelfile").read_text()
     assert "FROM ./model.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "<tool_call>" in modelfile and "<tool_response>" in modelfile
+    # The GGUF's own chat template renders a tool conversation (definitions, calls, results) as training did.
+    field = GGUFReader(out / "model.gguf").get_field("tokenizer.chat_template")
+    template = bytes(field.parts[field.data[0]]).decode("utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    for row in tool_rows.to_dict("records"):
+        trained = tokenizer.apply_chat_template(hermes.render(row["messages"], row["tools"], keep_reasoning=True),
+                                                tokenize=False)
+        assert tokenizer.apply_chat_template(row["messages"], tools=row["tools"], chat_template=template,
+                                             tokenize=False) == trained
 
     # A prompted bundle exports the base weights with its prompt in the Modelfile, checked on prompts built as the
     # bundle builds them; a retrieval bundle, which searches an index per request, is refused before any work.
