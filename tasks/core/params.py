@@ -196,8 +196,8 @@ class DpoParams(Section):
 
 # The built-in rewards of tasks/train/rewards.py (a test checks they agree; this module stays free of its imports).
 # The first four are metrics of the task registry, scored against the reference answer; the others check the form.
-METRIC_REWARDS = ("rouge_l", "exact_match", "accuracy", "chrf", "tool_selection", "argument_exact",
-                  "argument_match", "valid_calls")
+METRIC_REWARDS = ("rouge_l", "exact_match", "accuracy", "tool_selection", "argument_exact", "argument_match",
+                  "valid_calls", "chrf")
 REWARDS = (*METRIC_REWARDS, "valid_json", "in_label_set", "ends_turn")
 PYTHON_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -203,6 +203,16 @@ def model_card(lineage: dict[str, Any], gates: list[Gate], bundle: Bundle, base_
         "lacked were added there with new embedding rows; the embedding and output rows of all of them were trained "
         f"with the adapter and are saved in it (PEFT trainable tokens), so load it on `{base_dir}`, not on the "
         "original checkpoint.\n\n")
+    data = lineage.get("params", {}).get("data", {})
+    tools = "" if data.get("format") != "tools" else (
+        "## Tool calls and reasoning\n\nTrained on tool-calling conversations in the Hermes convention inside the chat "
+        "template (tasks/formats/hermes.py): the tools' JSON-schema definitions listed in the system message between "
+        "`<tools>` and `</tools>`, each call written as `<tool_call>\\n{\"name\": …, \"arguments\": {…}}\\n</tool_call>` "
+        "after the assistant's text, the results of a turn's calls as one user message of `<tool_response>` blocks"
+        + (", and a reasoning trace as `<think>…</think>` opening the assistant's message"
+           if data.get("reasoning", "train") == "train" else "; reasoning traces were stripped")
+        + ". `tailor serve` takes OpenAI's `tools` and `tool_choice` and answers with `tool_calls` (and "
+        "`reasoning_content`); `tailor export` writes a GGUF whose chat template renders them the same way.\n\n")
     use = ("`tailor serve` serves this folder exactly as it was evaluated (the promote stage checked it on held-out "
            "examples: see reports/promotion.json's `parity` gate)."
            + ("" if not adapter else
@@ -218,7 +228,7 @@ def model_card(lineage: dict[str, Any], gates: list[Gate], bundle: Bundle, base_
         "the environment's lock and every file's sha256 (`tailor lineage` checks them).\n\n"
         f"## Evaluation on the held-out split\n\n| metric | {' | '.join(approaches)} |\n"
         f"|---|{'---|' * len(approaches)}\n{rows}\n\n{metrics.get('recommendation', '')}\n\n"
-        f"## Promotion gates\n\n{gate_lines}\n\n{chat}## Use\n\n{use}\n\n"
+        f"## Promotion gates\n\n{gate_lines}\n\n{chat}{tools}## Use\n\n{use}\n\n"
         "Data, tokenized set and base model hashes, params and library versions: `lineage.json`.\n"
     )
 

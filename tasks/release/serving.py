@@ -62,7 +62,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from tasks.core.errors import UserError
 from tasks.formats import hermes
-from tasks.formats.tools import message_problem, read_tools
+from tasks.formats.tool_calls import message_problem, read_tools
 from tasks.model.loading import load_model, pick_device
 from tasks.release.bundle import Bundle, Prompter
 from tasks.release.lineage import tampering

@@ -89,6 +89,7 @@ def test_a_tool_calling_file_runs_every_stage_and_every_approach_is_scored_on_th
     assert metrics["finetuned"]["argument_exact"] == 1.0, metrics["finetuned"]
     promotion = json.loads((root / "reports/promotion.json").read_text())
     assert promotion["promoted"], promotion
+    assert "## Tool calls and reasoning" in (root / "models/production/README.md").read_text()  # the model card
 
 
 def test_training_and_serving_render_a_tool_conversation_to_the_same_tokens(tools_run) -> None:

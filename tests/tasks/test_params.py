@@ -57,7 +57,7 @@ def test_misspelled_key_is_named() -> None:
                                                 "adapter_config.json there); point it at one"),
     ("finetune.dpo.loss_type", "kto", "finetune.dpo.loss_type: Input should be 'sigmoid', 'ipo'"),
     ("finetune.replay_pct", 100, "finetune.replay_pct: Input should be less than 100"),
-    ("data.format", "dialogue", "data.format: Input should be 'instruction', 'text', 'chat' or 'preference'"),
+    ("data.format", "dialogue", "data.format: Input should be 'instruction', 'text', 'chat', 'preference' or 'tools'"),
     ("tokenize.train_on", "every_turn", "tokenize.train_on: Input should be 'all_turns' or 'last_turn'"),
     ("promote.metric", "f1", "promote.metric: f1 (no such metric) is not computed for evaluate.task free_text"),
     ("promote.metric", "bleu", "promote.metric: bleu is not computed for evaluate.task free_text; choose one of"),

@@ -19,7 +19,7 @@ from tasks.evaluate.answer_metrics import (
 )
 from tasks.evaluate.comparison import called
 from tasks.formats import hermes
-from tasks.formats.tools import conversation_problems, read_tools
+from tasks.formats.tool_calls import conversation_problems, read_tools
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo_tools"
 REASONING = DEMO.parent / "demo_reasoning"

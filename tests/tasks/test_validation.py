@@ -117,6 +117,8 @@ SAMPLES = {
     .rename(columns={"messages": "dialog"}),
     "preference": lambda split, rows: pd.read_json(DEMO.parent / "demo_preference" / f"{split}.jsonl", lines=True)
     .head(rows).rename(columns={"prompt": "question", "chosen": "better", "rejected": "worse"}),
+    "tools": lambda split, rows: pd.read_json(DEMO.parent / "demo_tools" / f"{split}.jsonl", lines=True).head(rows)
+    .rename(columns={"messages": "dialog"}),
 }
 
 
