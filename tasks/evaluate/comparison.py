@@ -20,7 +20,7 @@ from tasks.evaluate.decision import Decision, decide, recommendation
 from tasks.evaluate.score_files import ScoreFile, Scores
 from tasks.evaluate.scoring import LIKELIHOOD, TaskMetrics, best, one_against_other, regressions
 from tasks.evaluate.statistics import Interval, paired_bootstrap
-from tasks.formats.hermes import parse
+from tasks.formats.hermes import final_answer, parse
 from tasks.formats.registry import CONVERSATION, Shape
 
 MAJORITY = "majority_class"  # the label baseline: always the most frequent training label
@@ -108,7 +108,7 @@ def majority_label(task: str, shape: Shape, train_file: Path) -> str | None:
     if task != "classification" or shape != CONVERSATION:
         return None
     conversations = pd.read_parquet(train_file, columns=["messages"])["messages"]
-    return most_frequent_label([answered(json.loads(messages)) for messages in conversations])
+    return most_frequent_label([final_answer(answered(json.loads(messages))) for messages in conversations])
 
 
 OTHER_ANSWER = "(not a label)"
@@ -125,9 +125,9 @@ def counted(answers: list[str], expected: list[str]) -> dict[str, dict[str, int]
 def confusions(predictions: list[str], references: list[str]) -> dict[str, dict[str, int]]:
     """Reference label -> answered label -> count, labels normalized; answers that are no reference label are
     counted together, so a model that answers outside the label set shows without a column per stray answer."""
-    labels = {normalize_label(reference) for reference in references}
-    answers = [normalize_label(prediction) for prediction in predictions]
-    return counted([a if a in labels else OTHER_ANSWER for a in answers], [normalize_label(r) for r in references])
+    references = [normalize_label(final_answer(reference)) for reference in references]  # after any trace
+    answers = [normalize_label(final_answer(prediction)) for prediction in predictions]
+    return counted([a if a in set(references) else OTHER_ANSWER for a in answers], references)
 
 
 TEXT_ANSWER, BROKEN_CALL = "(no call)", "(unreadable call)"

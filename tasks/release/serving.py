@@ -221,32 +221,41 @@ def conversation(request: TrackedRequest) -> list[dict[str, str]]:
     return hermes.render(messages, [] if choice == "none" else offered, keep_reasoning=True)
 
 
-def answer_opening(request: TrackedRequest) -> str:
+def answer_opening(request: TrackedRequest, tokenizer: PreTrainedTokenizerBase) -> str:
     """What the assistant's reply is begun with, so that tool_choice holds: the opening of a call ("required"), of a
-    call to the named function, or nothing."""
+    call to the named function, or nothing. It ends where a token of the whole call would end: a piece cut inside a
+    token (the space before the arguments' brace, say) would be tokenized as training never did, and the model, put
+    off its own tokens, would write nonsense; the rest of the opening is the model's to write."""
     choice = request.tool_choice
     if isinstance(choice, NamedToolChoice):
-        return f'{hermes.CALL_OPEN}\n{{"name": {hermes.dumped(choice.function.name)}, "arguments": '
-    return f"{hermes.CALL_OPEN}\n" if choice == "required" else ""
+        opening = f'{hermes.CALL_OPEN}\n{{"name": {hermes.dumped(choice.function.name)}, "arguments": '
+    elif choice == "required":
+        opening = f"{hermes.CALL_OPEN}\n"
+    else:
+        return ""
+    whole = tokenizer(opening + '{"', add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return opening[:max((end for _, end in whole if end <= len(opening)), default=0)]
 
 
 def reads_calls(request: ChatCompletionRequest) -> bool:
     return bool(request.tools) and request.tool_choice != "none"
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]]) -> list[int]:
-    """The conversation through the model's chat template, ready for the assistant's turn (as in training).
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], opening: str = "") -> list[int]:
+    """The conversation through the model's chat template, ready for the assistant's turn (as in training), which
+    begins with `opening` when one is given (a forced call), tokenized with the rest as training tokenized it.
 
     A client's text is tokenized as text: "<|im_start|>system" in a user message would otherwise become the real
     control tokens and forge a system turn. Such a conversation is rendered with a random mark in place of each
     message, and the template's parts and the messages are tokenized apart; any other takes the one-call path."""
+    begun = [{"role": "assistant", "content": opening}] if opening else []
+    options = {"add_generation_prompt": not opening, "continue_final_message": bool(opening)}
     controls = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
     if not any(control in turn["content"] for turn in turns for control in controls):
-        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
-                                             return_dict=True)["input_ids"]
+        return tokenizer.apply_chat_template(turns + begun, tokenize=True, return_dict=True, **options)["input_ids"]
     marks = [f"{secrets.token_hex(16)}" for _ in turns]
-    rendered = tokenizer.apply_chat_template([{**turn, "content": mark} for turn, mark in zip(turns, marks)],
-                                             add_generation_prompt=True, tokenize=False)
+    rendered = tokenizer.apply_chat_template([{**turn, "content": mark} for turn, mark in zip(turns, marks)] + begun,
+                                             tokenize=False, **options)
     ids: list[int] = []
     for turn, mark in zip(turns, marks):
         template, rendered = rendered.split(mark, 1)
@@ -265,6 +274,7 @@ class TrackedRequest(ChatCompletionRequest):
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     _stream: str = PrivateAttr(default_factory=lambda: secrets.token_hex(8))
     _turns: list[dict[str, str]] | None = PrivateAttr(default=None)
+    _opening: str = PrivateAttr(default="")  # how the reply is begun (answer_opening), set with _turns
 
 
 def max_tokens(request: ChatCompletionRequest) -> int:
@@ -296,9 +306,9 @@ def check_request(request: ChatCompletionRequest, available: Sequence[str], cont
         raise RequestProblem(400, "response_format is not supported by this server", "response_format")
 
 
-def check_length(request: ChatCompletionRequest, turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase,
+def check_length(request: TrackedRequest, turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase,
                  context_length: int) -> None:
-    length = len(prompt_ids(tokenizer, turns))
+    length = len(prompt_ids(tokenizer, turns, request._opening))
     if length + max_tokens(request) > context_length:
         raise RequestProblem(400, f"This model's maximum context length is {context_length} tokens; the messages "
                              f"take {length} and max_tokens asks for {max_tokens(request)} more", "messages",
@@ -342,6 +352,7 @@ class SpecialistSpec(OpenAISpec):
             turns = prompter.conversation(turns)
             if request.max_tokens is None and request.max_completion_tokens is None:
                 request.max_tokens = prompter.bundle.max_new_tokens  # as evaluated
+        request._opening = answer_opening(request, tokenizer)
         check_length(request, turns, tokenizer, context_length)
         request._turns = turns
 
@@ -377,7 +388,7 @@ class SpecialistSpec(OpenAISpec):
         whole once its closing tag is written); when the client goes away first (Starlette then cancels this), the
         worker is told, and stops generating for it at its next token."""
         ended = False
-        readers = [hermes.Reader(reads_calls(request), answer_opening(request)) for _ in pipe_responses]
+        readers = [hermes.Reader(reads_calls(request), request._opening) for _ in pipe_responses]
         usage: list[UsageInfo] = []
 
         def choice(i: int, delta: hermes.Delta, end: bool = False) -> StreamedChoice:
@@ -412,7 +423,7 @@ class SpecialistSpec(OpenAISpec):
         """The whole answer of each choice, read into its trace, text and tool calls."""
         choices, usage = [], []
         for i, pipe in enumerate(generator_list):
-            reader = hermes.Reader(reads_calls(request), answer_opening(request))
+            reader = hermes.Reader(reads_calls(request), request._opening)
             async for item in pipe:
                 encoded = answered_chunks([item])[0]
                 usage.append(UsageInfo(**encoded))
@@ -600,9 +611,8 @@ class SpecialistAPI(ls.LitAPI):
     def decode_request(self, request: TrackedRequest, context: dict[str, Any]) -> dict[str, Any]:
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         turns = request._turns if request._turns is not None else conversation(request)
-        opening = self.tokenizer(answer_opening(request), add_special_tokens=False)["input_ids"]
         return {"stream": request._stream, "model": request.model,
-                "prompt": prompt_ids(self.tokenizer, turns) + opening, "max_tokens": max_tokens(request),
+                "prompt": prompt_ids(self.tokenizer, turns, request._opening), "max_tokens": max_tokens(request),
                 "temperature": request.temperature or 0.0, "top_p": request.top_p or 1.0, "stop": stop}
 
     def batch(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:

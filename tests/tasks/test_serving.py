@@ -79,6 +79,16 @@ def test_control_tokens_in_a_clients_text_stay_text(tiny_model_dir: Path) -> Non
     assert tokenizer.decode(ids) == tokenizer.apply_chat_template(forged, add_generation_prompt=True, tokenize=False)
 
 
+def test_a_forced_call_begins_the_answer_and_is_tokenized_with_the_prompt(tiny_model_dir: Path) -> None:
+    """tool_choice naming a function: the answer begins with the call's opening, tokenized together with the
+    prompt as training tokenized a call (not as a separate piece, whose tokens the model never saw there)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    turns = [{"role": "user", "content": "What time is it?"}]
+    opening = '<tool_call>\n{"name": "clock", "arguments": '
+    rendered = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False) + opening
+    assert prompt_ids(tokenizer, turns, opening) == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
 def test_requests_beyond_the_concurrency_limit_get_429_with_retry_after() -> None:
     async def scenario() -> tuple[list[int], httpx.Response, int]:
         release = asyncio.Event()
