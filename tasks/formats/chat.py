@@ -5,7 +5,7 @@ and the canonical form the later stages read (a JSON list of {"role", "content"}
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import great_expectations as gx
@@ -89,22 +89,15 @@ def canonical_column(frame: pd.DataFrame, column: str, fields: MessageFields) ->
                                       if not isinstance(messages, str)]})
 
 
-def build_chat_suite(name: str, limits: ValidateParams, min_rows: int,
-                     forbidden: dict[str, list[str]]) -> gx.ExpectationSuite:
-    """The expectations on a split of conversations, checked on its one-row-per-message view (turn_view): each rule a user breaks is named with the conversation's line."""
+def conversation_suite(name: str, limits: ValidateParams, min_rows: int, forbidden: dict[str, list[str]],
+                       rules: list[Any]) -> gx.ExpectationSuite:
+    """The expectations of a split of conversations (checked on a one-row-per-message view with the columns line,
+    content, conversation and opening): the format's own `rules`, then what every conversation format checks."""
     suite = gx.ExpectationSuite(name=name)
     for expectation in [
         gxe.ExpectColumnUniqueValueCountToBeBetween(column="line", min_value=min_rows,
                                                     description=f"at least {min_rows} conversations"),
-        gxe.ExpectColumnValuesToBeNull(column="problem", description="each row's messages are a list of objects "
-                                       "with a role and a content (names under data.messages)"),
-        gxe.ExpectColumnValuesToBeInSet(column="role", value_set=ROLES, description=f"roles are one of {ROLES} "
-                                        "(map other names under data.messages.roles)"),
-        gxe.ExpectColumnPairValuesToBeEqual(
-            column_A="role", column_B="expected_role", description="at most one system message, and only first; "
-                                                                   "then user and assistant alternate, user first"),
-        gxe.ExpectColumnValuesToBeInSet(column="final_role", value_set=["assistant"],
-                                        description="the last message is the assistant's"),
+        *rules,
         *text_expectations("content", limits),
         gxe.ExpectColumnValuesToBeUnique(column="conversation", description="no duplicate conversations"),
         *[gxe.ExpectColumnValuesToNotBeInSet(column=column, value_set=values, description="no held-out conversation "
@@ -115,21 +108,38 @@ def build_chat_suite(name: str, limits: ValidateParams, min_rows: int,
     return suite
 
 
+def conversation_checks(turns: Callable[[Chunks], Iterator[pd.DataFrame]], limits: ValidateParams,
+                        rules: Callable[[], list[Any]]) -> Checks:
+    """How a conversation format is checked: on `turns`, its one-row-per-message view of a split, with the card
+    check beside each message's text, by its `rules` (made anew for each split's suite: an expectation belongs to
+    one suite); a held-out conversation may not open with a user message seen in train."""
+    def view(chunks: Chunks) -> Chunks:
+        def rows() -> Iterator[pd.DataFrame]:
+            return turns(chunks)
+
+        return with_card_check(rows, ["content"]) if limits.pii else rows
+
+    return Checks(view, lambda name, min_rows, forbidden, present: conversation_suite(
+        name, limits, min_rows, forbidden, rules()), "opening", ["line", "conversation", "opening"])
+
+
 def columns(data: DataParams) -> dict[str, str]:
     return {"messages": data.columns.messages}
 
 
 def checks(data: DataParams, limits: ValidateParams) -> Checks:
-    """The conversation rules, checked on the one-row-per-message view; a held-out conversation may not open with
-    a user message seen in train."""
-    def view(chunks: Chunks) -> Chunks:
-        def turns() -> Iterator[pd.DataFrame]:
-            return turn_view(chunks(), data.columns.messages, data.messages)
-
-        return with_card_check(turns, ["content"]) if limits.pii else turns
-
-    return Checks(view, lambda name, min_rows, forbidden, present: build_chat_suite(name, limits, min_rows, forbidden),
-                  "opening", ["line", "conversation", "opening"])
+    """The conversation rules: roles, alternation and the final answer, on each message of the view."""
+    return conversation_checks(lambda chunks: turn_view(chunks(), data.columns.messages, data.messages), limits, lambda: [
+        gxe.ExpectColumnValuesToBeNull(column="problem", description="each row's messages are a list of objects "
+                                       "with a role and a content (names under data.messages)"),
+        gxe.ExpectColumnValuesToBeInSet(column="role", value_set=ROLES, description=f"roles are one of {ROLES} "
+                                        "(map other names under data.messages.roles)"),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="role", column_B="expected_role", description="at most one system message, and only first; "
+                                                                   "then user and assistant alternate, user first"),
+        gxe.ExpectColumnValuesToBeInSet(column="final_role", value_set=["assistant"],
+                                        description="the last message is the assistant's"),
+    ])
 
 
 FORMAT = Format(columns, checks, lambda chunk, data: canonical_column(chunk, data.columns.messages, data.messages))

@@ -14,13 +14,13 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
 
 from tasks.core.params import DataParams, ValidateParams
-from tasks.data.validation import Checks, Chunks, text_expectations, with_card_check
+from tasks.data.validation import Checks
 from tasks.formats import hermes
+from tasks.formats.chat import conversation_checks
 from tasks.formats.format import Format, conversation_json
 from tasks.formats.tool_calls import conversation_problems, listed, read_tools
 
@@ -78,23 +78,6 @@ def turn_view(chunks: Iterator[pd.DataFrame], data: DataParams) -> Iterator[pd.D
         yield frame
 
 
-def build_suite(name: str, limits: ValidateParams, min_rows: int, forbidden: dict[str, list[str]]
-                ) -> gx.ExpectationSuite:
-    suite = gx.ExpectationSuite(name=name)
-    for expectation in [
-        gxe.ExpectColumnUniqueValueCountToBeBetween(column="line", min_value=min_rows,
-                                                    description=f"at least {min_rows} conversations"),
-        gxe.ExpectColumnValuesToBeNull(column="problem", description=RULES),
-        *text_expectations("content", limits),
-        gxe.ExpectColumnValuesToBeUnique(column="conversation", description="no duplicate conversations"),
-        *[gxe.ExpectColumnValuesToNotBeInSet(column=column, value_set=values, description="no held-out conversation "
-                                             "opens with a user message seen in train")
-          for column, values in forbidden.items()],
-    ]:
-        suite.add_expectation(expectation)
-    return suite
-
-
 def columns(data: DataParams) -> dict[str, str]:
     """The column every file needs; data.columns.tools is read where the file has it (a file of reasoning traces
     without tools has none)."""
@@ -102,14 +85,9 @@ def columns(data: DataParams) -> dict[str, str]:
 
 
 def checks(data: DataParams, limits: ValidateParams) -> Checks:
-    def view(chunks: Chunks) -> Chunks:
-        def turns() -> Iterator[pd.DataFrame]:
-            return turn_view(chunks(), data)
-
-        return with_card_check(turns, ["content"]) if limits.pii else turns
-
-    return Checks(view, lambda name, min_rows, forbidden, present: build_suite(name, limits, min_rows, forbidden),
-                  "opening", ["line", "conversation", "opening"])
+    """Every rule of tasks/formats/tool_calls.py, as the problem of the message that breaks it."""
+    return conversation_checks(lambda chunks: turn_view(chunks(), data), limits,
+                               lambda: [gxe.ExpectColumnValuesToBeNull(column="problem", description=RULES)])
 
 
 def canonical(chunk: pd.DataFrame, data: DataParams) -> pd.DataFrame:
