@@ -142,6 +142,8 @@ def test_the_openai_clients_tool_loop_gets_a_call_then_a_final_answer(server: st
         for chunk in reply:
             delta, finish = chunk.choices[0].delta, chunk.choices[0].finish_reason
             message["content"] += delta.content or ""
+            if getattr(delta, "reasoning_content", None):
+                message["reasoning_content"] = message.get("reasoning_content", "") + delta.reasoning_content
             for call in delta.tool_calls or []:
                 message.setdefault("tool_calls", []).append(call.model_dump(exclude_none=True, exclude={"index"}))
         return finish, message
@@ -156,6 +158,7 @@ def test_the_openai_clients_tool_loop_gets_a_call_then_a_final_answer(server: st
     finish, message = ask()
     assert finish == "stop" and "tool_calls" not in message, message
     assert message["content"] and "<think>" not in message["content"] and "<tool_call>" not in message["content"]
+    assert message["reasoning_content"] == "The clock says 12:00."  # the trace it learned, apart from the answer
     # A named function: the answer is begun as that call (the request is the first one again).
     del messages[1:]
     finish, message = ask(tool_choice={"type": "function", "function": {"name": "clock"}})

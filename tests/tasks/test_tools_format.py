@@ -152,3 +152,21 @@ def test_a_text_answer_where_one_is_expected_scores_full_marks() -> None:
     assert argument_match(["No."], ["I can't."]) == [1.0]
     assert argument_match([REFERENCE], ["I can't."]) == [0.0]
     assert called("text") == "(no call)" and called(REFERENCE + "\n" + REFERENCE) == "add_days + add_days"
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+@pytest.mark.parametrize(("text", "calls", "reasoning", "content", "called"), [
+    ("<think>\nadd 2 and 2\n</think>\n\nIt is 4.", True, "add 2 and 2", "It is 4.", []),
+    ("Sure.\n" + hermes.call_text("f", {"a": 1}) + "\n" + hermes.call_text("g", {"b": [1, 2]}), True, "", "Sure.",
+     [("f", {"a": 1}), ("g", {"b": [1, 2]})]),
+    (hermes.call_text("f", {"a": 1})[:-5], True, "", hermes.call_text("f", {"a": 1})[:-5], []),  # cut off: text
+    ("plain <tool text", True, "", "plain <tool text", []),
+    (hermes.call_text("f", {"a": 1}), False, "", hermes.call_text("f", {"a": 1}), []),  # no tools offered
+])
+def test_a_streamed_answer_is_read_into_trace_text_and_calls_whatever_its_pieces(
+        step: int, text: str, calls: bool, reasoning: str, content: str, called: list) -> None:
+    reader = hermes.Reader(calls)
+    pieces = [reader.feed(text[i:i + step]) for i in range(0, len(text), step)] + [reader.finish()]
+    assert "".join(p.reasoning for p in pieces) == reasoning
+    assert "".join(p.content for p in pieces) == content
+    assert [call for p in pieces for call in p.calls] == called
