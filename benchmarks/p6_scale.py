@@ -1,5 +1,5 @@
-"""P6: data at scale on one machine. `validate`, `tokenize` and the retrieval index at 10k, 100k and 1M training
-rows: time and peak memory, and whether time grows linearly (the 1M ÷ 100k time ratio: 10 is linear).
+"""P6: data at scale on one machine. `validate` (and, alone, its near-duplicate contamination check), `tokenize` and
+the retrieval index at 10k, 100k and 1M training rows: time and peak memory, and whether time grows linearly (the 1M ÷ 100k time ratio: 10 is linear).
 
 The rows are the demo's training examples repeated, each copy's prompts made unique ("… (variant N)"), so that the
 set passes validation (no duplicates, no eval example in train); eval is the demo's. Each stage's work runs in a
@@ -37,7 +37,7 @@ SIZES = (10_000, 100_000, 1_000_000)
 GOAL_RSS_GIB = 3.0
 GOAL_RATIO = 12.0  # 1M ÷ 100k time: 10 is linear; fixed costs pull it below 10, anything superlinear above
 SAMPLE_SECONDS = 0.5  # reading every process's smaps_rollup costs CPU; the stages take seconds to minutes
-STAGES = ("validate", "tokenize", "index")
+STAGES = ("validate", "contamination", "tokenize", "index")
 
 
 def generate(rows: int, path: Path) -> int:
@@ -68,6 +68,21 @@ def run_validate(data: Path) -> None:
     write_clean_splits(splits, lambda chunk: reader.canonical(chunk, params.data), data / "validated")
 
 
+def run_contamination(data: Path) -> None:
+    """The near-duplicate check of validate alone (validate's time includes it): train streamed past eval's index."""
+    from tasks.core.params import load_params
+    from tasks.data.contamination import near_duplicates
+    from tasks.data.tables import CHUNK_ROWS
+    from tasks.data.validation import chunked, placed_texts
+    from tasks.formats.registry import format_of
+
+    params = load_params(REPO / "params.yaml")
+    checks = format_of(params.data.format).checks(params.data, params.validate_)
+    near_duplicates(*(placed_texts(checks.view(chunked(path, CHUNK_ROWS)), checks.key)
+                      for path in (data / "train.jsonl", DEMO / "eval.jsonl")),
+                    params.validate_.near_duplicate_similarity)
+
+
 def run_tokenize(data: Path, model: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -94,10 +109,10 @@ def run_index(data: Path) -> None:
 
 def work(stage: str, data: Path, model: Path) -> None:
     """In the child: import, then time the stage's work alone; the time goes to stdout as the last line."""
-    run = {"validate": lambda: run_validate(data), "tokenize": lambda: run_tokenize(data, model),
+    run = {"validate": lambda: run_validate(data), "contamination": lambda: run_contamination(data), "tokenize": lambda: run_tokenize(data, model),
            "index": lambda: run_index(data)}[stage]
     # Imports are not the work being measured (sentence-transformers alone takes 5-10 s to import here).
-    if stage == "validate":
+    if stage in ("validate", "contamination"):
         import great_expectations  # noqa: F401
     elif stage == "tokenize":
         import datasets  # noqa: F401

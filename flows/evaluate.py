@@ -27,6 +27,7 @@ from tasks.evaluate.inference import (
     score_adapter,
     score_model,
 )
+from tasks.evaluate.judge import judged
 from tasks.evaluate.prompting import recipes, retrieve, scored_prompts, searched_texts
 from tasks.evaluate.reporting import plot_chart, render_report
 from tasks.evaluate.score_files import ScoreFile
@@ -92,8 +93,11 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
                                                  WITH_RETRIEVAL: with_retrieval, **started})
     training = json.loads(paths.training.read_text(encoding="utf-8"))
     majority = majority_label(params.task(), shape, paths.validated / "train.parquet")
+    judgement = (None if settings.judge is None else
+                 judged(scores, settings.judge, settings.bootstrap_samples, settings.confidence, params.seed))
     comparison = compare(scores, training["tokens_trained"], forgetting, params.promote,
-                         settings.bootstrap_samples, settings.confidence, params.seed, without_history, majority)
+                         settings.bootstrap_samples, settings.confidence, params.seed, without_history, majority,
+                         judgement)
     result = comparison.record()
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)
     paths.metrics.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -50,9 +50,10 @@ class Paths:
     decision: Path  # every gate with its value, threshold and status (a DVC metrics file)
 
 
-def parity(params: Params, paths: Paths, bundle: Bundle, staged: Path, scores: ScoreFile) -> Gate:
+def parity(params: Params, paths: Paths, bundle: Bundle, staged: Path, scores: ScoreFile, train: pd.DataFrame) -> Gate:
     """`tailor serve` on the staged bundle against evaluation, on the first promote.parity_examples held-out
-    examples whose evaluated prompt was not truncated (serving never truncates)."""
+    examples whose evaluated prompt was not truncated (serving never truncates); `train` is what retrieval and the
+    prompted recipe show."""
     from transformers import AutoTokenizer  # the modeling stack, only for a candidate that passed every other gate
 
     from tasks.release.serving import served_answers
@@ -63,7 +64,7 @@ def parity(params: Params, paths: Paths, bundle: Bundle, staged: Path, scores: S
         return Gate("parity", None, 0, "fail", f"a plain-text specialization ships its fine-tuned model alone: a "
                     f"chat request carries no passage for {bundle.approach}'s context; set promote.approach: finetuned")
     tokenizer = AutoTokenizer.from_pretrained(paths.base)
-    shape, train = params.data.shape, pd.read_parquet(paths.validated / "train.parquet")
+    shape = params.data.shape
     evaluation = answerable(held_out(paths.validated / "eval.parquet", params)[0], tokenizer, shape,
                             params.tokenize.system_prompt, params.tokenize.max_length)
     nearest = (retrieve(paths.index, searched_texts(evaluation, shape), bundle.recipe.retrieval_k)
@@ -101,7 +102,7 @@ def promote_flow(params: Params, paths: Paths) -> dict[str, Any]:
         staged = Path(scratch) / "bundle"
         stage_bundle(staged, bundle, paths.adapter if candidate in ADAPTED else None, paths.index,
                      paths.validated / "train.parquet")
-        gates.append(parity(params, paths, bundle, staged, scores) if all(g.passed for g in gates) else
+        gates.append(parity(params, paths, bundle, staged, scores, train) if all(g.passed for g in gates) else
                      Gate("parity", None, 0, "skipped", "not checked: another gate failed"))
         decision = decision_record(gates, params.promote.metric, candidate, why)
         if decision["promoted"]:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage import run_stage, start_stage_run
@@ -35,6 +35,11 @@ def validate_flow(data: DataParams, limits: ValidateParams, paths: Paths) -> Pat
     paths.report.parent.mkdir(parents=True, exist_ok=True)
     paths.report.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [failure.line() for failure in failures]
+    near = report.get("near_duplicates", {})
+    if near.get("count") and near["action"] == "report":
+        lines.append(f"{near['count']} eval examples nearly repeat a train one (reported, not refused: "
+                     f"validate.near_duplicates report); the pairs are in {paths.report}")
+        get_run_logger().warning(lines[-1])
     create_markdown_artifact(
         key="data-quality",
         markdown="## Data quality\n\n" + ("\n".join(f"- {line}" for line in lines) or "All expectations passed."),

@@ -33,6 +33,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root: the validate stage's near-duplicate check
+from tasks.core.params import ValidateParams  # noqa: E402
+from tasks.data.contamination import nearly_repeated  # noqa: E402
+
 DJANGO_WHEEL = "django-5.2.8-py3-none-any.whl"
 LABELS = ("asyncio", "datetime", "decimal", "logging", "os", "socket", "tarfile", "zipfile")
 HELD_OUT_CATALOGS = {"admindocs", "humanize", "sites", "flatpages"}
@@ -127,11 +131,18 @@ def translation(wheel: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]
 
 
 def write(name: str, splits: tuple[list[dict[str, str]], list[dict[str, str]]]) -> None:
+    """Write the splits, less the held-out rows whose prompt nearly repeats a training one (another callable's
+    docstring that differs by a word, a string that differs in case): they would test recall, not generalization,
+    and the validate stage refuses them (validate.near_duplicates)."""
+    train, held = splits
+    near = nearly_repeated([row["prompt"] for row in train], [row["prompt"] for row in held],
+                           ValidateParams().near_duplicate_similarity)
+    held = [row for i, row in enumerate(held) if i not in near]
     folder = HERE / name
     folder.mkdir(exist_ok=True)
-    for split, rows in zip(("train", "eval"), splits):
+    for split, rows in (("train", train), ("eval", held)):
         DEMO.write_jsonl(folder / f"{split}.jsonl", ordered(rows))
-    print(f"{name}: {len(splits[0])} train, {len(splits[1])} held-out rows")
+    print(f"{name}: {len(train)} train, {len(held)} held-out rows ({len(near)} near duplicates of train left out)")
 
 
 def main() -> None:

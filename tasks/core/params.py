@@ -132,6 +132,13 @@ class ValidateParams(Section):
     pii: bool = Field(True, description="refuse emails, phone numbers, card numbers and US SSNs in the text")
     allowed_responses: list[str] | None = Field(
         None, min_length=1, description="for label tasks: the only responses allowed (the label set)")
+    near_duplicates: Literal["refuse", "report", "off"] = Field(
+        "refuse", description="held-out examples that nearly repeat a training one (a changed word, a re-ordered "
+                              "clause): refuse the data, report them in reports/validation.json, or skip the check; "
+                              "exact repeats are always refused")
+    near_duplicate_similarity: float = Field(
+        0.75, gt=0, le=1, description="the similarity (Jaccard of character 5-grams of the normalized text) from "
+                                     "which a held-out example counts as a near duplicate of a training one")
 
     @model_validator(mode="after")
     def bounds(self) -> ValidateParams:
@@ -323,6 +330,24 @@ class BaselinesParams(Section):
 TOOL_CALLING = "tool_calling"  # evaluate.task for tool-calling conversations (data.format tools)
 
 
+class JudgeParams(Section):
+    url: str = Field(description="an OpenAI-compatible API's base URL, e.g. http://127.0.0.1:8001/v1 (another "
+                                 "`tailor serve`, a local server) or a hosted one")
+    model: str = Field(description="the judge model's name at that API")
+    api_key_env: str | None = Field(None, description="the environment variable holding the API key (never "
+                                                      "written anywhere); null sends none")
+    concurrency: int = Field(4, ge=1, le=64, description="judgements in flight at once")
+    timeout_s: float = Field(120, gt=0, description="seconds one judgement may take")
+
+    @field_validator("url")
+    @classmethod
+    def no_credentials(cls, url: str) -> str:
+        if not re.fullmatch(r"https?://[^/@\s]+(/\S*)?", url):
+            raise ValueError("an http(s) URL with no user:password@ in it (params.yaml is committed): name the "
+                             "environment variable holding the key in api_key_env")
+        return url
+
+
 class EvaluateParams(Section):
     task: Literal["free_text", "summarization", "translation", "classification", "tool_calling"] = Field(
         "free_text", description="what the answers are: free_text, summarization, translation, classification (a "
@@ -336,6 +361,9 @@ class EvaluateParams(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     forgetting_text: Path = Field(description="general-domain JSONL (a `text` column) scored to measure forgetting")
     forgetting_max_chunks: int = Field(64, ge=1)
+    judge: JudgeParams | None = Field(
+        None, description="a judge for open answers: each approach's answer against the fine-tuned model's, in both "
+                          "orders, by the model at this API; its win rates go into the report (off: null)")
 
 
 class PromoteParams(Section):
@@ -444,6 +472,9 @@ class Params(Section):
         if self.evaluate.task == TOOL_CALLING and self.data.format != "tools":
             raise ValueError("evaluate.task: tool_calling scores tool calls, written by data.format tools; set "
                              "data.format: tools, or another evaluate.task")
+        if self.evaluate.judge is not None and self.data.shape == TEXT:
+            raise ValueError(f"evaluate.judge compares generated answers, and data.format {self.data.format} has "
+                             "none (its metrics are likelihoods); remove evaluate.judge")
         if self.promote.metric not in task_metrics(self.task()):
             where = {TEXT: f"data.format {self.data.format}", PAIR: f"data.format {self.data.format} with "
                      f"evaluate.task {self.evaluate.task}"}.get(self.data.shape, f"evaluate.task {self.evaluate.task}")

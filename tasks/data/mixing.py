@@ -1,11 +1,20 @@
-"""The multi-task model's training set: every specialization's tokenized examples drawn in set proportions."""
+"""The multi-task model's training set: every specialization's tokenized examples drawn in set proportions, and
+the check that none of their held-out rows is another one's training row."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pyarrow.parquet as pq
 from datasets import Dataset, concatenate_datasets
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tasks.data.contamination import Placed, near_duplicates
 
 
 def draw(size: int, count: int, rng: np.random.Generator) -> list[int]:
@@ -26,3 +35,25 @@ def mixture(parts: dict[str, Dataset], weights: dict[str, float], seed: int) -> 
     counts = {name: round(total * weights[name]) for name in parts}
     drawn = [parts[name].select(draw(len(parts[name]), counts[name], rng)) for name in parts]
     return concatenate_datasets(drawn), counts
+
+
+def held_out_keys(path: Path) -> Iterator[Placed]:
+    """A validated split's rows as the near-duplicate check reads them: a conversation's first user message, or a
+    text, with its row."""
+    table = pq.read_table(path)
+    if "messages" not in table.column_names:
+        yield from ((f"row {i + 1}", text) for i, text in enumerate(table.column("text").to_pylist()))
+        return
+    for i, messages in enumerate(table.column("messages").to_pylist()):
+        yield f"row {i + 1}", next(m["content"] for m in json.loads(messages) if m["role"] == "user")
+
+
+@task(cache_policy=NO_CACHE)
+def across_tasks(validated: Path, names: list[str], threshold: float) -> list[dict[str, Any]]:
+    """Held-out rows of each specialization that repeat, or nearly repeat, a training row of another one the
+    multi-task model also learns (each specialization's validate checked its own splits only): the model would be
+    scored on rows it was trained on."""
+    return [{"eval": f"{held} {pair.held_out}", "train": f"{taught} {pair.train}", "similarity": pair.similarity}
+            for held in names for taught in names if taught != held
+            for pair in near_duplicates(held_out_keys(validated / taught / "train.parquet"),
+                                        held_out_keys(validated / held / "eval.parquet"), threshold, identical=True)]

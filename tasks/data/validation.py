@@ -32,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.core.atomic_dir import write_dir_atomically
 from tasks.core.params import ValidateParams
+from tasks.data.contamination import NearDuplicate, Placed, near_duplicates
 from tasks.data.sensitive import CONTROL_TOKEN, PII_PATTERNS, has_card_number, redact
 from tasks.data.tables import CHUNK_ROWS, table_chunks
 
@@ -378,6 +379,36 @@ def leaked_values(chunks: Chunks, column: str, train_digests: set[str]) -> list[
     return sorted(leaked)
 
 
+def placed_texts(chunks: Chunks, column: str) -> Iterator[Placed]:
+    """Each row's text in `column`, with its place as a failure names it."""
+    for chunk in chunks():
+        if column not in chunk:
+            continue
+        lines = chunk.get("line")
+        for index, value in chunk[column].items():
+            if isinstance(value, str):
+                yield where(index, {} if lines is None else {"line": lines[index]}), value
+
+
+def contamination_report(pairs: list[NearDuplicate], limits: ValidateParams) -> dict[str, Any]:
+    """What validation.json says of the near duplicates: the setting, the count, the pairs (redacted and cut)."""
+    return {"action": limits.near_duplicates, "similarity": limits.near_duplicate_similarity, "count": len(pairs),
+            "pairs": [{"eval": pair.held_out, "train": pair.train, "similarity": pair.similarity,
+                       "eval_text": shown(pair.held_out_text), "train_text": shown(pair.train_text)}
+                      for pair in pairs[:MAX_LISTED]]}
+
+
+def contamination_failure(pairs: list[NearDuplicate], column: str, limits: ValidateParams) -> Failure:
+    return Failure(
+        split="eval", expectation=f"near_duplicates({column})",
+        description=f"no eval example nearly repeats a train one (similarity >= {limits.near_duplicate_similarity}: "
+                    "remove or rewrite them, or set validate.near_duplicates: report)",
+        unexpected_count=len(pairs),
+        examples=[f"eval {pair.held_out} ~ train {pair.train} ({pair.similarity}): "
+                  f"{json.dumps(shown(pair.held_out_text)[:70], ensure_ascii=False)} ~ "
+                  f"{json.dumps(shown(pair.train_text)[:70], ensure_ascii=False)}" for pair in pairs[:EXAMPLE_ROWS]])
+
+
 def render_data_docs(results: dict[str, Any], suites: dict[str, gx.ExpectationSuite], docs_dir: Path) -> None:
     """Data Docs with one validation result per split, as if GX had validated each split whole; they replace the
     last run's whole (they are not a DVC output, which DVC would have cleared, and GX adds a page per run)."""
@@ -410,7 +441,8 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, chec
     Train needs limits.min_examples rows; eval needs one, and none of its `checks.key` values (the prompt, the text,
     a conversation's opening) may appear in train. Memory holds one chunk plus a 16-byte digest per value of every
     row: the per-row expectations run on each chunk and are merged; the row count and the duplicate check run once
-    on the digests; leakage is checked by GX against the eval values whose digest is among train's.
+    on the digests; leakage is checked by GX against the eval values whose digest is among train's, and near
+    duplicates (validate.near_duplicates) by MinHash sketches of eval's values with train streamed past them.
     """
     context = quiet_context()  # suites can only be built once a context exists
     for source in ("raw", "digests"):
@@ -437,6 +469,13 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, chec
     for split, result in results.items():
         report["splits"][split] = result.describe_dict()
         failures += describe_failures(split, result, sources[split])
+    if limits.near_duplicates != "off":
+        pairs = near_duplicates(placed_texts(sources["train"], key), placed_texts(sources["eval"], key),
+                                limits.near_duplicate_similarity)
+        report["near_duplicates"] = contamination_report(pairs, limits)
+        if pairs and limits.near_duplicates == "refuse":
+            report["success"] = False
+            failures.append(contamination_failure(pairs, key, limits))
     return report, failures
 
 

@@ -43,6 +43,8 @@ class Comparison:
     majority: dict[str, Any] | None = None
     # Tool calling: per approach, expected tool -> called tool -> count.
     tool_confusions: dict[str, dict[str, dict[str, int]]] | None = None
+    # evaluate.judge: the fine-tuned model's win rate against each approach by an LLM judge (tasks/evaluate/judge.py).
+    judge: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """reports/metrics.json: flat numbers per approach (what `dvc metrics diff` compares), then the rest."""
@@ -60,6 +62,8 @@ class Comparison:
             result[MAJORITY] = self.majority
         if self.tool_confusions is not None:
             result["tool_confusions"] = self.tool_confusions
+        if self.judge is not None:
+            result["judge"] = self.judge
         result["recommendation"] = self.recommendation
         return result
 
@@ -165,10 +169,11 @@ def against_majority(scores: ScoreFile, label: str, samples: int, confidence: fl
 
 def compare(scores: ScoreFile, training_tokens: int, forgetting: dict[str, float], promote: PromoteParams,
             samples: int, confidence: float, seed: int, without_history: Scores | None = None,
-            majority_label: str | None = None) -> Comparison:
+            majority_label: str | None = None, judge: dict[str, Any] | None = None) -> Comparison:
     """Every approach against every other with paired-bootstrap intervals; the fine-tuned model against each
     baseline; the decision on the promotion metric; for conversations, the context ablation; for label tasks
-    (`majority_label` given), every approach against always answering the most frequent training label."""
+    (`majority_label` given), every approach against always answering the most frequent training label; and the
+    judge's win rates, when evaluate.judge produced them."""
     metric = promote.metric
     values = TaskMetrics(scores.task, scores.approaches, scores.examples)
     single, paired = paired_bootstrap(list(scores.approaches), values.functions(), len(scores.examples), samples,
@@ -193,4 +198,5 @@ def compare(scores: ScoreFile, training_tokens: int, forgetting: dict[str, float
         majority=(None if majority_label is None else
                   against_majority(scores, majority_label, samples, confidence, seed)),
         tool_confusions=tool_confusions(scores) if scores.task == TOOL_CALLING else None,
+        judge=judge,
     )

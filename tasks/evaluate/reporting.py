@@ -78,8 +78,25 @@ def render_report(comparison: Comparison, confidence: float, examples: int, draw
         lines += ["", "## Called tool vs expected tool", ""]
         for approach, table in comparison.tool_confusions.items():
             lines += confusion_table(f"{approach} (rows: the reference's call; columns: the answer's)", table)
+    if comparison.judge is not None:
+        lines += judge_section(comparison.judge, confidence)
     lines += ["", comparison.recommendation, ""]
     return "\n".join(lines)
+
+
+def judge_section(judged: dict[str, Any], confidence: float) -> list[str]:
+    """evaluate.judge: the fine-tuned model's win rate against each approach, judged in both orders."""
+    judge = judged["judge"]
+    lines = ["", "## A judge's view", "",
+             f"{judge['model']} ({judge['url']}) compared each approach's answer with the fine-tuned model's, in both "
+             "orders (1: fine-tuned wins both, 0: loses both, 0.5: a tie or a split verdict); the fine-tuned "
+             f"model's win rate with its {confidence:.0%} interval (0.5: no difference). Position flips: pairs the "
+             "judge decided by their order alone.", "",
+             "| against | fine-tuned win rate | position flips |", "|---|---|---|"]
+    for other, rate in judged["finetuned_win_rate"].items():
+        lines.append(f"| {other} | {rate['value']:.3g} [{rate['ci_low']:.3g}, {rate['ci_high']:.3g}] | "
+                     f"{rate['position_flips']} |")
+    return lines
 
 
 def majority_section(majority: dict[str, Any], confidence: float) -> list[str]:

@@ -44,42 +44,51 @@ def parse_messages(value: Any, fields: MessageFields) -> list[dict[str, Any]] | 
     return messages
 
 
+def message_view(chunks: Iterator[pd.DataFrame], column: str, view_columns: list[str],
+                 conversation_rows: Callable[[int, dict[str, Any]], list[dict[str, Any]]]) -> Iterator[pd.DataFrame]:
+    """One row per message, numbered across the whole split: `conversation_rows(line, row)` gives the rows of the
+    conversation on that line of the file (a conversation format's own view); a chunk without `column` becomes one
+    row whose `problem` names the column."""
+    start = 0
+    for chunk in chunks:
+        rows: list[dict[str, Any]] = []
+        if column not in chunk:
+            rows.append(dict.fromkeys(view_columns) | {
+                "line": int(chunk.index[0]) + 1,
+                "problem": f"no '{column}' column (map yours under data.columns.messages)"})
+        else:
+            for index, row in zip(chunk.index, chunk.to_dict("records")):
+                rows += conversation_rows(int(index) + 1, row)
+        frame = pd.DataFrame(rows, columns=view_columns, dtype=object)
+        frame.index = pd.RangeIndex(start, start + len(frame))
+        start += len(frame)
+        yield frame
+
+
 def turn_view(chunks: Iterator[pd.DataFrame], column: str, fields: MessageFields) -> Iterator[pd.DataFrame]:
-    """One row per message, numbered across the whole split, with the conversation's line in the file.
+    """One row per message, with the conversation's line in the file.
 
     The conversation rules become per-message values GX checks: `expected_role` is what alternation asks for
     at that place (an optional system message first, then user, assistant, user, ...), `final_role` is set on
     the last message only, `conversation` (the whole conversation, on its first message) is what must be unique,
     and `opening` (its first user message) what must not occur in train for a held-out conversation. A row that
     is not a list of messages becomes one row whose `problem` says why."""
-    start = 0
-    for chunk in chunks:
-        rows: list[dict[str, Any]] = []
-        if column not in chunk:
-            rows.append(dict.fromkeys(TURN_COLUMNS) | {
-                "line": int(chunk.index[0]) + 1,
-                "problem": f"no '{column}' column (map yours under data.columns.messages)"})
-        for index, value in (chunk[column].items() if column in chunk else []):
-            messages = parse_messages(value, fields)
-            line = int(index) + 1
-            if isinstance(messages, str):
-                rows.append(dict.fromkeys(TURN_COLUMNS) | {"line": line, "turn": 1, "problem": messages})
-                continue
-            offset = 1 if messages[0]["role"] == "system" else 0
-            opening = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
-            for turn, message in enumerate(messages):
-                rows.append({
-                    "line": line, "turn": turn + 1, "role": message["role"], "content": message["content"],
-                    "expected_role": "system" if turn < offset else ROLES[1 + (turn - offset) % 2],
-                    "final_role": message["role"] if turn == len(messages) - 1 else None,
-                    "problem": None,
-                    "conversation": conversation_json(messages) if turn == 0 else None,
-                    "opening": message["content"] if turn == opening else None,
-                })
-        frame = pd.DataFrame(rows, columns=TURN_COLUMNS, dtype=object)
-        frame.index = pd.RangeIndex(start, start + len(frame))
-        start += len(frame)
-        yield frame
+    def conversation_rows(line: int, row: dict[str, Any]) -> list[dict[str, Any]]:
+        messages = parse_messages(row[column], fields)
+        if isinstance(messages, str):
+            return [dict.fromkeys(TURN_COLUMNS) | {"line": line, "turn": 1, "problem": messages}]
+        offset = 1 if messages[0]["role"] == "system" else 0
+        opening = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+        return [{
+            "line": line, "turn": turn + 1, "role": message["role"], "content": message["content"],
+            "expected_role": "system" if turn < offset else ROLES[1 + (turn - offset) % 2],
+            "final_role": message["role"] if turn == len(messages) - 1 else None,
+            "problem": None,
+            "conversation": conversation_json(messages) if turn == 0 else None,
+            "opening": message["content"] if turn == opening else None,
+        } for turn, message in enumerate(messages)]
+
+    return message_view(chunks, column, TURN_COLUMNS, conversation_rows)
 
 
 def canonical_column(frame: pd.DataFrame, column: str, fields: MessageFields) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import pandas as pd
 from tasks.core.params import DataParams, ValidateParams
 from tasks.data.validation import Checks
 from tasks.formats import hermes
-from tasks.formats.chat import conversation_checks
+from tasks.formats.chat import conversation_checks, message_view
 from tasks.formats.format import Format, conversation_json
 from tasks.formats.tool_calls import conversation_problems, listed, read_tools
 
@@ -46,36 +46,27 @@ def message_text(message: Any) -> Any:
 
 
 def turn_view(chunks: Iterator[pd.DataFrame], data: DataParams) -> Iterator[pd.DataFrame]:
-    """One row per message, numbered across the split, with its line in the file and the rule it breaks."""
-    start = 0
-    column, tools_column = data.columns.messages, data.columns.tools
-    for chunk in chunks:
-        rows: list[dict[str, Any]] = []
-        if column not in chunk:
-            rows.append(dict.fromkeys(VIEW_COLUMNS) | {
-                "line": int(chunk.index[0]) + 1,
-                "problem": f"no '{column}' column (map yours under data.columns.messages)"})
-        for index, value in (chunk[column].items() if column in chunk else []):
-            line, messages = int(index) + 1, listed(value)
-            declared, tools_problem = read_tools(chunk[tools_column][index] if tools_column in chunk else None)
-            if not isinstance(messages, list) or not messages or tools_problem:
-                rows.append(dict.fromkeys(VIEW_COLUMNS) | {
-                    "line": line, "turn": 1, "problem": tools_problem or "messages is not a non-empty JSON list"})
-                continue
-            problems = conversation_problems(messages, declared)
-            opening = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
-                           None)
-            for turn, (message, problem) in enumerate(zip(messages, problems)):
-                rows.append({
-                    "line": line, "turn": turn + 1, "role": message.get("role") if isinstance(message, dict) else None,
-                    "content": message_text(message), "problem": problem,
-                    "conversation": json.dumps(messages, sort_keys=True, default=str) if turn == 0 else None,
-                    "opening": message_text(message) if turn == opening else None,
-                })
-        frame = pd.DataFrame(rows, columns=VIEW_COLUMNS, dtype=object)
-        frame.index = pd.RangeIndex(start, start + len(frame))
-        start += len(frame)
-        yield frame
+    """One row per message, with its line in the file and the rule it breaks."""
+    def conversation_rows(line: int, row: dict[str, Any]) -> list[dict[str, Any]]:
+        messages = listed(row[data.columns.messages])
+        declared, tools_problem = read_tools(row.get(data.columns.tools))
+        if not isinstance(messages, list) or not messages or tools_problem:
+            return [dict.fromkeys(VIEW_COLUMNS) | {
+                "line": line, "turn": 1, "problem": tools_problem or "messages is not a non-empty JSON list"}]
+        problems = conversation_problems(messages, declared)
+        opening = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+        rows = []
+        for turn, (message, problem) in enumerate(zip(messages, problems)):
+            text = message_text(message)
+            rows.append({
+                "line": line, "turn": turn + 1, "role": message.get("role") if isinstance(message, dict) else None,
+                "content": text, "problem": problem,
+                "conversation": json.dumps(messages, sort_keys=True, default=str) if turn == 0 else None,
+                "opening": text if turn == opening else None,
+            })
+        return rows
+
+    return message_view(chunks, data.columns.messages, VIEW_COLUMNS, conversation_rows)
 
 
 def columns(data: DataParams) -> dict[str, str]:

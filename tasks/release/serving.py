@@ -325,8 +325,9 @@ class SpecialistSpec(OpenAISpec):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._context_length = 0
 
-    def available(self) -> list[str]:
-        return [model.name for model in self.models if model.kind() is not None]
+    def available(self) -> dict[str, ServedModel]:
+        """The models that can answer now, by name (a model's folder may be emptied while serving)."""
+        return {model.name: model for model in self.models if model.kind() is not None}
 
     def tokenizer(self) -> tuple[PreTrainedTokenizerBase, int]:
         if self._tokenizer is None:  # loaded in the HTTP process on first use (it is not pickled across)
@@ -338,8 +339,9 @@ class SpecialistSpec(OpenAISpec):
     def check(self, request: TrackedRequest) -> None:
         """Refuse what can be refused before the request is queued; build its conversation as the bundle does."""
         tokenizer, context_length = self.tokenizer()
-        check_request(request, self.available(), context_length)
-        model = next(model for model in self.models if model.name == request.model)
+        available = self.available()
+        check_request(request, list(available), context_length)
+        model = available[request.model]
         identity = model.identity()
         problems = model.tampering(identity) if identity is not None else []
         if problems:

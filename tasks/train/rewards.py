@@ -119,12 +119,17 @@ def checked(name: str, module: Path, function: Reward) -> Reward:
 def rewards(grpo: GrpoParams, labels: Sequence[str], end_of_turn: int) -> tuple[list[Reward], list[float]]:
     """The reward functions finetune.grpo.rewards names, in its order, and their weights."""
     found = {**module_rewards(grpo.reward_module, grpo.custom_rewards()), **known_rewards(labels, end_of_turn)}
-    functions = []
-    for name in grpo.rewards:
-        function = found[name]
-        function.__name__ = name  # TRL logs each reward under its function's name
-        functions.append(function)
-    return functions, list(grpo.rewards.values())
+    return [named(name, found[name]) for name in grpo.rewards], list(grpo.rewards.values())
+
+
+def named(name: str, function: Reward) -> Reward:
+    """The reward under its name in params: TRL logs each reward under its function's name (a wrapper, so that
+    the user's function and the built-in ones keep theirs)."""
+    def reward(**batch: Any) -> list[float]:
+        return function(**batch)
+
+    reward.__name__ = name
+    return reward
 
 
 def try_rewards(functions: list[Reward], completions: list[str], completion_ids: list[list[int]],

@@ -6,13 +6,16 @@ the columns question and answer, put under DVC, mapped in params.yaml with a sys
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stage_runner import SECRET, follow_the_own_data_page, new_tiny_project, run, tiny_project
+from judge_stand_in import stand_in_judge
+from stage_runner import SECRET, follow_the_own_data_page, new_tiny_project, run, set_params, tiny_project
 
 ADAPTER = "models/adapter/adapter_model.safetensors"
 
@@ -28,9 +31,23 @@ class Build:
 
 
 @pytest.fixture(scope="session")
-def first_build(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Build:
+def judge_url() -> Iterator[str]:
+    """A stand-in LLM judge on 127.0.0.1 for the whole session (the tests that re-run evaluate call it too), which
+    answers only requests carrying the key, SECRET, that every stage finds in JUDGE_KEY."""
+    os.environ["JUDGE_KEY"] = SECRET
+    try:
+        with stand_in_judge(key=SECRET) as url:
+            yield url
+    finally:
+        del os.environ["JUDGE_KEY"]
+
+
+@pytest.fixture(scope="session")
+def first_build(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str,
+                judge_url: str) -> Build:
     root = new_tiny_project(tmp_path_factory.mktemp("repo"), tiny_model_dir)
     follow_the_own_data_page(root)
+    set_params(root, "evaluate", judge={"url": judge_url, "model": "stand-in", "api_key_env": "JUDGE_KEY"})
     result = run(root, "dvc", "repro", HF_TOKEN=SECRET)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return Build(root, result, json.loads((root / "reports/metrics.json").read_text()), (root / ADAPTER).read_bytes())

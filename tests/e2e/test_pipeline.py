@@ -61,6 +61,12 @@ def test_repro_builds_and_promotes_a_specialist(project: Path, first_build) -> N
     assert metrics["finetuned"]["perplexity"] < metrics["generalist"]["perplexity"]
     report = (project / "reports/specialization.md").read_text()
     assert report.rstrip().splitlines()[-1].startswith("Recommendation: ")
+    # The judge (a stand-in on 127.0.0.1, sent the key from JUDGE_KEY): a win rate with its interval per approach.
+    judged = metrics["judge"]["finetuned_win_rate"]
+    assert set(judged) == {"generalist", "prompted", "retrieval", "finetuned+retrieval"}
+    for other, rate in judged.items():
+        assert 0 <= rate["ci_low"] <= rate["value"] <= rate["ci_high"] <= 1
+        assert f"| {other} | {rate['value']:.3g} [{rate['ci_low']:.3g}, {rate['ci_high']:.3g}] |" in report
     assert f"{metrics['finetuned']['perplexity']:.4g}" in report  # the report shows the metrics file's numbers
     assert (project / "reports/specialization.png").read_bytes()[:4] == b"\x89PNG"
     decision = json.loads((project / "reports/promotion.json").read_text())

@@ -1,11 +1,16 @@
-"""The multi-task mixture: each part's share of the examples is its weight, drawn reproducibly."""
+"""The multi-task mixture: each part's share of the examples is its weight, drawn reproducibly; no task's held-out
+row is another's training row."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 from datasets import Dataset
 
-from tasks.data.mixing import draw, mixture
+from tasks.data.mixing import across_tasks, draw, mixture
 
 
 def test_draw_repeats_whole_passes_then_samples_without_repeats() -> None:
@@ -24,3 +29,23 @@ def test_mixture_draws_each_share_of_the_total_reproducibly() -> None:
     assert len(set(rows[60:])) == 60 and set(rows[60:]) <= set(range(100, 190))
     assert mixture.fn(parts, {"a": 0.5, "b": 0.5}, seed=1)[0]["x"] == rows
     assert mixture.fn(parts, {"a": 0.5, "b": 0.5}, seed=2)[0]["x"] != rows
+
+
+def conversations(*questions: str) -> pd.DataFrame:
+    return pd.DataFrame({"messages": [json.dumps([{"role": "user", "content": q}, {"role": "assistant", "content": "A."}])
+                                      for q in questions]})
+
+
+def test_a_held_out_row_of_one_task_in_another_tasks_training_data_is_found(tmp_path: Path) -> None:
+    splits = {("tickets", "train"): ["Reset my password please", "The printer on floor 3 is jammed again"],
+              ("tickets", "eval"): ["My VPN drops every hour"],
+              ("faq", "train"): ["How do I install Python on Windows?", "my vpn drops every hour!"],
+              ("faq", "eval"): ["Reset my password please, today", "Where is the cafeteria?"]}
+    for (name, split), questions in splits.items():
+        (tmp_path / name).mkdir(exist_ok=True)
+        conversations(*questions).to_parquet(tmp_path / name / f"{split}.parquet")
+    assert across_tasks.fn(tmp_path, ["tickets", "faq"], 0.75) == [
+        {"eval": "tickets row 1", "train": "faq row 2", "similarity": 1.0},  # case and punctuation
+        {"eval": "faq row 1", "train": "tickets row 1", "similarity": 0.769},  # a word added
+    ]
+    assert across_tasks.fn(tmp_path, ["tickets"], 0.75) == []  # one task: validate's own check covers it

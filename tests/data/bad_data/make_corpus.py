@@ -8,6 +8,7 @@ line and turn it must name), and to any params or eval file the case needs. test
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -94,6 +95,11 @@ def main() -> None:
         "line 3 has keys ['answer', 'question']")
     add("duplicates.jsonl", jsonl(good + [good[7]]), "expect_compound_columns_to_be_unique(prompt,response)")
     add("leaked_eval.jsonl", jsonl(with_row(evaluation[3])), "[eval] expect_column_values_to_not_be_in_set(prompt)")
+    # A held-out question asked again in train in other words: refused by the near-duplicate check (the exact check
+    # above lets it through), both rows named.
+    paraphrase = {"prompt": evaluation[3]["prompt"].replace("What does", "What exactly does"),
+                  "response": evaluation[3]["response"]}
+    add("near_duplicate_eval.jsonl", jsonl(with_row(paraphrase)), "eval row 4 ~ train row 31")
     add("overlong_response.jsonl", jsonl(with_row({"prompt": q, "response": "Very long. " * 500})),
         "expect_column_value_lengths_to_be_between(response)")
     add("wrong_labels.jsonl", jsonl(labels[:30] + [{"prompt": q, "response": "maybe"}] + labels[30:]),
@@ -173,6 +179,10 @@ def main() -> None:
     add("chat_leaked_eval.jsonl", jsonl(chats[:30] + [chat_eval[4]] + chats[30:]),
         "[eval] expect_column_values_to_not_be_in_set(opening)", line="line 5 turn", eval="chat_eval.jsonl",
         data=chat)
+    reworded = copy.deepcopy(chat_eval[4])
+    reworded["messages"][0]["content"] = reworded["messages"][0]["content"].lower().rstrip("?")  # case, punctuation
+    add("chat_near_duplicate_eval.jsonl", jsonl(chats[:30] + [reworded] + chats[30:]),
+        "[eval] near_duplicates(opening)", line="eval line 5 ~ train line 31", eval="chat_eval.jsonl", data=chat)
     add("chat_pii.jsonl", jsonl(broken(lambda m: m[:-1] + [m[-1] | {"content": "Mail jane.doe@example.com."}])),
         "expect_column_values_to_not_match_regex_list(content)", line="line 31 turn", eval="chat_eval.jsonl",
         data=chat)
