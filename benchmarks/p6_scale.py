@@ -13,6 +13,7 @@ and its anonymous part (what is not page cache of files: the memory the work its
     python -m benchmarks.p6_scale                      # 10k and 100k rows; the index at 10k (MiniLM is slow on CPU)
     python -m benchmarks.p6_scale --max-rows 1000000   # adds the 1M point (15-20 min more on 2 cores)
     python -m benchmarks.p6_scale --rows 60 --index-max-rows 60     # a quick check of the script
+    python -m benchmarks.p6_scale --max-rows 1000000 --stages validate contamination   # those stages only
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=100_000, help="skip larger sizes (1000000 for the 1M point)")
     parser.add_argument("--index-max-rows", type=int, default=10_000,
                         help="build the MiniLM index only up to this size (about 60 rows/s on 2 CPU cores)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="measure only these")
     parser.add_argument("--model", type=Path, default=REPO / "models" / "base", help="tokenizer directory")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "p6_scale.json")
     parser.add_argument("--work", choices=STAGES, help=argparse.SUPPRESS)  # the child's side
@@ -189,7 +191,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="tailor-p6-") as tmp:
             data = Path(tmp)
             size = generate(rows, data / "train.jsonl")
-            for stage in STAGES:
+            for stage in args.stages:
                 if stage == "index" and rows > args.index_max_rows:
                     continue
                 figures = measure(stage, data, args.model)
