@@ -24,7 +24,8 @@ def test_p6_measures_each_stage_in_its_own_process(tmp_path: Path, tiny_model_di
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "P6 data at scale" in done.stdout and "tokenize 60" in done.stdout  # the table is printed
     result = json.loads(out.read_text())
-    assert [(p["stage"], p["rows"]) for p in result["points"]] == [("validate", 60), ("tokenize", 60)]
+    assert [(p["stage"], p["rows"]) for p in result["points"]] == [("validate", 60), ("contamination", 60),
+                                                                   ("tokenize", 60)]
     for point in result["points"]:
         assert 0 < point["seconds"] <= point["process_seconds"] and point["cpu_seconds"] > 0
         assert 0.05 < point["peak_rss_largest_process_gib"] <= point["peak_rss_gib"] < 3

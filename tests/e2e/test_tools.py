@@ -62,6 +62,8 @@ def tools_run(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> tup
     model = build_chat_model(tmp_path_factory.mktemp("tiny-tools"), texts)
     root = tiny_project(tmp_path_factory.mktemp("tools"), model, 0, 0, **TINY_PARAMS)
     use_raw_data(root, jsonl(train), jsonl([asked(i, f"town {i}") for i in range(100, 112)]), format="tools")
+    # One question with other towns: every held-out question nearly repeats training ones, reported, not refused.
+    set_params(root, "validate", near_duplicates="report")
     set_params(root, "tokenize", max_length=512)  # a whole conversation, its tools' definitions included
     set_params(root, "finetune", method="full", max_steps=80, learning_rate=0.005)
     set_params(root, "evaluate", task="tool_calling", max_new_tokens=48, max_examples=8)
@@ -84,8 +86,13 @@ def test_a_tool_calling_file_runs_every_stage_and_every_approach_is_scored_on_th
     report = (root / "reports/specialization.md").read_text()
     assert "## Called tool vs expected tool" in report and "| clock |" in report
     assert json.loads((root / "reports/tokenize.json").read_text())["train"]["truncated_pct"] == 0
-    # The fine-tuned model learned to call the tool with the right arguments, as the held-out references do.
-    assert metrics["finetuned"]["argument_exact"] == 1.0, metrics["finetuned"]
+    near = json.loads((root / "reports/validation.json").read_text())["near_duplicates"]
+    assert near["action"] == "report" and near["count"] > 0 and near["pairs"][0]["eval_text"].startswith("What time")
+    # The fine-tuned model learned to call the tool with the right arguments, as the held-out references do, and
+    # measurably better than the untrained model. Not on every example: a tiny model's training differs in its last
+    # bits from one CPU to another (8 of 8 on one machine, 7 of 8 on another, from the same seeds).
+    assert metrics["finetuned"]["argument_exact"] >= 0.75, metrics["finetuned"]
+    assert metrics["comparisons"]["finetuned_vs_generalist"]["argument_exact"]["better"]
     promotion = json.loads((root / "reports/promotion.json").read_text())
     assert promotion["promoted"], promotion
     assert "## Tool calls and reasoning" in (root / "models/production/README.md").read_text()  # the model card
