@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -99,6 +101,28 @@ def follow_the_own_data_page(root: Path) -> None:
     set_params(root, "baselines", system_prompt="Say what the Python callable does, in one sentence.")
     checked = run(root, "tailor", "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# The finetune stage trained again from scratch: --force, since its inputs are those dvc.lock records and a plain
+# `dvc repro` would check the last adapter out of the cache instead of training.
+FINETUNE_AGAIN = ("dvc", "repro", "--force", "--single-item", "--no-run-cache", "finetune")
+
+
+def ctrl_c_training(root: Path, checkpoint: str,
+                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str, str, float]:
+    """Train again (FINETUNE_AGAIN, in a session of its own) and press Ctrl-C once `checkpoint` is complete: SIGINT
+    to its process group, as a terminal sends it. Once it stopped as interrupted (a non-zero exit, tailor's message,
+    no traceback), returns the process, its stdout and stderr, and the seconds it took to stop."""
+    training = subprocess.Popen(FINETUNE_AGAIN, cwd=root, env=env or environment(), start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(root / "models" / "checkpoints" / checkpoint / "tailor-complete")
+    sent = time.monotonic()
+    os.killpg(training.pid, signal.SIGINT)
+    stdout, stderr = training.communicate(timeout=120)
+    stopped = time.monotonic() - sent
+    assert training.returncode != 0 and "tailor: interrupted at step" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return training, stdout, stderr, stopped
 
 
 def wait_for(path: Path, timeout: float = 300) -> None:

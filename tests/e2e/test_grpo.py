@@ -6,18 +6,25 @@ in the middle of training, and the re-run resumes and ends with the uninterrupte
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runner import TINY_PARAMS, pipeline_stages, run, set_params, tiny_project, use_raw_data, wait_for
+from stage_runner import (
+    FINETUNE_AGAIN,
+    TINY_PARAMS,
+    ctrl_c_training,
+    pipeline_stages,
+    run,
+    set_params,
+    tiny_project,
+    use_raw_data,
+)
 
-from benchmarks.harness import environment, stages_run
+from benchmarks.harness import stages_run
 
 pytestmark = pytest.mark.slow
 CLASSIFICATION = Path(__file__).resolve().parents[2] / "data" / "portfolio" / "classification"
@@ -80,16 +87,9 @@ def test_ctrl_c_during_grpo_then_the_rerun_resumes_and_ends_with_the_uninterrupt
     root, _ = grpo_run
     uninterrupted = load_file(root / ADAPTER)
     shutil.rmtree(root / "models" / "checkpoints", ignore_errors=True)
-    command = ["dvc", "repro", "--force", "--single-item", "--no-run-cache", "finetune"]
-    training = subprocess.Popen(command, cwd=root, env=environment(), start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(root / "models/checkpoints/checkpoint-4/tailor-complete")
-    os.killpg(training.pid, signal.SIGINT)
-    _, stderr = training.communicate(timeout=120)
-    assert training.returncode != 0 and "tailor: interrupted at step" in stderr, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
+    ctrl_c_training(root, "checkpoint-4")
 
-    resumed = run(root, *command)
+    resumed = run(root, *FINETUNE_AGAIN)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming from models/checkpoints/checkpoint-" in resumed.stdout + resumed.stderr
     got = load_file(root / ADAPTER)
