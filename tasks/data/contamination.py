@@ -62,10 +62,8 @@ def near_duplicates(train: Iterable[Placed], held_out: Iterable[Placed], thresho
     texts only with `identical` (validate's exact check refuses those). Memory holds the held-out split's sketches
     and one batch of train."""
     index = MinHashLSH(threshold=threshold * RECALL_MARGIN, num_perm=PERMUTATIONS)
-    kept: dict[int, tuple[str, str, set[bytes]]] = {}
-    for number, (place, text) in enumerate(held_out):
-        kept[number] = (place, text, shingles(text))
-    for number, sketch in zip(kept, MinHash.bulk((s for _, _, s in kept.values()), num_perm=PERMUTATIONS, hashfunc=HASH)):
+    kept = [(place, text, shingles(text)) for place, text in held_out]
+    for number, sketch in enumerate(MinHash.bulk((s for _, _, s in kept), num_perm=PERMUTATIONS, hashfunc=HASH)):
         index.insert(number, sketch)
     found = []
     for place, text, number, similarity in _matches(train, index, kept, threshold, identical):
@@ -82,7 +80,7 @@ def nearly_repeated(train: list[str], held_out: list[str], threshold: float) -> 
         threshold)}
 
 
-def _matches(train: Iterable[Placed], index: MinHashLSH, kept: dict[int, tuple[str, str, set[bytes]]],
+def _matches(train: Iterable[Placed], index: MinHashLSH, kept: list[tuple[str, str, set[bytes]]],
              threshold: float, identical: bool) -> Iterator[tuple[str, str, int, float]]:
     """(train place, train text, held-out number, similarity) of each pair above the threshold."""
     if not kept:

@@ -48,12 +48,18 @@ def address(judge: JudgeParams) -> str:
     return str(httpx.URL(judge.url).copy_with(query=None))
 
 
-def ask(client: httpx.Client, judge: JudgeParams, question: str, reference: str, first: str, second: str) -> str:
+def completions(judge: JudgeParams) -> httpx.URL:
+    """The API's chat completions route, its query (an api-version, say) kept."""
+    url = httpx.URL(judge.url)
+    return url.copy_with(path=url.path.rstrip("/") + "/chat/completions")
+
+
+def ask(client: httpx.Client, judge: JudgeParams, route: httpx.URL, question: str, reference: str, first: str,
+        second: str) -> str:
     """The judge's verdict on one ordered pair: A, B or T (anything else it says counts as T)."""
     prompt = PROMPT.format(question=question, reference=reference, first=first, second=second)
-    url = httpx.URL(judge.url)
     try:
-        response = client.post(url.copy_with(path=url.path.rstrip("/") + "/chat/completions"), json={
+        response = client.post(route, json={
             "model": judge.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
             "max_tokens": 4})
         if response.is_error:
@@ -93,18 +99,18 @@ def judged(scores: ScoreFile, judge: JudgeParams, samples: int, confidence: floa
     jobs = [(question, reference, answers[other][i], answers[FINETUNED][i])
             for other in others for i, (question, reference) in enumerate(
                 (e["prompt"], final_answer(e["response"])) for e in scores.examples)]
+    route = completions(judge)
     with client_for(judge) as client, ThreadPoolExecutor(judge.concurrency) as pool:
-        forward = list(pool.map(lambda job: ask(client, judge, *job), jobs))
-        backward = list(pool.map(lambda job: ask(client, judge, job[0], job[1], job[3], job[2]), jobs))
+        forward = list(pool.map(lambda job: ask(client, judge, route, *job), jobs))
+        backward = list(pool.map(lambda job: ask(client, judge, route, job[0], job[1], job[3], job[2]), jobs))
     count = len(scores.examples)
-    per_example = {other: np.array([pair_score(f, b) for f, b in zip(forward[n * count:(n + 1) * count],
-                                                                      backward[n * count:(n + 1) * count])])
-                   for n, other in enumerate(others)}
-    split = {other: sum(f != "T" and b != "T" and f == b for f, b in zip(forward[n * count:(n + 1) * count],
-                                                                       backward[n * count:(n + 1) * count]))
-             for n, other in enumerate(others)}
+    verdicts = list(zip(forward, backward))
+    by_other = {other: verdicts[n * count:(n + 1) * count] for n, other in enumerate(others)}
+    per_example = {other: np.array([pair_score(f, b) for f, b in pairs]) for other, pairs in by_other.items()}
     single, _ = paired_bootstrap(others, {"win_rate": lambda a, index: float(per_example[a][index].mean())}, count,
                                  samples, confidence, seed)
+    # A flip: the same letter in both orders, so the answer's position decided, not the answer.
     return {"judge": {"url": address(judge), "model": judge.model},
             "finetuned_win_rate": {other: {**single[other]["win_rate"].as_dict(),
-                                           "position_flips": int(split[other])} for other in others}}
+                                           "position_flips": sum(f == b != "T" for f, b in pairs)}
+                                   for other, pairs in by_other.items()}}

@@ -45,10 +45,12 @@ def parse_messages(value: Any, fields: MessageFields) -> list[dict[str, Any]] | 
 
 
 def message_view(chunks: Iterator[pd.DataFrame], column: str, view_columns: list[str],
-                 conversation_rows: Callable[[int, dict[str, Any]], list[dict[str, Any]]]) -> Iterator[pd.DataFrame]:
+                 conversation_rows: Callable[[int, dict[str, Any]], list[dict[str, Any]]],
+                 also_read: tuple[str, ...] = ()) -> Iterator[pd.DataFrame]:
     """One row per message, numbered across the whole split: `conversation_rows(line, row)` gives the rows of the
-    conversation on that line of the file (a conversation format's own view); a chunk without `column` becomes one
-    row whose `problem` names the column."""
+    conversation on that line of the file (a conversation format's own view), from `row`'s `column` and any of
+    `also_read` the file has (only those: a file's other columns are never copied row by row); a chunk without
+    `column` becomes one row whose `problem` names the column."""
     start = 0
     for chunk in chunks:
         rows: list[dict[str, Any]] = []
@@ -57,7 +59,8 @@ def message_view(chunks: Iterator[pd.DataFrame], column: str, view_columns: list
                 "line": int(chunk.index[0]) + 1,
                 "problem": f"no '{column}' column (map yours under data.columns.messages)"})
         else:
-            for index, row in zip(chunk.index, chunk.to_dict("records")):
+            read = chunk[[column, *(name for name in also_read if name in chunk and name != column)]]
+            for index, row in zip(read.index, read.to_dict("records")):
                 rows += conversation_rows(int(index) + 1, row)
         frame = pd.DataFrame(rows, columns=view_columns, dtype=object)
         frame.index = pd.RangeIndex(start, start + len(frame))

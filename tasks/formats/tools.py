@@ -66,7 +66,7 @@ def turn_view(chunks: Iterator[pd.DataFrame], data: DataParams) -> Iterator[pd.D
             })
         return rows
 
-    return message_view(chunks, data.columns.messages, VIEW_COLUMNS, conversation_rows)
+    return message_view(chunks, data.columns.messages, VIEW_COLUMNS, conversation_rows, (data.columns.tools,))
 
 
 def columns(data: DataParams) -> dict[str, str]:
