@@ -22,12 +22,14 @@ def verdict(prompt: str) -> str:
 
 
 @contextmanager
-def stand_in_judge(biased: bool = False, key: str | None = None) -> Iterator[str]:
-    """The stand-in's base URL while the block runs."""
+def stand_in_judge(biased: bool = False, key: str | None = None, received: list[str] | None = None) -> Iterator[str]:
+    """The stand-in's base URL while the block runs; `received` collects the prompts of the requests it got."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if received is not None:
+                received.append(body["messages"][0]["content"])
             if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
                 self.send_response(401)
                 self.end_headers()

@@ -73,3 +73,11 @@ def test_an_unreachable_judge_is_named() -> None:
         pass  # the server is gone once the block ends
     with pytest.raises(UserError, match=f"evaluate.judge: {url} did not answer a judgement \\(ConnectError"):
         judged(scores(), JudgeParams(url=url, model="stand-in", timeout_s=5), 200, 0.95, 0)
+
+
+def test_a_failed_judgement_stops_the_queued_ones() -> None:
+    """Ctrl-C or an error leaves at once: the judgements still queued are dropped, not all sent first."""
+    received: list[str] = []
+    with stand_in_judge(key="right", received=received) as url, pytest.raises(UserError, match="HTTP 401"):
+        judged(scores(), JudgeParams(url=url, model="stand-in", concurrency=1), 200, 0.95, 0)
+    assert 1 <= len(received) <= 2, f"{len(received)} of {2 * COUNT * 2} judgements sent after the first failure"
