@@ -29,7 +29,7 @@ from tasks.evaluate.inference import (
 )
 from tasks.evaluate.judge import judged
 from tasks.evaluate.prompting import recipes, retrieve, scored_prompts, searched_texts
-from tasks.evaluate.reporting import plot_chart, render_report
+from tasks.evaluate.reporting import plot_chart, render_report, selection_note
 from tasks.evaluate.score_files import ScoreFile
 from tasks.formats.registry import CONVERSATION
 from tasks.model.loading import load_model, padding_id, pick_device
@@ -55,7 +55,7 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     settings = params.evaluate
     baselines = ScoreFile.read(paths.baselines)
     model, tokenizer = load_model(paths.base, pick_device("auto"))
-    scored, drawn = held_out(paths.validated / "eval.parquet", params)
+    scored, drawn = held_out(paths.validated, params)
     shape = params.data.shape
     evaluation = answerable(scored, tokenizer, shape, params.tokenize.system_prompt, params.tokenize.max_length)
     train = pd.read_parquet(paths.validated / "train.parquet")
@@ -98,11 +98,13 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     comparison = compare(scores, training["tokens_trained"], forgetting, params.promote,
                          settings.bootstrap_samples, settings.confidence, params.seed, without_history, majority,
                          judgement)
-    result = comparison.record()
+    result = {**comparison.record(), "selection": {"split": settings.split,
+                                                    "configurations_compared": settings.configurations_compared}}
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)
     paths.metrics.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     scores.write(paths.scores)
-    report = render_report(comparison, settings.confidence, len(examples), drawn)
+    report = render_report(comparison, settings.confidence, len(examples), drawn,
+                           selection_note(settings.split, settings.configurations_compared))
     paths.report.write_text(report, encoding="utf-8")
     plot_chart(comparison.metrics, comparison.single, str(paths.chart))
     create_markdown_artifact(key="specialization-report", markdown=report, description=comparison.recommendation)

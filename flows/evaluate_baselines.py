@@ -38,7 +38,7 @@ def evaluate_baselines_flow(params: Params, paths: Paths) -> dict[str, dict[str,
     baselines, tokenize, evaluate, shape = params.baselines, params.tokenize, params.evaluate, params.data.shape
     model, tokenizer = load_model(paths.base, pick_device("auto"))
     train = pd.read_parquet(paths.validated / "train.parquet")
-    evaluation = answerable(held_out(paths.validated / "eval.parquet", params)[0], tokenizer,
+    evaluation = answerable(held_out(paths.validated, params)[0], tokenizer,
                             shape, tokenize.system_prompt, tokenize.max_length)
     build_index(searched_texts(train, shape), baselines.retriever, paths.index)
     nearest = retrieve(paths.index, searched_texts(evaluation, shape), baselines.retrieval_k)

@@ -64,7 +64,7 @@ def held_out_sets(params: Params, paths: Paths, tokenizer: Any) -> dict[str, Hel
     for name in params.specializations:
         spec = params.specialized(name)
         shape, tokenize = spec.data.shape, spec.tokenize
-        evaluation = answerable(held_out(paths.validated / name / "eval.parquet", spec)[0],
+        evaluation = answerable(held_out(paths.validated / name, spec)[0],
                                 tokenizer, shape, tokenize.system_prompt, tokenize.max_length)
         plain = tokenize_split(tokenizer, evaluation, shape, tokenize.system_prompt, tokenize.max_length)
         scores = ScoreFile.read(paths.reports / name / "scores.json")

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.stage import run_stage, start_stage_run
 from tasks.core.approaches import ADAPTED
 from tasks.core.atomic_dir import restore_interrupted
+from tasks.core.errors import UserError
 from tasks.core.params import RECOMMENDED, Params
 from tasks.data.tokenization import answerable
 from tasks.evaluate.inference import held_out
@@ -65,7 +66,7 @@ def parity(params: Params, paths: Paths, bundle: Bundle, staged: Path, scores: S
                     f"chat request carries no passage for {bundle.approach}'s context; set promote.approach: finetuned")
     tokenizer = AutoTokenizer.from_pretrained(paths.base)
     shape = params.data.shape
-    evaluation = answerable(held_out(paths.validated / "eval.parquet", params)[0], tokenizer, shape,
+    evaluation = answerable(held_out(paths.validated, params)[0], tokenizer, shape,
                             params.tokenize.system_prompt, params.tokenize.max_length)
     nearest = (retrieve(paths.index, searched_texts(evaluation, shape), bundle.recipe.retrieval_k)
                if bundle.recipe.retrieval_k else [])
@@ -86,6 +87,10 @@ def parity(params: Params, paths: Paths, bundle: Bundle, staged: Path, scores: S
 def promote_flow(params: Params, paths: Paths) -> dict[str, Any]:
     """Decide, record the decision with every gate, and publish only a candidate that passes them all."""
     restore_interrupted(paths.production)
+    if params.evaluate.split == "dev":
+        raise UserError("evaluate.split is dev: the candidate was scored on the split it was chosen on, which "
+                        "certifies nothing; set evaluate.split: test and run dvc repro, so that the test split "
+                        "scores it once (the production model stays as it is)")
     metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
     scores = ScoreFile.read(paths.scores)
     candidate = candidate_of(metrics, params.promote)

@@ -112,7 +112,14 @@ class DataParams(Section):
                                    "calls and reasoning traces (OpenAI's format)"
     )
     train: Path
-    eval: Path = Field(description="held-out examples, never trained on; dvc.yaml tracks both files")
+    eval: Path = Field(description="the test split: held-out examples, never trained on or chosen on, scored once "
+                                   "per candidate for the report and the promotion gates; dvc.yaml tracks both files")
+    dev_pct: float = Field(
+        0.0, ge=0, le=50, description="% of train carved out as the dev split, for choosing (tailor sweep, "
+                                      "evaluate.split dev) without looking at the test split; 0: no dev split")
+    group_by: str | None = Field(
+        None, description="with dev_pct: a column of the train file whose rows stay on one side of the carve (a "
+                          "document, a user, a thread); without it, each prompt is its own group")
     columns: Columns = Columns()
     messages: MessageFields = MessageFields()
     reasoning: Literal["train", "strip"] = Field(
@@ -123,6 +130,13 @@ class DataParams(Section):
     def shape(self) -> Shape:
         """What validate writes this format as, and all the later stages ask (tasks/formats/registry.py)."""
         return FORMATS[self.format].shape
+
+    @model_validator(mode="after")
+    def grouped_carve(self) -> DataParams:
+        if self.group_by is not None and self.dev_pct == 0:
+            raise ValueError("group_by groups the rows of the dev split's carve, and dev_pct is 0 (no dev split): "
+                             "set dev_pct (e.g. 10), or remove group_by")
+        return self
 
 
 class ValidateParams(Section):
@@ -353,7 +367,13 @@ class EvaluateParams(Section):
         "free_text", description="what the answers are: free_text, summarization, translation, classification (a "
                                  "label), or tool_calling (each held-out conversation's first answer: which tools "
                                  "it calls, and with which arguments)")
-    max_examples: int = Field(64, ge=1, description="held-out examples scored: all when the eval split has no more, "
+    split: Literal["test", "dev"] = Field(
+        "test", description="the held-out split scored: test (data.eval; what the report and the gates use) or dev "
+                            "(carved by data.dev_pct; for choosing, as tailor sweep's trials do; never promoted)")
+    configurations_compared: int = Field(
+        1, ge=1, description="configurations compared on the dev split before this one was chosen (tailor sweep "
+                             "writes it); the report states it")
+    max_examples: int = Field(64, ge=1, description="held-out examples scored: all when the split has no more, "
                                                    "else a seeded sample (stratified by label for classification)")
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(48, ge=1)
@@ -472,6 +492,9 @@ class Params(Section):
         if self.evaluate.task == TOOL_CALLING and self.data.format != "tools":
             raise ValueError("evaluate.task: tool_calling scores tool calls, written by data.format tools; set "
                              "data.format: tools, or another evaluate.task")
+        if self.evaluate.split == "dev" and self.data.dev_pct == 0:
+            raise ValueError("evaluate.split: dev scores the dev split, and there is none: set data.dev_pct (e.g. 10) "
+                             "to carve one from train, or evaluate.split: test")
         if self.evaluate.judge is not None and self.data.shape == TEXT:
             raise ValueError(f"evaluate.judge compares generated answers, and data.format {self.data.format} has "
                              "none (its metrics are likelihoods); remove evaluate.judge")

@@ -17,6 +17,7 @@ from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,6 +35,7 @@ from tasks.core.atomic_dir import write_dir_atomically
 from tasks.core.params import ValidateParams
 from tasks.data.contamination import NearDuplicate, Placed, near_duplicates
 from tasks.data.sensitive import CONTROL_TOKEN, PII_PATTERNS, has_card_number, redact
+from tasks.data.splitting import carved
 from tasks.data.tables import CHUNK_ROWS, table_chunks
 
 EXAMPLE_ROWS = 3  # offending rows shown per failed expectation
@@ -480,12 +482,18 @@ def run_suites(train: pd.DataFrame | Path, evaluation: pd.DataFrame | Path, chec
 
 
 def write_clean_splits(splits: dict[str, Path], canonical: Callable[[pd.DataFrame], pd.DataFrame],
-                       out_dir: Path) -> None:
+                       out_dir: Path, dev: np.ndarray | None = None) -> None:
     """Each validated file as out_dir/<split>.parquet in its format's canonical shape, read, mapped and written a
-    chunk at a time."""
+    chunk at a time; with `dev` (a flag per train row), train's flagged rows go to dev.parquet instead."""
     out_dir.mkdir(parents=True)
     for split, path in splits.items():
-        write_parquet((canonical(chunk) for chunk in table_chunks(path)), out_dir / f"{split}.parquet")
+        frames = (canonical(chunk) for chunk in table_chunks(path))
+        if split != "train" or dev is None:
+            write_parquet(frames, out_dir / f"{split}.parquet")
+            continue
+        write_parquet(carved(frames, dev, keep_dev=False), out_dir / "train.parquet")
+        write_parquet(carved((canonical(chunk) for chunk in table_chunks(path)), dev, keep_dev=True),
+                      out_dir / "dev.parquet")
 
 
 def write_parquet(frames: Iterator[pd.DataFrame], path: Path) -> None:

@@ -28,28 +28,33 @@ from tasks.formats.hermes import declared_tools, first_answer
 from tasks.formats.registry import CONVERSATION, TEXT, Shape
 from tasks.model.loading import padding_id
 
+# The file validate writes each held-out split to: test is data.eval, dev is carved from train (data.dev_pct).
+HELD_OUT_FILES = {"test": "eval.parquet", "dev": "dev.parquet"}
 
-def held_out(eval_file: Path, params: Params) -> tuple[pd.DataFrame, str]:
+
+def held_out(validated: Path, params: Params) -> tuple[pd.DataFrame, str]:
     """The examples every approach is scored on (the same in every evaluation stage), and how they were drawn:
-    the whole validated eval split (for tool calling, each conversation up to its first answer) when it has at most evaluate.max_examples rows; otherwise a sample seeded by
+    the whole validated split that evaluate.split names (test, or dev while choosing; for tool calling, each
+    conversation up to its first answer) when it has at most evaluate.max_examples rows; otherwise a sample seeded by
     params' seed, never the first rows (a file sorted by label or by source would be scored on one part of it),
     stratified by label for a classification task so that each label keeps its share, at least one row each."""
-    rows = pd.read_parquet(eval_file)
+    split = params.evaluate.split
+    rows = pd.read_parquet(validated / HELD_OUT_FILES[split])
     if params.evaluate.task == TOOL_CALLING:  # scored on the turn that decides whether and how to call a tool
         rows["messages"] = rows["messages"].map(
             lambda messages: json.dumps(first_answer(json.loads(messages)), ensure_ascii=False))
     wanted = params.evaluate.max_examples
     if len(rows) <= wanted:
-        return rows, f"all {len(rows)} rows of the eval split"
+        return rows, f"all {len(rows)} rows of the {split} split"
     labels = (rows["messages"].map(lambda messages: answered(json.loads(messages)))
               if params.evaluate.task == "classification" and params.data.shape == CONVERSATION else None)
     if labels is None:
         return rows.sample(n=wanted, random_state=params.seed).sort_index(), \
-            f"a sample of {wanted} of the eval split's {len(rows)} rows (seed {params.seed})"
+            f"a sample of {wanted} of the {split} split's {len(rows)} rows (seed {params.seed})"
     quotas = label_quotas(labels.value_counts().sort_index(), wanted)
     sample = pd.concat(rows[labels == label].sample(n=quota, random_state=params.seed)
                        for label, quota in quotas.items() if quota)
-    return sample.sort_index(), (f"a sample of {wanted} of the eval split's {len(rows)} rows (seed {params.seed}), "
+    return sample.sort_index(), (f"a sample of {wanted} of the {split} split's {len(rows)} rows (seed {params.seed}), "
                                  f"stratified by label")
 
 

@@ -24,7 +24,20 @@ def verdict(gain: Interval) -> str:
     return "no significant difference"
 
 
-def render_report(comparison: Comparison, confidence: float, examples: int, drawn: str) -> str:
+def selection_note(split: str, compared: int) -> str:
+    """What the held-out figures may claim: a dev score only ranks configurations; a test score certifies one
+    only as far as it was not chosen among many on the same rows (the winner's curse), so their count is said."""
+    if split == "dev":
+        return ("Scored on the dev split, to choose between configurations: these figures rank them and certify "
+                "nothing; the test split scores the chosen one once (evaluate.split: test).")
+    if compared == 1:
+        return "Scored on the test split; no configurations were compared on dev before this one."
+    return (f"Scored on the test split, once: {compared} configurations compared on dev before this one was chosen "
+            "(evaluate.configurations_compared).")
+
+
+def render_report(comparison: Comparison, confidence: float, examples: int, drawn: str,
+                  selection: str) -> str:
     """reports/specialization.md: the table of every approach, the fine-tuned model against each baseline,
     forgetting, the largest regressions, and the recommendation."""
     metrics, single, costs = comparison.metrics, comparison.single, comparison.costs
@@ -33,7 +46,7 @@ def render_report(comparison: Comparison, confidence: float, examples: int, draw
     lines = [
         "# Which specialization is best for this data?", "",
         f"{examples} held-out examples ({drawn}), the same for every approach; {confidence:.0%} paired bootstrap "
-        "intervals.",
+        "intervals.", "", selection,
         "", header, "|" + "---|" * (1 + len(metrics) + len(cost_names)),
     ]
     for a in single:

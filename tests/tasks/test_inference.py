@@ -104,16 +104,16 @@ def test_an_eval_file_sorted_by_label_is_sampled_across_every_label(tmp_path: Pa
 
     def evaluated(**settings: object) -> tuple[pd.DataFrame, str]:
         params = shipped.model_copy(update={"evaluate": shipped.evaluate.model_copy(update=settings)})
-        return held_out(eval_file, params)
+        return held_out(tmp_path, params)
 
     rows, drawn = evaluated(max_examples=20, task="classification")
     assert frame["response"][rows.index].value_counts().to_dict() == {"billing": 12, "outage": 6, "refund": 2}
-    assert drawn == "a sample of 20 of the eval split's 200 rows (seed 42), stratified by label"
+    assert drawn == "a sample of 20 of the test split's 200 rows (seed 42), stratified by label"
     again, _ = evaluated(max_examples=20, task="classification")
     assert again.equals(rows) and list(rows.index) == sorted(rows.index)  # seeded, in file order
     rows, drawn = evaluated(max_examples=20, task="free_text")
     assert len(rows) == 20 and rows.index.max() >= 120 and "stratified" not in drawn
-    assert evaluated(max_examples=500)[1] == "all 200 rows of the eval split"
+    assert evaluated(max_examples=500)[1] == "all 200 rows of the test split"
 
 
 def test_label_quotas_are_proportional_and_keep_every_label() -> None:

@@ -19,7 +19,7 @@ from tasks.evaluate.comparison import (
     most_frequent_label,
 )
 from tasks.evaluate.decision import decide, recommendation
-from tasks.evaluate.reporting import majority_section, plot_chart, render_report, verdict
+from tasks.evaluate.reporting import majority_section, plot_chart, render_report, selection_note, verdict
 from tasks.evaluate.score_files import ScoreFile, Scores
 from tasks.evaluate.statistics import Interval
 from tasks.formats.registry import CONVERSATION, PAIR
@@ -118,6 +118,6 @@ def test_the_adapter_training_started_from_is_compared_but_never_recommended() -
     assert INIT_ADAPTER not in comparison.decision.tied and comparison.decision.best == "finetuned"
     assert comparison.gains[INIT_ADAPTER]["accuracy"].value == pytest.approx(-2 / 12)
     assert "finetuned_vs_init_adapter" in comparison.record()["comparisons"]
-    report = render_report(comparison, 0.95, 12, "all")
+    report = render_report(comparison, 0.95, 12, "all", selection_note("test", 3))
     assert "## Fine-tuned against each baseline and the adapter it started from" in report
     assert "| init_adapter | " in report
