@@ -251,6 +251,10 @@ def main() -> None:
     registering = commands.add_parser("register", help="register each promoted model not registered yet (GTO: a "
                                                        "version tag and a stage, on HEAD; `gto show` lists them)")
     registering.add_argument("--stage", default="prod", help="the stage assigned to each new version (default prod)")
+    sweeping = commands.add_parser("sweep", help="run trials of tokenize/finetune knobs as DVC experiments scored on "
+                                                 "the dev split, write the best into params.yaml, then dvc repro")
+    sweeping.add_argument("spec", type=Path, help="the sweep file: the knobs and their values (docs/sweeps.md)")
+    sweeping.add_argument("--no-repro", action="store_true", help="apply the choice to params.yaml, run nothing more")
     args = parser.parse_args()
     try:
         if args.command == "init":
@@ -261,6 +265,10 @@ def main() -> None:
             sys.exit(export(args.out, args.outtype))
         if args.command == "register":
             sys.exit(register(args.stage))
+        if args.command == "sweep":
+            from tasks.evaluate.sweep import sweep  # DVC's API and Optuna: this command only
+
+            sys.exit(sweep(args.spec, repro=not args.no_repro))
         if args.command == "serve":
             serve(args.host, args.port, args.model, args.max_batch_size)
         sys.exit(show_lineage(args.model_dir or declared_paths("promote")["production"]))
