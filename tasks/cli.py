@@ -57,6 +57,9 @@ def data_problems(where: str, params: Params) -> list[str]:
             problems.append(f"{where}data.{split}: {path} has no column {', '.join(missing)}, which data.format "
                             f"{params.data.format} needs; its columns are {', '.join(map(str, first.columns))}: "
                             f"map yours under {where}data.columns")
+        if split == "train" and params.data.group_by and params.data.group_by not in first.columns:
+            problems.append(f"{where}data.group_by: {path} has no column '{params.data.group_by}'; its columns are "
+                            f"{', '.join(map(str, first.columns))}")
     if params.data.train != DEMO_TRAIN and params.baselines.system_prompt == DEMO_SYSTEM_PROMPT:
         problems.append(f"{where}baselines.system_prompt: still the demo's (\"{DEMO_SYSTEM_PROMPT[:40]}…\") on "
                         f"{params.data.train}; write the instruction you would give a generalist model for your "

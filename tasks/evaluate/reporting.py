@@ -46,7 +46,7 @@ def render_report(comparison: Comparison, confidence: float, examples: int, draw
     lines = [
         "# Which specialization is best for this data?", "",
         f"{examples} held-out examples ({drawn}), the same for every approach; {confidence:.0%} paired bootstrap "
-        "intervals.", "", selection,
+        f"intervals. {selection}",
         "", header, "|" + "---|" * (1 + len(metrics) + len(cost_names)),
     ]
     for a in single:

@@ -11,7 +11,7 @@ import dvc.api
 import pandas as pd
 import pytest
 import yaml
-from stage_runner import new_tiny_project, run, set_params
+from stage_runner import new_tiny_project, run, set_params, stage_command
 
 RATES = [0.002, 0.02, 0.2]
 
@@ -56,3 +56,10 @@ def test_a_sweep_chooses_on_dev_and_scores_the_choice_on_test_once(tmp_path_fact
     # The dev split: 20% of the 240 training rows, carved out of train.
     train, dev = (pd.read_parquet(root / f"data/validated/{split}.parquet") for split in ("train", "dev"))
     assert (len(train), len(dev)) == (192, 48) and set(train["messages"]).isdisjoint(dev["messages"])
+
+    # A candidate scored on dev is never promoted: promote says why, and the production model stays.
+    production = sorted((root / "models/production").rglob("*"))
+    set_params(root, "evaluate", split="dev")
+    refused = run(root, *stage_command(root, "promote"))
+    assert refused.returncode == 2 and "evaluate.split is dev" in refused.stderr, refused.stderr[-2000:]
+    assert sorted((root / "models/production").rglob("*")) == production

@@ -42,10 +42,12 @@ def test_the_shipped_params_and_data_pass(monkeypatch: pytest.MonkeyPatch, capsy
 
 
 def test_unmapped_columns_and_a_missing_file_are_named(tmp_path: Path, csv_files: dict[str, str]) -> None:
-    path = params_file(tmp_path, train=csv_files["train"], eval=str(tmp_path / "absent.csv"))
+    path = params_file(tmp_path, train=csv_files["train"], eval=str(tmp_path / "absent.csv"), dev_pct=10,
+                       group_by="customer")
     with pytest.raises(UserError) as error:
         check(path)
     message = str(error.value)
+    assert "data.group_by: " in message and "has no column 'customer'; its columns are question, answer" in message
     assert "data.train: " in message and "has no column 'prompt' (prompt), 'response' (response)" in message
     assert "its columns are question, answer: map yours under data.columns" in message
     assert f"data.eval: {tmp_path / 'absent.csv'}: file not found" in message
