@@ -134,6 +134,13 @@ def tracked(root: Path, path: Path) -> bool:
     return listed.returncode == 0 or (root / f"{path}.dvc").exists()
 
 
+def waiting_experiments(root: Path) -> list[str]:
+    """The experiments already queued or running in root, which `dvc exp run --run-all` would run with the trials."""
+    status = subprocess.run([sys.executable, "-m", "dvc", "queue", "status"], cwd=root, capture_output=True,
+                            text=True)
+    return [line.split()[1] for line in status.stdout.splitlines() if line.split()[-1:] in (["Queued"], ["Running"])]
+
+
 def run_trials(root: Path, batch: list[tuple[str, dict[str, Any]]], metric: str) -> list[Trial]:
     """Queue each trial as a DVC experiment of the evaluate stage on the dev split, run the queue, read the scores."""
     for name, settings in batch:
@@ -238,6 +245,10 @@ def sweep(spec_file: Path, root: Path = Path(), repro: bool = True) -> int:
             raise UserError(f"data: {path} is tracked by neither git nor DVC, and each trial runs in a clean copy of "
                             f"the repository, which has only tracked files: `dvc add {path}`, commit the .dvc file, "
                             "and run tailor sweep again")
+    waiting = waiting_experiments(root)
+    if waiting:
+        raise UserError(f"DVC's queue already holds {', '.join(waiting)}, which would run with the trials: run them "
+                        "(dvc exp run --run-all) or drop them (dvc queue remove --queued), then tailor sweep again")
     # What every trial shares, built once here: the trials start from this workspace (its dvc.lock included), and
     # DVC's run cache skips no stage with a persisted output (base_model, validate).
     if run_dvc(root, "repro", "base_model", "validate") != 0:
