@@ -255,7 +255,7 @@ def main() -> None:
                                                        "version tag and a stage, on HEAD; `gto show` lists them)")
     registering.add_argument("--stage", default="prod", help="the stage assigned to each new version (default prod)")
     sweeping = commands.add_parser("sweep", help="run trials of tokenize/finetune knobs as DVC experiments scored on "
-                                                 "the dev split, write the best into params.yaml, then dvc repro")
+                                                 "the dev split, write the best into params.yaml, then dvc repro promote")
     sweeping.add_argument("spec", type=Path, help="the sweep file: the knobs and their values (docs/sweeps.md)")
     sweeping.add_argument("--no-repro", action="store_true", help="apply the choice to params.yaml, run nothing more")
     args = parser.parse_args()

@@ -28,7 +28,8 @@ SHARED_BUILDS = {
 }
 # The work units in the order the workers take them: the longest first (benchmarks/RESULTS.md has their durations),
 # so that the workers finish at about the same time.
-HEAVY_FIRST = ("tests/e2e/test_portfolio.py", "tokenized_project", "first_build", "tests/flows/test_validate_corpus.py",
+HEAVY_FIRST = ("tests/e2e/test_portfolio.py", "tokenized_project", "first_build", "tests/e2e/test_sweep.py",
+               "tests/flows/test_validate_corpus.py",
                "tests/e2e/test_preference.py", "tests/flows/test_base_model.py",
                "tests/flows/test_base_model_sources.py", "tests/e2e/", "tests/flows/", "tests/benchmarks/")
 

@@ -1,5 +1,5 @@
 """tailor sweep: trials of params.yaml's knobs as DVC experiments, each scored on the dev split; the best one's knobs
-written into params.yaml, for `dvc repro` to score it once on the test split and take it through the gates.
+written into params.yaml, for `dvc repro promote` to score it once on the test split and take it through the gates.
 
 Each trial is `dvc exp run --queue -S evaluate.split=dev -S <its knobs> evaluate`, run by DVC's experiment queue
 (`dvc exp run --run-all`) in a clean copy of the repository, so every trial is a reproducible experiment: `dvc exp
@@ -8,7 +8,7 @@ space too large for one, Optuna's TPE sampler, seeded by params' seed: it asks f
 them, Optuna is told their dev scores. The choice is the best dev score; the table and plot give each trial's
 interval, so a winner inside the runner-up's interval reads as what it is. Only tokenize and finetune knobs are
 swept: a data, validate or evaluate knob would change what the trials are scored on, so their scores would not
-compare. `dvc repro` after the sweep restores the chosen trial's training from DVC's run cache (same inputs), and
+compare. `dvc repro promote` after the sweep restores the chosen trial's training from DVC's run cache (same inputs), and
 the report says how many configurations were compared on dev (evaluate.configurations_compared).
 """
 
@@ -223,7 +223,7 @@ def apply_choice(params_file: Path, settings: dict[str, Any], compared: int) -> 
 
 
 def sweep(spec_file: Path, root: Path = Path(), repro: bool = True) -> int:
-    """Run the sweep of spec_file; write reports/sweep.{md,json,png}; apply the choice and, with repro, `dvc repro`."""
+    """Run the sweep of spec_file; write reports/sweep.{md,json,png}; apply the choice; with repro, build it."""
     try:
         spec = SweepSpec.model_validate(yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {})
     except OSError as exc:
@@ -284,7 +284,7 @@ def sweep(spec_file: Path, root: Path = Path(), repro: bool = True) -> int:
     reports.mkdir(exist_ok=True)
     summary = (f"# Sweep {spec_file.name}: {compared} configurations compared on dev\n\n"
                f"Chosen on the fine-tuned model's dev {metric}: {chosen.name} {chosen.settings}. Its test score comes "
-               f"from `dvc repro` (reports/specialization.md), once.\n\n{table(trials, chosen, metric)}\n")
+               f"from `dvc repro promote` (reports/specialization.md), once.\n\n{table(trials, chosen, metric)}\n")
     (reports / "sweep.md").write_text(summary, encoding="utf-8")
     (reports / "sweep.json").write_text(json.dumps({
         "metric": metric, "search": spec.search, "chosen": chosen.name, "configurations_compared": compared,
@@ -296,4 +296,4 @@ def sweep(spec_file: Path, root: Path = Path(), repro: bool = True) -> int:
           file=sys.stderr)
     if not repro:
         return 0
-    return run_dvc(root, "repro")
+    return run_dvc(root, "repro", "promote")  # this specialization, not a portfolio/dvc.yaml beside it
