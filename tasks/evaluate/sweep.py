@@ -8,8 +8,8 @@ space too large for one, Optuna's TPE sampler, seeded by params' seed: it asks f
 them, Optuna is told their dev scores. The choice is the best dev score; the table and plot give each trial's
 interval, so a winner inside the runner-up's interval reads as what it is. Only tokenize and finetune knobs are
 swept: a data, validate or evaluate knob would change what the trials are scored on, so their scores would not
-compare. `dvc repro promote` after the sweep restores the chosen trial's training from DVC's run cache (same inputs), and
-the report says how many configurations were compared on dev (evaluate.configurations_compared).
+compare. `dvc repro promote` after the sweep restores the chosen trial's training from DVC's run cache (same
+inputs), and the report says how many configurations were compared on dev (evaluate.configurations_compared).
 """
 
 from __future__ import annotations
