@@ -84,17 +84,22 @@ class Trial:
     high: float | None = None
 
 
+def set_dotted(document: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted params key (finetune.lora.r) in a params.yaml document, plain or ruamel's commented one."""
+    *parents, last = key.split(".")
+    place = document
+    for part in parents:
+        place = place.setdefault(part, {})
+        if not isinstance(place, dict):
+            raise UserError(f"sweep params.{key}: {part} is not a section of params.yaml")
+    place[last] = value
+
+
 def with_settings(raw: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """A copy of params.yaml's content with dotted keys set."""
     changed = json.loads(json.dumps(raw))
     for key, value in settings.items():
-        *parents, last = key.split(".")
-        place = changed
-        for part in parents:
-            place = place.setdefault(part, {})
-            if not isinstance(place, dict):
-                raise UserError(f"sweep params.{key}: {part} is not a section of params.yaml")
-        place[last] = value
+        set_dotted(changed, key, value)
     return changed
 
 
@@ -211,13 +216,7 @@ def apply_choice(params_file: Path, settings: dict[str, Any], compared: int) -> 
     yaml_rt.preserve_quotes = True
     document = yaml_rt.load(params_file.read_text(encoding="utf-8"))
     for key, value in {**settings, "evaluate.configurations_compared": compared}.items():
-        *parents, last = key.split(".")
-        place = document
-        for part in parents:
-            if part not in place:
-                place[part] = {}
-            place = place[part]
-        place[last] = value
+        set_dotted(document, key, value)
     with params_file.open("w", encoding="utf-8") as out:
         yaml_rt.dump(document, out)
 
