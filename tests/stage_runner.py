@@ -36,10 +36,12 @@ def tiny_project(dest: Path, model_dir: Path, train_rows: int, eval_rows: int,
 
 SECRET = "hf_NotARealTokenButSecret123"  # set as HF_TOKEN for the build; must appear in no output
 # The tiny model learns the demo's style fast; what forgetting it shows on general text is not the point here.
+# BM25 retrieval: loading the MiniLM retriever costs ~5 s of CPU in each stage that retrieves; it runs in the first
+# build (tests/e2e/conftest.py), with the shipped params.
 TINY_PARAMS: dict[str, dict[str, Any]] = {
     "finetune": {"max_steps": 8, "save_steps": 4, "learning_rate": 0.02, "logging_steps": 2},
     "evaluate": {"max_examples": 16, "max_new_tokens": 8, "bootstrap_samples": 200, "forgetting_max_chunks": 8},
-    "baselines": {"few_shot_k": 2, "retrieval_k": 2},
+    "baselines": {"few_shot_k": 2, "retrieval_k": 2, "retriever": "bm25"},
     "promote": {"metric": "perplexity", "min_relative_improvement": 0.01, "max_forgetting": 10.0},
 }
 

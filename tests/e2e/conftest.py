@@ -48,6 +48,7 @@ def first_build(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     root = new_tiny_project(tmp_path_factory.mktemp("repo"), tiny_model_dir)
     follow_the_own_data_page(root)
     set_params(root, "evaluate", judge={"url": judge_url, "model": "stand-in", "api_key_env": "JUDGE_KEY"})
+    set_params(root, "baselines", retriever="minilm")  # the shipped retriever: this build is the one that runs it
     result = run(root, "dvc", "repro", HF_TOKEN=SECRET)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return Build(root, result, json.loads((root / "reports/metrics.json").read_text()), (root / ADAPTER).read_bytes())

@@ -71,10 +71,8 @@ def portfolio(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Pat
     # Pretrained a little on the demo text (loss 3.8, ~5 s): under LoRA a random model learns too little in a test's
     # few steps to show whether it ends its turns, and a less pretrained one (loss 4.7) did not end them reliably.
     base_model_dir = build_bare_model(tmp_path_factory.mktemp("base-llm"), pretrain_steps=100)
-    # BM25: the MiniLM retriever runs in test_pipeline's project, and loading it costs seconds in each stage here.
     root = tiny_project(tmp_path_factory.mktemp("portfolio"), base_model_dir, 60, 8, **{
-        **TINY_PARAMS, "tokenize": {"chat_template": "chatml"},
-        "baselines": {**TINY_PARAMS["baselines"], "retriever": "bm25"}})
+        **TINY_PARAMS, "tokenize": {"chat_template": "chatml"}})
     for name in SPECIALIZATIONS:
         (root / "data/raw" / name).mkdir(parents=True)
     for split, rows in (("train", 200), ("eval", 12)):

@@ -27,8 +27,7 @@ def renamed(split: str, rows: int) -> str:
 
 @pytest.fixture(scope="module")
 def preference_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_api: str) -> Path:
-    root = tiny_project(tmp_path_factory.mktemp("preference"), tiny_model_dir, 0, 0, **{
-        **TINY_PARAMS, "baselines": {**TINY_PARAMS["baselines"], "retriever": "bm25"}})
+    root = tiny_project(tmp_path_factory.mktemp("preference"), tiny_model_dir, 0, 0, **TINY_PARAMS)
     use_raw_data(root, renamed("train", 160), renamed("eval", 16), format="preference",
                  columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
     # The longest prompts leave no room for an answer: those pairs are dropped and counted (3 of 160 train pairs,
