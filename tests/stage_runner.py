@@ -36,7 +36,7 @@ def tiny_project(dest: Path, model_dir: Path, train_rows: int, eval_rows: int,
 
 SECRET = "hf_NotARealTokenButSecret123"  # set as HF_TOKEN for the build; must appear in no output
 # The tiny model learns the demo's style fast; what forgetting it shows on general text is not the point here.
-# BM25 retrieval: loading the MiniLM retriever costs ~5 s of CPU in each stage that retrieves; it runs in the first
+# BM25 retrieval: importing sentence-transformers for MiniLM costs ~5 s of CPU in each stage that retrieves; it runs in the first
 # build (tests/e2e/conftest.py), with the shipped params.
 TINY_PARAMS: dict[str, dict[str, Any]] = {
     "finetune": {"max_steps": 8, "save_steps": 4, "learning_rate": 0.02, "logging_steps": 2},

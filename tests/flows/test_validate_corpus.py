@@ -2,9 +2,9 @@
 
 The stage command (`python -m flows.validate`) runs once per case, all cases in one Python process through
 runpy, with the process's stderr (file descriptor 2) captured per case: the same code path as a fresh process
-each, without paying ~7 s of imports 33 times. The stage reads only the params dvc.yaml gives it (seed, data,
-validate) and the files they name: a case whose are the same as an earlier case's (two examples on the same data)
-gets that case's outcome instead of a second, identical run.
+each, without paying ~7 s of imports for every case. The stage reads only the params dvc.yaml gives it (seed,
+data, validate) and the files they name: a case whose inputs are the same as an earlier case's (two examples on the
+same data) gets that case's outcome instead of a second, identical run.
 """
 
 from __future__ import annotations
