@@ -35,7 +35,7 @@ SHAREGPT = {"user": "human", "assistant": "gpt"}
 SPECIALIZATIONS = {
     "docs": {"data": {"train": "data/raw/docs/train.jsonl", "eval": "data/raw/docs/eval.jsonl", "format": "text",
                       "columns": {"text": "body"}},
-             "validate": {}, "tokenize": {"max_length": 48}, "finetune": {"replay_pct": 20.0},
+             "validate": {}, "tokenize": {"max_length": 48}, "finetune": {"replay_pct": 20.0, "learning_rate": 0.02},
              "baselines": {"retriever": "bm25"}, "evaluate": {}, "promote": {"metric": "perplexity"}},
     "chat": {"data": {"train": "data/raw/chat/train.jsonl", "eval": "data/raw/chat/eval.jsonl", "format": "chat",
                       "columns": {"messages": "conversations"},
@@ -251,17 +251,18 @@ def test_promoted_models_are_registered_once_each(built) -> None:
 
 
 def test_one_learning_rate_reruns_only_that_specialization(built) -> None:
+    """The plain-text specialization's: its training is the shorter and its evaluation generates nothing."""
     root, _, _ = built
-    docs_before = tree_digest(root, "models/specializations/adapter/docs", "reports/specializations/docs")
-    result = run(root, "dvc", "exp", "run", "-S", "specializations.chat.finetune.learning_rate=0.01",
-                 "portfolio/dvc.yaml:portfolio_promote@chat")
+    chat_before = tree_digest(root, "models/specializations/adapter/chat", "reports/specializations/chat")
+    result = run(root, "dvc", "exp", "run", "-S", "specializations.docs.finetune.learning_rate=0.01",
+                 "portfolio/dvc.yaml:portfolio_promote@docs")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert stages_run(result.stdout) == ["portfolio_finetune@chat", "portfolio_evaluate@chat",
-                                         "portfolio_promote@chat"]
+    assert stages_run(result.stdout) == ["portfolio_finetune@docs", "portfolio_evaluate@docs",
+                                         "portfolio_promote@docs"]
     # Of the rest, only the matrix (which scores the new specialist) and what it decides are out of date.
     remaining = run(root, "dvc", "repro", "--dry", "portfolio/dvc.yaml:promote_multitask@both")
     assert stages_run(remaining.stdout) == ["portfolio@both", "promote_multitask@both"], remaining.stdout[-2000:]
-    assert tree_digest(root, "models/specializations/adapter/docs", "reports/specializations/docs") == docs_before
+    assert tree_digest(root, "models/specializations/adapter/chat", "reports/specializations/chat") == chat_before
 
 
 def test_a_broken_file_stops_at_its_specializations_validate(built) -> None:
