@@ -40,10 +40,11 @@ def listed(value: Any) -> Any:
     return plain(value)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)
 def schema_problem(schema: str) -> str | None:
     """Why a parameters schema (canonical JSON text) is not a valid JSON schema, or None. Cached: checking one
-    against the metaschema takes ~3 ms, and most rows of a dataset declare the same few tools."""
+    against the metaschema takes ~3 ms, and most rows of a dataset declare the same few tools. Bounded, as
+    `tailor serve` checks each request's tools too: a client sending distinct 1 MiB schemas holds 256 MiB at most."""
     try:
         Draft202012Validator.check_schema(json.loads(schema))
     except SchemaError as error:
