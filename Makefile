@@ -18,7 +18,7 @@ export PATH := $(BIN):$(PATH)
 LOCK_INPUTS = $(shell $(PYTHON) -c 'import hashlib, json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print(hashlib.sha256(json.dumps([p["requires-python"], p["dependencies"], p["optional-dependencies"]]).encode()).hexdigest())')
 
-.PHONY: install lock run portfolio test docs docs-site docs-lock ui serve bench clean
+.PHONY: install lock run portfolio test test-long docs docs-site docs-lock ui serve bench clean
 
 # Bytecode is written the first time a process imports a module, and reused after: every stage is a fresh
 # process, and without the cache each would compile its imports again. Some images turn the cache off
@@ -89,7 +89,13 @@ portfolio: install
 # one worker, and starts one Prefect server for all three.
 test: install docs-site
 	ruff check .
-	OMP_NUM_THREADS=1 python -m pytest -q -n 3 --durations=15
+	OMP_NUM_THREADS=1 python -m pytest -q -n 3 -m "not long" --durations=15
+
+# The three longest end-to-end scenarios (marked `long`): a sweep of three trainings as DVC experiments, a portfolio
+# of two specializations and a multi-task model, and two-process training (DDP, FSDP). Together they are about a
+# third of the suite's CPU, which on two cores would put `make test` over 15 minutes; CI (.ci/run) runs them after it.
+test-long: install
+	OMP_NUM_THREADS=1 python -m pytest -q -n 3 -m long --durations=5
 
 # The docs site (mkdocs-material) in site/: its own small environment, locked with hashes in docs/requirements.txt
 # (its tools never touch a model, so they stay out of the pipeline's lock and of every stage's dependencies).

@@ -19,7 +19,7 @@ from benchmarks.harness import prefect_server, start_prefect_server, stop, wait_
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
-# `make test` runs three pytest workers. Each module runs whole on one worker (its module fixtures are built once),
+# `make test` and `make test-long` run three pytest workers. Each module runs whole on one worker (its module fixtures are built once),
 # and the modules that share a session build run together on one worker, in file order, so it is built once too.
 SHARED_BUILDS = {
     "tests/e2e/test_operations.py": "first_build", "tests/e2e/test_pipeline.py": "first_build",
@@ -28,9 +28,9 @@ SHARED_BUILDS = {
 }
 # The work units in the order the workers take them: the longest first (benchmarks/RESULTS.md has their durations),
 # so that the workers finish at about the same time.
-HEAVY_FIRST = ("tests/e2e/test_portfolio.py", "tokenized_project", "first_build", "tests/e2e/test_sweep.py",
-               "tests/flows/test_validate_corpus.py",
-               "tests/e2e/test_preference.py", "tests/flows/test_base_model.py",
+HEAVY_FIRST = ("first_build", "tests/e2e/test_sweep.py", "tests/e2e/test_portfolio.py",
+               "tests/flows/test_validate_corpus.py", "tests/e2e/test_tools.py", "tests/e2e/test_grpo.py",
+               "tokenized_project", "tests/e2e/test_preference.py", "tests/flows/test_base_model.py",
                "tests/flows/test_base_model_sources.py", "tests/e2e/", "tests/flows/", "tests/benchmarks/")
 
 
@@ -86,8 +86,16 @@ SHARED_API, SHARED_HOME = "TAILOR_TESTS_PREFECT_API", "TAILOR_TESTS_PREFECT_HOME
 SHARED_SERVER = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()  # the controller's server process and home
 
 
+# The server's background services that no test uses (schedules firing, late runs, work-pool health, automations,
+# pauses, database vacuum) are off: each polls the database all session, and they cost a few percent of a core
+# that the tests need. What the UI shows of a run (task runs, events) and cancellation stay on.
+UNUSED_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "REPOSSESSOR", "TRIGGERS", "PAUSE_EXPIRATIONS")
+
+
 def server_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+            **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in UNUSED_SERVICES},
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "[]"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -23,7 +23,7 @@ from stage_runner import run, set_params, stage_command
 
 from benchmarks.harness import environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 STEPS = 12
 ADAPTER = "models/adapter/adapter_model.safetensors"
 

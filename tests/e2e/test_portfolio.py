@@ -29,7 +29,7 @@ from benchmarks.harness import stages_run
 from tasks.core.dag import enable_portfolio
 from tasks.model.chat_templates import NAMED_TEMPLATES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 REPO = Path(__file__).resolve().parents[2]
 SHAREGPT = {"user": "human", "assistant": "gpt"}
 SPECIALIZATIONS = {

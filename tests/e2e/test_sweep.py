@@ -13,6 +13,7 @@ import pytest
 import yaml
 from stage_runner import new_tiny_project, run, set_params, stage_command
 
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 RATES = [0.002, 0.02, 0.2]
 
 
