@@ -276,15 +276,19 @@ def test_two_repros_at_once_one_waits_its_turn(project: Path) -> None:
     assert digest(project, OUTPUTS) == before
 
 
-def check_out_the_last_validation_report(project: Path) -> None:
-    """A failed validate leaves the report of its failure (or, stopped by its params, none): check out the one
-    dvc.lock records, so that the modules sharing this build (test_serve's copy of it) find nothing to re-run."""
-    restored = run(project, "dvc", "checkout", "--force", "reports/validation.json")
-    assert restored.returncode == 0, restored.stderr[-2000:]
+def repro_after_the_fix(project: Path, before: dict[str, str], reruns: list[str]) -> None:
+    """With the mistake undone, `dvc repro` re-runs only `reruns` and every output is as before. (DVC clears a
+    stage's outputs that are not `persist` before running it; the run cache checks them out again, for the stages
+    whose outputs are all not `persist`, which DVC's run cache requires.)"""
+    again = run(project, "dvc", "repro")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert stages_run(again.stdout) == reruns, again.stdout[-3000:]
+    assert digest(project, OUTPUTS) == before
 
 
 def test_broken_data_stops_at_validate_and_changes_nothing(project: Path) -> None:
-    """An eval row leaked into train (each kind of bad file is in tests/data/bad_data, run by the stage)."""
+    """An eval row leaked into train (each kind of bad file is in tests/data/bad_data, run by the stage): validate
+    stops, the last validated data stay, and reports/validation.json says what failed."""
     train = project / TRAIN
     original = train.read_text(encoding="utf-8")
     extra = pd.read_csv(project / EVAL).iloc[[3]].to_csv(header=False, index=False).rstrip("\n")
@@ -293,17 +297,19 @@ def test_broken_data_stops_at_validate_and_changes_nothing(project: Path) -> Non
     train.write_text(original + extra + "\n", encoding="utf-8")
     try:
         result = run(project, "dvc", "repro")
+        assert result.returncode != 0
+        assert stages_run(result.stdout) == ["validate"]
+        assert expectation in result.stderr and "Traceback" not in result.stderr
+        assert digest(project, OUTPUTS) == before
+        assert json.loads((project / "reports/validation.json").read_text())["success"] is False
     finally:
         train.write_text(original, encoding="utf-8")
-        check_out_the_last_validation_report(project)
-    assert result.returncode != 0
-    assert stages_run(result.stdout) == ["validate"]
-    assert expectation in result.stderr and "Traceback" not in result.stderr
-    assert digest(project, OUTPUTS) == before
+    repro_after_the_fix(project, before, ["validate"])  # validate keeps its data (`persist`): no run cache
 
 
 def test_bad_params_stop_with_the_key_named(project: Path) -> None:
-    """A misspelled key (each kind of bad params is in tests/data/bad_params, checked by the schema)."""
+    """A misspelled key (each kind of bad params is in tests/data/bad_params, checked by the schema) stops the first
+    stage that runs, here finetune (its section changed), before it trains; DVC's run cache gives its outputs back."""
     path = project / "params.yaml"
     original = path.read_text()
     params = yaml.safe_load(original)
@@ -315,8 +321,8 @@ def test_bad_params_stop_with_the_key_named(project: Path) -> None:
         result = run(project, "dvc", "repro")
     finally:
         path.write_text(original)
-        check_out_the_last_validation_report(project)
     assert result.returncode != 0
+    assert stages_run(result.stdout) == ["finetune"], result.stdout[-2000:]
     assert named in result.stderr
     assert "Traceback" not in result.stderr
-    assert digest(project, OUTPUTS) == before
+    repro_after_the_fix(project, before, [])
