@@ -19,8 +19,9 @@ from benchmarks.harness import prefect_server, start_prefect_server, stop, wait_
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
-# `make test` and `make test-long` run three pytest workers. Each module runs whole on one worker (its module fixtures are built once),
-# and the modules that share a session build run together on one worker, in file order, so it is built once too.
+# `make test` and `make test-long` run three pytest workers. Each module runs whole on one worker (its module
+# fixtures are built once), and the modules that share a session build run together on one worker, in file order,
+# so it is built once too.
 SHARED_BUILDS = {
     "tests/e2e/test_operations.py": "first_build", "tests/e2e/test_pipeline.py": "first_build",
     "tests/e2e/test_serve.py": "first_build",
